@@ -1,0 +1,342 @@
+#include "compile/function.hpp"
+
+#include <cmath>
+#include <iostream>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "graph/printing.hpp"
+
+namespace theanine {
+
+CompileOptions::CompileOptions() {
+    const Config& c = config();
+    rewrites.none = c.optimizer_none;
+    rewrites.excluding = c.optimizer_excluding;
+    rewrites.including = c.optimizer_including;
+    verbose = c.optimizer_verbose;
+}
+
+In::In(const Variable& v, double default_value, std::string n)
+    : var(v), value(Tensor::full(v.dtype(), {}, default_value)), name(n.empty() ? v.name() : std::move(n)) {
+    if (v.ndim() != 0) {
+        throw UsageError(fmt::format("In('{}'): a number default needs a scalar input, got {}", v.label(), v.type().str()));
+    }
+}
+
+struct Step {
+    const Op* op;
+    const Node* node;
+    std::vector<const Tensor*> in;
+    std::vector<Tensor*> out;
+};
+
+struct InputBinding {
+    int slot;
+    Variable var;
+    std::string name;
+    std::optional<Tensor> default_value;
+    Tensor scratch;  // reused for number arguments
+};
+
+struct UpdateBinding {
+    std::shared_ptr<SharedCell> cell;
+    int slot;
+    bool swap;
+};
+
+struct Plan {
+    std::vector<Variable> outputs;
+    std::vector<std::pair<std::string, Variable>> update_values;  // for printing
+    std::vector<Tensor> slots;
+    std::vector<Step> steps;
+    std::vector<InputBinding> inputs;
+    std::vector<std::pair<int, std::shared_ptr<SharedCell>>> shared;
+    std::vector<int> output_slots;
+    std::vector<UpdateBinding> updates;
+    std::vector<int> transient;  // slots released after each call
+    std::vector<std::shared_ptr<const Node>> keepalive;
+    std::vector<std::string> log;
+
+    Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
+    std::vector<Tensor> run();
+};
+
+Function::Function() = default;
+Function::~Function() = default;
+Function::Function(Function&&) noexcept = default;
+Function& Function::operator=(Function&&) noexcept = default;
+
+namespace {
+
+std::string input_label(std::size_t i, const InputBinding& b) {
+    return b.name.empty() ? fmt::format("input {}", i) : fmt::format("input {} ('{}')", i, b.name);
+}
+
+}  // namespace
+
+Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
+    const TensorType& type = b.var.type();
+    if (a.tensor) {
+        const Tensor& t = *a.tensor;
+        if (!t.defined()) throw UsageError(fmt::format("function call: {} got an empty tensor", input_label(position, b)));
+        if (t.dtype() != type.dtype || t.ndim() != type.ndim()) {
+            throw UsageError(fmt::format("function call: {} expects {}, got {} of shape {}", input_label(position, b),
+                                         type.str(), dtype_name(t.dtype()), shape_string(t.shape())));
+        }
+        if (!type.accepts(t)) {
+            throw UsageError(fmt::format("function call: {} expects {} (size 1 on broadcastable axes), got shape {}",
+                                         input_label(position, b), type.str(), shape_string(t.shape())));
+        }
+        return t;
+    }
+    if (type.ndim() != 0) {
+        throw UsageError(fmt::format("function call: {} expects {}, got a number", input_label(position, b), type.str()));
+    }
+    if (!is_float(type.dtype) && std::floor(a.number) != a.number) {
+        throw UsageError(fmt::format("function call: {} expects {}, got the non-integer {}", input_label(position, b),
+                                     type.str(), a.number));
+    }
+    if (!(b.scratch.defined() && b.scratch.storage_use_count() == 1)) b.scratch = Tensor::empty(type.dtype, {});
+    dispatch(type.dtype, [&]<class T>() { *b.scratch.data<T>() = static_cast<T>(a.number); });
+    return b.scratch;
+}
+
+std::vector<Tensor> Plan::run() {
+    for (auto& [slot, cell] : shared) slots[slot] = cell->value;
+    for (Step& s : steps) s.op->perform(*s.node, s.in, s.out);
+    std::vector<Tensor> result;
+    result.reserve(output_slots.size());
+    for (int s : output_slots) result.push_back(slots[s]);
+    for (UpdateBinding& u : updates) {
+        if (u.swap) {
+            std::swap(u.cell->value, slots[u.slot]);
+        } else {
+            u.cell->value = slots[u.slot];
+        }
+    }
+    for (int s : transient) slots[s] = Tensor();
+    return result;
+}
+
+std::vector<Tensor> Function::operator()(const std::vector<Arg>& args) {
+    Plan& p = *plan_;
+    if (args.size() > p.inputs.size()) {
+        throw UsageError(fmt::format("function call: {} arguments given, the function takes {}", args.size(),
+                                     p.inputs.size()));
+    }
+    for (std::size_t i = 0; i < p.inputs.size(); ++i) {
+        InputBinding& b = p.inputs[i];
+        if (i < args.size()) {
+            p.slots[b.slot] = p.bind_arg(b, i, args[i]);
+        } else if (b.default_value) {
+            p.slots[b.slot] = *b.default_value;
+        } else {
+            throw UsageError(fmt::format("function call: missing argument for {} ({} given, {} needed)",
+                                         input_label(i, b), args.size(), p.inputs.size()));
+        }
+    }
+    return p.run();
+}
+
+std::vector<Tensor> Function::call_named(const std::vector<NamedArg>& args) {
+    Plan& p = *plan_;
+    std::vector<bool> given(p.inputs.size(), false);
+    for (const NamedArg& a : args) {
+        std::size_t i = 0;
+        while (i < p.inputs.size() && p.inputs[i].name != a.name) ++i;
+        if (i == p.inputs.size()) {
+            std::string names;
+            for (const auto& b : p.inputs) names += (names.empty() ? "" : ", ") + b.name;
+            throw UsageError(fmt::format("function call: no input named '{}' (inputs: {})", a.name, names));
+        }
+        if (given[i]) throw UsageError(fmt::format("function call: input '{}' given twice", a.name));
+        given[i] = true;
+        p.slots[p.inputs[i].slot] = p.bind_arg(p.inputs[i], i, a.value);
+    }
+    for (std::size_t i = 0; i < p.inputs.size(); ++i) {
+        if (given[i]) continue;
+        if (!p.inputs[i].default_value) {
+            throw UsageError(fmt::format("function call: missing argument for {}", input_label(i, p.inputs[i])));
+        }
+        p.slots[p.inputs[i].slot] = *p.inputs[i].default_value;
+    }
+    return p.run();
+}
+
+double Function::scalar(const std::vector<Arg>& args) {
+    auto out = (*this)(args);
+    if (out.size() != 1) throw UsageError(fmt::format("Function::scalar: the function has {} outputs", out.size()));
+    return out[0].item();
+}
+
+std::string Function::debugprint(bool print_type) const {
+    PrintOptions opt;
+    opt.print_type = print_type;
+    std::string s = theanine::debugprint(plan_->outputs, opt);
+    for (const auto& [name, v] : plan_->update_values) {
+        s += "update " + name + ":\n" + theanine::debugprint(v, opt);
+    }
+    return s;
+}
+
+std::string Function::to_dot() const {
+    std::vector<Variable> all = plan_->outputs;
+    for (const auto& u : plan_->update_values) all.push_back(u.second);
+    return theanine::to_dot(all);
+}
+
+const std::vector<std::string>& Function::rewrite_log() const { return plan_->log; }
+
+std::vector<std::string> Function::op_names() const {
+    std::vector<std::string> names;
+    for (const Step& s : plan_->steps) names.push_back(s.op->name());
+    return names;
+}
+
+std::size_t Function::n_steps() const { return plan_->steps.size(); }
+
+Function function(const std::vector<In>& inputs, const std::vector<Variable>& outputs, const Updates& updates,
+                  const Givens& givens, const CompileOptions& options) {
+    // 1. Check the inputs and updates.
+    VarMap<std::size_t> input_pos;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        const Variable& v = inputs[i].var;
+        if (!v.defined()) throw UsageError(fmt::format("function: input {} is an undefined Variable", i));
+        if (!v.is_input()) {
+            throw UsageError(fmt::format("function: input {} ('{}') is a {}; inputs must be symbolic variables "
+                                         "(shared variables are read implicitly)", i, v.label(),
+                                         v.is_shared() ? "shared variable" : v.is_constant() ? "constant" : "computed value"));
+        }
+        if (input_pos.count(key(v))) throw UsageError(fmt::format("function: input {} ('{}') is listed twice", i, v.label()));
+        input_pos[key(v)] = i;
+        if (inputs[i].value && !v.type().accepts(*inputs[i].value)) {
+            throw UsageError(fmt::format("function: the default value of input {} ('{}') does not fit {}", i, v.label(),
+                                         v.type().str()));
+        }
+    }
+    for (std::size_t i = 0; i < outputs.size(); ++i) {
+        if (!outputs[i].defined()) throw UsageError(fmt::format("function: output {} is an undefined Variable", i));
+    }
+    std::vector<std::pair<std::shared_ptr<SharedCell>, Variable>> all_updates;
+    std::unordered_set<const SharedCell*> updated;
+    std::vector<std::string> update_names;
+    for (std::size_t i = 0; i < updates.size(); ++i) {
+        const auto& [sv, expr] = updates[i];
+        if (!sv.defined() || !sv.is_shared()) throw UsageError(fmt::format("function: update {} does not name a shared variable", i));
+        if (!expr.defined()) throw UsageError(fmt::format("function: update {} of '{}' is an undefined Variable", i, sv.label()));
+        if (expr.dtype() != sv.dtype() || expr.ndim() != sv.ndim()) {
+            throw UsageError(fmt::format("function: update {} of shared variable '{}' ({}) has type {}; an update must "
+                                         "keep the variable's dtype and rank", i, sv.label(), sv.type().str(), expr.type().str()));
+        }
+        if (!updated.insert(sv.node().cell.get()).second) {
+            throw UsageError(fmt::format("function: shared variable '{}' is updated twice", sv.label()));
+        }
+        all_updates.emplace_back(sv.node().cell, expr);
+        update_names.push_back(sv.label());
+    }
+    // 2. Default updates of the shared variables the graph reads (generator states).
+    for (bool grew = true; grew;) {
+        grew = false;
+        std::vector<Variable> roots = outputs;
+        for (auto& u : all_updates) roots.push_back(u.second);
+        for (const auto& node : toposort(roots)) {
+            if (node->kind != NodeKind::shared || updated.count(node->cell.get())) continue;
+            auto upd = node->cell->default_update_node.lock();
+            if (!upd) continue;
+            updated.insert(node->cell.get());
+            all_updates.emplace_back(node->cell, Variable(upd, node->cell->default_update_index));
+            update_names.push_back(node->name.empty() ? "<shared>" : node->name);
+            grew = true;
+        }
+    }
+    // 3. Givens.
+    VarMap<Variable> replace;
+    for (std::size_t i = 0; i < givens.size(); ++i) {
+        const auto& [from, to] = givens[i];
+        if (!from.defined() || !to.defined()) throw UsageError(fmt::format("function: givens entry {} has an undefined Variable", i));
+        if (from.dtype() != to.dtype() || from.ndim() != to.ndim()) {
+            throw UsageError(fmt::format("function: givens entry {} replaces '{}' ({}) by a value of type {}; the types "
+                                         "must match", i, from.label(), from.type().str(), to.type().str()));
+        }
+        replace[key(from)] = to;
+    }
+    std::vector<Variable> all = outputs;
+    for (auto& u : all_updates) all.push_back(u.second);
+    all = clone_with_replace(all, replace);
+
+    // 4. Rewrites.
+    RewriteLog log;
+    log.verbose = options.verbose;
+    all = optimize(all, options.rewrites, log);
+
+    Function f;
+    f.plan_ = std::make_unique<Plan>();
+    Plan& p = *f.plan_;
+    p.log = log.lines;
+    p.outputs.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(outputs.size()));
+    for (std::size_t i = 0; i < all_updates.size(); ++i) {
+        p.update_values.emplace_back(update_names[i], all[outputs.size() + i]);
+    }
+
+    // 5. Slots and steps.
+    auto order = toposort(all);
+    VarMap<int> slot_of;
+    std::size_t n_slots = inputs.size();
+    for (const auto& node : order) n_slots += static_cast<std::size_t>(node->n_outputs());
+    p.slots.resize(n_slots);  // never resized again: steps hold pointers into it
+    int next = 0;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        InputBinding b{next, inputs[i].var, inputs[i].name, inputs[i].value, Tensor()};
+        slot_of[key(inputs[i].var)] = next;
+        p.transient.push_back(next);
+        p.inputs.push_back(std::move(b));
+        ++next;
+    }
+    for (const auto& node : order) {
+        p.keepalive.push_back(node);
+        if (node->kind == NodeKind::input) {
+            if (!slot_of.count(VarKey{node.get(), 0})) {
+                throw UsageError(fmt::format(
+                    "function: the graph needs the input '{}' ({}), which is neither in the inputs list nor replaced by "
+                    "the givens", node->name.empty() ? "<unnamed>" : node->name, node->types[0].str()));
+            }
+            continue;
+        }
+        if (node->kind == NodeKind::constant) {
+            slot_of[VarKey{node.get(), 0}] = next;
+            p.slots[next++] = node->value;
+            continue;
+        }
+        if (node->kind == NodeKind::shared) {
+            slot_of[VarKey{node.get(), 0}] = next;
+            p.shared.emplace_back(next, node->cell);
+            p.transient.push_back(next);
+            ++next;
+            continue;
+        }
+        Step s{node->op.get(), node.get(), {}, {}};
+        for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
+        std::vector<int> views = node->op->view_map();
+        for (int o = 0; o < node->n_outputs(); ++o) {
+            slot_of[VarKey{node.get(), o}] = next;
+            s.out.push_back(&p.slots[next]);
+            if (o < static_cast<int>(views.size()) && views[o] >= 0) p.transient.push_back(next);
+            ++next;
+        }
+        p.steps.push_back(std::move(s));
+    }
+    for (const auto& o : p.outputs) p.output_slots.push_back(slot_of.at(key(o)));
+    std::unordered_set<int> transient(p.transient.begin(), p.transient.end());
+    std::unordered_set<int> used;
+    for (std::size_t i = 0; i < all_updates.size(); ++i) {
+        int slot = slot_of.at(key(all[outputs.size() + i]));
+        const Variable& v = all[outputs.size() + i];
+        bool swap = v.is_apply() && !transient.count(slot) && used.insert(slot).second;
+        p.updates.push_back({all_updates[i].first, slot, swap});
+    }
+    return f;
+}
+
+}  // namespace theanine

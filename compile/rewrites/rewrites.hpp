@@ -1,0 +1,24 @@
+// Registration of the rewrite phases, one file per phase. The registry calls these once.
+#pragma once
+
+#include "compile/rewrite.hpp"
+
+namespace theanine {
+
+void register_canonicalize(RewriteRegistry& r);
+void register_stabilize(RewriteRegistry& r);
+
+// Helpers for writing rewrites.
+namespace pattern {
+// The op of v's node as T, or nullptr when v is not an output of such an op.
+template <class T>
+const T* op_as(const Variable& v) {
+    return v.is_apply() ? dynamic_cast<const T*>(v.node().op.get()) : nullptr;
+}
+// Whether v is an Elemwise node of the given scalar op.
+bool is_elemwise(const Variable& v, int scalar_op);
+// Whether v is a constant (possibly under DimShuffles) whose every element equals value.
+bool is_constant_value(const Variable& v, double value);
+}  // namespace pattern
+
+}  // namespace theanine

@@ -1,0 +1,36 @@
+// Exceptions thrown by theanine. Every error derives from theanine::Error.
+//
+// UsageError  - the caller did something wrong (bad types, shapes, arguments, files);
+//               the message names the op or function, the offending input and, where
+//               known, the line of user code that built the node.
+// InternalError - a broken invariant inside theanine (a bug in the library).
+#pragma once
+
+#include <source_location>
+#include <stdexcept>
+#include <string>
+
+namespace theanine {
+
+class Error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+class UsageError : public Error {
+public:
+    using Error::Error;
+};
+
+class InternalError : public Error {
+public:
+    using Error::Error;
+};
+
+// "file.cpp:42" for a source location; empty when the location is unknown.
+std::string where_string(const std::source_location& loc);
+
+// Throws InternalError with the message when cond is false.
+void internal_check(bool cond, const std::string& message);
+
+}  // namespace theanine

@@ -1,0 +1,111 @@
+#include "graph/printing.hpp"
+
+#include <fmt/format.h>
+
+namespace theanine {
+
+namespace {
+
+std::string id_string(std::size_t n) {
+    std::string s;
+    do {
+        s.insert(s.begin(), static_cast<char>('A' + n % 26));
+        n = n / 26;
+    } while (n-- > 0);
+    return s;
+}
+
+std::string constant_text(const Tensor& t) {
+    if (t.size() == 1) return fmt::format("TensorConstant{{{}}}", t.item());
+    return fmt::format("TensorConstant{{{} {}}}", dtype_name(t.dtype()), shape_string(t.shape()));
+}
+
+std::string leaf_or_op(const Variable& v) {
+    const Node& n = v.node();
+    switch (n.kind) {
+    case NodeKind::apply: {
+        std::string s = n.op->name();
+        if (n.n_outputs() > 1) s += fmt::format(".{}", v.index());
+        return s;
+    }
+    case NodeKind::constant: return n.name.empty() ? constant_text(n.value) : n.name;
+    case NodeKind::shared: return n.name.empty() ? std::string("<shared>") : n.name;
+    case NodeKind::input: return n.name.empty() ? std::string("<input>") : n.name;
+    }
+    return "?";
+}
+
+struct Printer {
+    const PrintOptions& opt;
+    std::unordered_map<const Node*, std::string> ids;
+    std::string out;
+
+    std::string id_of(const Node* n, bool* fresh) {
+        auto it = ids.find(n);
+        *fresh = it == ids.end();
+        if (*fresh) it = ids.emplace(n, id_string(ids.size())).first;
+        return it->second;
+    }
+
+    void line(const Variable& v, const std::string& prefix) {
+        bool fresh = false;
+        std::string id = id_of(v.node_ptr().get(), &fresh);
+        out += prefix + leaf_or_op(v) + " [id " + id + "]";
+        if (opt.print_type) out += " <" + v.type().str() + ">";
+        if (opt.shapes) {
+            auto s = opt.shapes->find(key(v));
+            if (s != opt.shapes->end()) out += " " + shape_string(s->second);
+        }
+        out += "\n";
+        if (!fresh || !v.is_apply()) return;
+        std::string child = prefix.empty() ? " |" : std::string(prefix.size(), ' ') + " |";
+        for (const auto& in : v.node().inputs) line(in, child);
+    }
+};
+
+}  // namespace
+
+std::string debugprint(const std::vector<Variable>& outputs, const PrintOptions& options) {
+    Printer p{options, {}, {}};
+    for (const auto& v : outputs) p.line(v, "");
+    return p.out;
+}
+
+std::string debugprint(const Variable& output, const PrintOptions& options) {
+    return debugprint(std::vector<Variable>{output}, options);
+}
+
+std::string to_dot(const std::vector<Variable>& outputs, const std::string& graph_name) {
+    std::string s = fmt::format("digraph {} {{\n  rankdir=BT;\n", graph_name);
+    std::unordered_map<const Node*, std::size_t> ids;
+    auto order = toposort(outputs);
+    auto escape = [](std::string t) {
+        std::string r;
+        for (char c : t) {
+            if (c == '"' || c == '\\') r += '\\';
+            r += c;
+        }
+        return r;
+    };
+    for (const auto& n : order) {
+        std::size_t id = ids.size();
+        ids[n.get()] = id;
+        Variable v(n, 0);
+        std::string label = escape(leaf_or_op(v));
+        if (n->kind == NodeKind::apply) {
+            s += fmt::format("  n{} [shape=box, label=\"{}\"];\n", id, label);
+        } else {
+            s += fmt::format("  n{} [shape=ellipse, label=\"{}\\n{}\"];\n", id, label, escape(n->types[0].str()));
+        }
+        for (std::size_t i = 0; i < n->inputs.size(); ++i) {
+            s += fmt::format("  n{} -> n{} [label=\"{}\"];\n", ids.at(n->inputs[i].node_ptr().get()), id, i);
+        }
+    }
+    for (std::size_t i = 0; i < outputs.size(); ++i) {
+        s += fmt::format("  out{} [shape=plaintext, label=\"output {}\"];\n  n{} -> out{};\n", i, i,
+                         ids.at(outputs[i].node_ptr().get()), i);
+    }
+    return s + "}\n";
+}
+
+}  // namespace theanine

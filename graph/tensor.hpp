@@ -1,0 +1,168 @@
+// Tensor: the runtime n-d array that flows through compiled functions.
+//
+// A Tensor is a dtype, a shape, row-major strides (in elements) and an offset into a
+// reference-counted Storage. Views (transpose, slices, dimshuffle) share storage. Kernels
+// read data through typed pointers and strides; most kernels ask for contiguous inputs and
+// get them cheaply because almost every tensor in a training step is contiguous.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "graph/error.hpp"
+
+namespace theanine {
+
+enum class DType : std::uint8_t { float32, float64, int64, int32, uint8, boolean };
+
+using Shape = std::vector<std::int64_t>;
+
+std::size_t dtype_size(DType dt);
+std::string_view dtype_name(DType dt);
+// Parses "float32", "float64", "int64", "int32", "uint8", "bool"; throws UsageError otherwise.
+DType dtype_from_name(std::string_view name);
+bool is_float(DType dt);
+bool is_integer(DType dt);  // int64, int32, uint8 (not bool)
+
+template <class T>
+constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::float32; }
+template <> constexpr DType dtype_of<double>() { return DType::float64; }
+template <> constexpr DType dtype_of<std::int64_t>() { return DType::int64; }
+template <> constexpr DType dtype_of<std::int32_t>() { return DType::int32; }
+template <> constexpr DType dtype_of<std::uint8_t>() { return DType::uint8; }
+template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
+
+// Calls f.template operator()<T>() with T the C++ type of dt.
+template <class F>
+decltype(auto) dispatch(DType dt, F&& f) {
+    switch (dt) {
+    case DType::float32: return f.template operator()<float>();
+    case DType::float64: return f.template operator()<double>();
+    case DType::int64: return f.template operator()<std::int64_t>();
+    case DType::int32: return f.template operator()<std::int32_t>();
+    case DType::uint8: return f.template operator()<std::uint8_t>();
+    case DType::boolean: return f.template operator()<bool>();
+    }
+    throw InternalError("dispatch: unknown dtype");
+}
+
+std::string shape_string(const Shape& shape);  // "(20, 784)"
+std::int64_t shape_size(const Shape& shape);
+
+// A 64-byte aligned buffer.
+class Storage {
+public:
+    explicit Storage(std::size_t bytes);
+    ~Storage();
+    Storage(const Storage&) = delete;
+    Storage& operator=(const Storage&) = delete;
+    void* data() const { return data_; }
+    std::size_t bytes() const { return bytes_; }
+
+private:
+    void* data_ = nullptr;
+    std::size_t bytes_ = 0;
+};
+
+// Counts Storage allocations, so tests can check that a steady-state call allocates nothing.
+std::uint64_t storage_allocation_count();
+
+class Tensor {
+public:
+    Tensor() = default;  // an empty tensor: no dtype, no storage
+
+    static Tensor empty(DType dt, const Shape& shape);  // uninitialised
+    static Tensor zeros(DType dt, const Shape& shape);
+    static Tensor full(DType dt, const Shape& shape, double value);
+    template <class T>
+    static Tensor scalar(T value) {
+        Tensor t = empty(dtype_of<T>(), {});
+        *t.data<T>() = value;
+        return t;
+    }
+    template <class T>
+    static Tensor from_vector(const Shape& shape, const std::vector<T>& values);
+
+    bool defined() const { return storage_ != nullptr; }
+    DType dtype() const { return dtype_; }
+    const Shape& shape() const { return shape_; }
+    const Shape& strides() const { return strides_; }
+    int ndim() const { return static_cast<int>(shape_.size()); }
+    std::int64_t size() const { return shape_size(shape_); }
+    std::int64_t dim(int i) const { return shape_.at(static_cast<std::size_t>(i)); }
+    bool is_contiguous() const;
+
+    // Typed access; throws UsageError when T is not the tensor's dtype.
+    template <class T>
+    T* data() {
+        check_dtype(dtype_of<T>());
+        return static_cast<T*>(storage_->data()) + offset_;
+    }
+    template <class T>
+    const T* data() const {
+        check_dtype(dtype_of<T>());
+        return static_cast<const T*>(storage_->data()) + offset_;
+    }
+    void* raw_data() const;
+
+    // Element at a multi-index (bounds checked), converted to double / int64.
+    double at(std::initializer_list<std::int64_t> index) const;
+    // The single value of a tensor with one element, converted.
+    double item() const;
+    std::int64_t item_int() const;
+    // All values in C order, converted.
+    std::vector<double> to_doubles() const;
+
+    // Views sharing storage.
+    Tensor dimshuffle(const std::vector<int>& order) const;  // -1 inserts a size-1 axis
+    Tensor transpose() const;                                  // reverses the axes
+    Tensor slice(int axis, std::int64_t start, std::int64_t stop, std::int64_t step) const;
+    Tensor index(int axis, std::int64_t i) const;  // drops the axis
+    Tensor reshape_view(const Shape& shape) const;  // contiguous tensors only
+
+    Tensor copy() const;  // contiguous deep copy
+    Tensor contiguous() const { return is_contiguous() ? *this : copy(); }
+    Tensor astype(DType dt) const;
+    void copy_from(const Tensor& src);  // same shape, any dtype; converts
+
+    bool shares_storage(const Tensor& other) const {
+        return storage_ != nullptr && storage_ == other.storage_;
+    }
+    long storage_use_count() const { return storage_.use_count(); }
+
+    // Makes this tensor a contiguous dt/shape tensor, reusing its storage when nothing else
+    // refers to it and it is large enough. Contents are unspecified afterwards.
+    void ensure(DType dt, const Shape& shape);
+
+    std::string str() const;  // numpy-like text, for messages and tests
+
+private:
+    void check_dtype(DType dt) const;
+    std::shared_ptr<Storage> storage_;
+    std::int64_t offset_ = 0;
+    DType dtype_ = DType::float64;
+    Shape shape_;
+    Shape strides_;
+};
+
+Shape contiguous_strides(const Shape& shape);
+
+template <class T>
+Tensor Tensor::from_vector(const Shape& shape, const std::vector<T>& values) {
+    if (static_cast<std::int64_t>(values.size()) != shape_size(shape)) {
+        throw UsageError("Tensor::from_vector: " + std::to_string(values.size()) +
+                         " values do not fill shape " + shape_string(shape));
+    }
+    Tensor t = empty(dtype_of<T>(), shape);
+    T* d = t.data<T>();
+    for (std::size_t i = 0; i < values.size(); ++i) d[i] = values[i];
+    return t;
+}
+
+}  // namespace theanine

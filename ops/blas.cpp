@@ -1,0 +1,233 @@
+#include "ops/blas.hpp"
+
+#include <Eigen/Core>
+#include <fmt/format.h>
+
+#include "ops/elemwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+namespace {
+
+template <class T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ColMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+// A 2-d view readable by Eigen without a copy: row-major (contiguous) or column-major (the
+// transpose of a contiguous matrix). Anything else is copied into `scratch` first.
+struct MatView {
+    const void* data;
+    std::int64_t rows, cols;
+    bool col_major;
+};
+
+MatView mat_view(const Tensor& t, Tensor& scratch) {
+    const std::int64_t r = t.dim(0), c = t.dim(1);
+    const auto& st = t.strides();
+    if ((st[1] == 1 || c <= 1) && (st[0] == c || r <= 1)) return {t.raw_data(), r, c, false};
+    if ((st[0] == 1 || r <= 1) && (st[1] == r || c <= 1)) return {t.raw_data(), r, c, true};
+    scratch = t.copy();
+    return {scratch.raw_data(), r, c, false};
+}
+
+// out = beta * out + alpha * op(A) op(B), out row-major (m x n).
+template <class T>
+void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView& a, bool ta, const MatView& b, bool tb,
+                 T beta) {
+    Eigen::Map<RowMat<T>> o(out, m, n);
+    auto run = [&](const auto& A, const auto& B) {
+        if (beta == T(0)) {
+            o.noalias() = alpha * (A * B);
+        } else {
+            if (beta != T(1)) o *= beta;
+            o.noalias() += alpha * (A * B);
+        }
+    };
+    auto with_b = [&](const auto& A) {
+        if (b.col_major) {
+            Eigen::Map<const ColMat<T>> B(static_cast<const T*>(b.data), b.rows, b.cols);
+            if (tb) run(A, B.transpose()); else run(A, B);
+        } else {
+            Eigen::Map<const RowMat<T>> B(static_cast<const T*>(b.data), b.rows, b.cols);
+            if (tb) run(A, B.transpose()); else run(A, B);
+        }
+    };
+    if (a.col_major) {
+        Eigen::Map<const ColMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
+        if (ta) with_b(A.transpose()); else with_b(A);
+    } else {
+        Eigen::Map<const RowMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
+        if (ta) with_b(A.transpose()); else with_b(A);
+    }
+}
+
+// Views a tensor of ndim <= 2 as a matrix: vectors as (1, n) rows or (n, 1) columns.
+Tensor as_matrix(const Tensor& t, bool vector_as_column) {
+    if (t.ndim() == 2) return t;
+    return vector_as_column ? t.dimshuffle({0, -1}) : t.dimshuffle({-1, 0});
+}
+
+void check_dot_dtype(const std::string& op, const std::vector<Variable>& inputs, std::size_t a, std::size_t b) {
+    if (inputs[a].dtype() != inputs[b].dtype()) {
+        throw UsageError(fmt::format("{}: input {} is {} but input {} is {} (dtypes differ)", op, a,
+                                     inputs[a].type().str(), b, inputs[b].type().str()));
+    }
+    DType dt = inputs[a].dtype();
+    if (dt == DType::boolean || dt == DType::uint8) {
+        throw UsageError(fmt::format("{}: {} inputs are not supported", op, dtype_name(dt)));
+    }
+}
+
+}  // namespace
+
+std::vector<TensorType> Dot::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 2) throw UsageError("Dot: takes 2 inputs");
+    const Variable& a = inputs[0];
+    const Variable& b = inputs[1];
+    if (a.ndim() < 1 || a.ndim() > 2 || b.ndim() < 1 || b.ndim() > 2) {
+        throw UsageError(fmt::format("Dot: inputs must be vectors or matrices, got input 0 {} and input 1 {}",
+                                     a.type().str(), b.type().str()));
+    }
+    check_dot_dtype("Dot", inputs, 0, 1);
+    std::vector<bool> bc;
+    if (a.ndim() == 2) bc.push_back(a.broadcastable()[0]);
+    if (b.ndim() == 2) bc.push_back(b.broadcastable()[1]);
+    return {TensorType{a.dtype(), bc}};
+}
+
+std::optional<std::vector<Shape>> Dot::infer_shape(const std::vector<Shape>& in) const {
+    Shape s;
+    if (in[0].size() == 2) s.push_back(in[0][0]);
+    if (in[1].size() == 2) s.push_back(in[1][1]);
+    return std::vector<Shape>{s};
+}
+
+void Dot::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor& a = *in[0];
+    const Tensor& b = *in[1];
+    const std::int64_t ka = a.dim(a.ndim() - 1);
+    const std::int64_t kb = b.dim(0);
+    if (ka != kb) {
+        throw UsageError(fmt::format("Dot: shapes {} (input 0) and {} (input 1) are not aligned: {} != {}",
+                                     shape_string(a.shape()), shape_string(b.shape()), ka, kb));
+    }
+    Shape os = (*infer_shape({a.shape(), b.shape()}))[0];
+    out[0]->ensure(a.dtype(), os);
+    Tensor am = as_matrix(a, false);
+    Tensor bm = as_matrix(b, true);
+    Tensor sa, sb;
+    MatView va = mat_view(am, sa);
+    MatView vb = mat_view(bm, sb);
+    dispatch(a.dtype(), [&]<class T>() {
+        if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::uint8_t>) {
+            internal_check(false, "Dot on bool/uint8");
+        } else {
+            gemm_kernel<T>(out[0]->data<T>(), va.rows, vb.cols, T(1), va, false, vb, false, T(0));
+        }
+    });
+}
+
+std::vector<Variable> Dot::pullback(const Node& node, const std::vector<Variable>& g) const {
+    const Variable& a = node.inputs[0];
+    const Variable& b = node.inputs[1];
+    const Variable& gz = g[0];
+    if (a.ndim() == 2 && b.ndim() == 2) return {dot(gz, b.T()), dot(a.T(), gz)};
+    if (a.ndim() == 2 && b.ndim() == 1) return {outer(gz, b), dot(a.T(), gz)};
+    if (a.ndim() == 1 && b.ndim() == 2) return {dot(b, gz), outer(a, gz)};
+    return {mul(gz, b), mul(gz, a)};
+}
+
+Variable dot(const Variable& a_in, const Variable& b_in, std::source_location where) {
+    Variable a = a_in, b = b_in;
+    if (a.dtype() != b.dtype()) {
+        DType dt = promote(a.dtype(), b.dtype());
+        a = cast(a, dt);
+        b = cast(b, dt);
+    }
+    return apply1(std::make_shared<Dot>(), {a, b}, where);
+}
+
+Variable outer(const Variable& u, const Variable& v) { return dot(dimshuffle(u, {0, -1}), dimshuffle(v, {-1, 0})); }
+
+std::string Gemm::name() const {
+    return fmt::format("Gemm{{{},{}}}", trans_a_ ? "T" : "N", trans_b_ ? "T" : "N");
+}
+
+bool Gemm::props_equal(const Op& o) const {
+    const auto& g = static_cast<const Gemm&>(o);
+    return g.trans_a_ == trans_a_ && g.trans_b_ == trans_b_;
+}
+
+std::vector<TensorType> Gemm::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 5) throw UsageError(name() + ": takes C, alpha, A, B, beta");
+    const char* names[] = {"C", "alpha", "A", "B", "beta"};
+    for (std::size_t i = 0; i < 5; ++i) {
+        int want = (i == 1 || i == 4) ? 0 : 2;
+        if (inputs[i].ndim() != want) {
+            throw UsageError(fmt::format("{}: input {} ({}) is {}, expected {} dimensions", name(), i, names[i],
+                                         inputs[i].type().str(), want));
+        }
+        if (inputs[i].dtype() != inputs[0].dtype()) {
+            throw UsageError(fmt::format("{}: input {} ({}) is {} but C is {}", name(), i, names[i],
+                                         inputs[i].type().str(), inputs[0].type().str()));
+        }
+    }
+    return {TensorType{inputs[0].dtype(), {false, false}}};
+}
+
+std::optional<std::vector<Shape>> Gemm::infer_shape(const std::vector<Shape>& in) const {
+    return std::vector<Shape>{in[0]};
+}
+
+void Gemm::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor& c = *in[0];
+    const Tensor& a = *in[2];
+    const Tensor& b = *in[3];
+    const std::int64_t m = trans_a_ ? a.dim(1) : a.dim(0);
+    const std::int64_t ka = trans_a_ ? a.dim(0) : a.dim(1);
+    const std::int64_t kb = trans_b_ ? b.dim(1) : b.dim(0);
+    const std::int64_t n = trans_b_ ? b.dim(0) : b.dim(1);
+    if (ka != kb || c.dim(0) != m || c.dim(1) != n) {
+        throw UsageError(fmt::format("{}: shapes do not agree: C {}, A {}, B {}", name(), shape_string(c.shape()),
+                                     shape_string(a.shape()), shape_string(b.shape())));
+    }
+    // Accumulate into C's own buffer when nothing else holds it (the executor hands the
+    // tensor over when liveness allows); otherwise into a copy.
+    if (out[0] != in[0]) {
+        out[0]->ensure(c.dtype(), c.shape());
+        out[0]->copy_from(c);
+    }
+    Tensor sa, sb;
+    MatView va = mat_view(a, sa);
+    MatView vb = mat_view(b, sb);
+    dispatch(c.dtype(), [&]<class T>() {
+        if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::uint8_t>) {
+            internal_check(false, "Gemm on bool/uint8");
+        } else {
+            gemm_kernel<T>(out[0]->data<T>(), m, n, static_cast<T>(in[1]->item()), va, trans_a_, vb, trans_b_,
+                           static_cast<T>(in[4]->item()));
+        }
+    });
+}
+
+std::vector<Variable> Gemm::pullback(const Node& node, const std::vector<Variable>& g) const {
+    const auto& x = node.inputs;
+    Variable opa = trans_a_ ? x[2].T() : x[2];
+    Variable opb = trans_b_ ? x[3].T() : x[3];
+    Variable prod = dot(opa, opb);
+    Variable ga = mul(x[1], dot(g[0], opb.T()));
+    Variable gb = mul(x[1], dot(opa.T(), g[0]));
+    if (trans_a_) ga = ga.T();
+    if (trans_b_) gb = gb.T();
+    return {mul(g[0], x[4]), sum(mul(g[0], prod)), ga, gb, sum(mul(g[0], x[0]))};
+}
+
+Variable gemm(const Variable& c, const Variable& alpha, const Variable& a, const Variable& b, const Variable& beta,
+              bool trans_a, bool trans_b) {
+    return apply1(std::make_shared<Gemm>(trans_a, trans_b), {c, cast(alpha, c.dtype()), a, b, cast(beta, c.dtype())});
+}
+
+}  // namespace theanine

@@ -1,0 +1,50 @@
+// Matrix products: dot (matrix-matrix, matrix-vector, vector-matrix, vector-vector) and Gemm,
+// the specialised form the rewrites produce:
+//
+//   Gemm{transA, transB}(C, alpha, A, B, beta) = beta * C + alpha * op(A) op(B)
+//
+// where op(X) is X or X^T read in place through the transpose flag (no copy). Products go
+// through Eigen on the tensors' storage.
+#pragma once
+
+#include "graph/graph.hpp"
+
+namespace theanine {
+
+class Dot final : public Op {
+public:
+    std::string name() const override { return "Dot"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op&) const override { return true; }
+    std::size_t props_hash() const override { return 0; }
+};
+
+class Gemm final : public Op {
+public:
+    Gemm(bool trans_a, bool trans_b) : trans_a_(trans_a), trans_b_(trans_b) {}
+    bool trans_a() const { return trans_a_; }
+    bool trans_b() const { return trans_b_; }
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op& o) const override;
+    std::size_t props_hash() const override { return (trans_a_ ? 2u : 0u) + (trans_b_ ? 1u : 0u); }
+
+private:
+    bool trans_a_, trans_b_;
+};
+
+// dot(a, b) with numpy's rules for 1-d and 2-d operands; dtypes are upcast first.
+Variable dot(const Variable& a, const Variable& b,
+             std::source_location where = std::source_location::current());
+// outer(u, v) = u[:, None] * v[None, :] as a matrix product.
+Variable outer(const Variable& u, const Variable& v);
+Variable gemm(const Variable& c, const Variable& alpha, const Variable& a, const Variable& b,
+              const Variable& beta, bool trans_a = false, bool trans_b = false);
+
+}  // namespace theanine

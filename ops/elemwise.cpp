@@ -1,0 +1,465 @@
+#include "ops/elemwise.hpp"
+
+#include <array>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "ops/loops.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+namespace {
+
+using loops::broadcast_iterate;
+using loops::elemwise_loop;
+
+struct ScalarOpInfo {
+    ScalarOp op;
+    const char* name;
+    int arity;
+    bool float_only;   // integer inputs are upcast to a float dtype first
+    bool comparison;   // output is bool
+};
+
+constexpr ScalarOpInfo kScalarOps[] = {
+    {ScalarOp::add, "add", 2, false, false},
+    {ScalarOp::sub, "sub", 2, false, false},
+    {ScalarOp::mul, "mul", 2, false, false},
+    {ScalarOp::true_div, "true_div", 2, true, false},
+    {ScalarOp::neg, "neg", 1, false, false},
+    {ScalarOp::exp, "exp", 1, true, false},
+    {ScalarOp::log, "log", 1, true, false},
+    {ScalarOp::log1p, "log1p", 1, true, false},
+    {ScalarOp::sigmoid, "sigmoid", 1, true, false},
+    {ScalarOp::softplus, "softplus", 1, true, false},
+    {ScalarOp::tanh, "tanh", 1, true, false},
+    {ScalarOp::abs, "abs", 1, false, false},
+    {ScalarOp::sgn, "sgn", 1, false, false},
+    {ScalarOp::sqrt, "sqrt", 1, true, false},
+    {ScalarOp::sqr, "sqr", 1, false, false},
+    {ScalarOp::pow, "pow", 2, false, false},
+    {ScalarOp::maximum, "maximum", 2, false, false},
+    {ScalarOp::minimum, "minimum", 2, false, false},
+    {ScalarOp::switch_, "switch", 3, false, false},
+    {ScalarOp::eq, "eq", 2, false, true},
+    {ScalarOp::neq, "neq", 2, false, true},
+    {ScalarOp::lt, "lt", 2, false, true},
+    {ScalarOp::le, "le", 2, false, true},
+    {ScalarOp::gt, "gt", 2, false, true},
+    {ScalarOp::ge, "ge", 2, false, true},
+    {ScalarOp::second, "second", 2, false, false},
+};
+static_assert(std::size(kScalarOps) == static_cast<std::size_t>(ScalarOp::second) + 1,
+              "every ScalarOp needs a table entry, in enum order");
+
+const ScalarOpInfo& info(ScalarOp op) { return kScalarOps[static_cast<std::size_t>(op)]; }
+
+// Arithmetic type for transcendental functions of integer inputs.
+template <class T>
+using calc_t = std::conditional_t<std::is_floating_point_v<T>, T, double>;
+
+template <class T>
+T stable_sigmoid(T x) {
+    if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
+    T e = std::exp(x);
+    return e / (T(1) + e);
+}
+
+template <class T>
+T stable_softplus(T x) {
+    // log(1 + exp(x)) without overflow: x + log1p(exp(-x)) for x > 0.
+    if (x > T(0)) return x + std::log1p(std::exp(-x));
+    return std::log1p(std::exp(x));
+}
+
+template <class T>
+T sign_of(T x) {
+    if constexpr (std::is_same_v<T, bool>) {
+        return x;
+    } else {
+        return static_cast<T>((T(0) < x) - (x < T(0)));
+    }
+}
+
+template <class T>
+T abs_of(T x) {
+    if constexpr (std::is_unsigned_v<T> || std::is_same_v<T, bool>) {
+        return x;
+    } else {
+        return x < T(0) ? static_cast<T>(-x) : x;
+    }
+}
+
+template <class T>
+void run_op(ScalarOp op, std::span<const Tensor* const> in, Tensor& out) {
+    using C = calc_t<T>;
+    auto c = [](auto v) { return static_cast<C>(v); };
+    std::array<const Tensor*, 1> a1{in[0]};
+    switch (op) {
+    case ScalarOp::neg: return elemwise_loop<T, T>(a1, out, [](T x) { return static_cast<T>(-x); });
+    case ScalarOp::exp: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(std::exp(c(x))); });
+    case ScalarOp::log: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(std::log(c(x))); });
+    case ScalarOp::log1p: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(std::log1p(c(x))); });
+    case ScalarOp::sigmoid: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(stable_sigmoid(c(x))); });
+    case ScalarOp::softplus: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(stable_softplus(c(x))); });
+    case ScalarOp::tanh: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(std::tanh(c(x))); });
+    case ScalarOp::abs: return elemwise_loop<T, T>(a1, out, [](T x) { return abs_of(x); });
+    case ScalarOp::sgn: return elemwise_loop<T, T>(a1, out, [](T x) { return sign_of(x); });
+    case ScalarOp::sqrt: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(std::sqrt(c(x))); });
+    case ScalarOp::sqr: return elemwise_loop<T, T>(a1, out, [](T x) { return static_cast<T>(x * x); });
+    default: break;
+    }
+    std::array<const Tensor*, 2> a2{in[0], in.size() > 1 ? in[1] : nullptr};
+    switch (op) {
+    case ScalarOp::add: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return static_cast<T>(x + y); });
+    case ScalarOp::sub: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return static_cast<T>(x - y); });
+    case ScalarOp::mul: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return static_cast<T>(x * y); });
+    case ScalarOp::true_div: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return static_cast<T>(x / y); });
+    case ScalarOp::pow: return elemwise_loop<T, T>(a2, out, [&](T x, T y) { return static_cast<T>(std::pow(c(x), c(y))); });
+    case ScalarOp::maximum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return x < y ? y : x; });
+    case ScalarOp::minimum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return y < x ? y : x; });
+    case ScalarOp::second: return elemwise_loop<T, T>(a2, out, [](T, T y) { return y; });
+    case ScalarOp::eq: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x == y; });
+    case ScalarOp::neq: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x != y; });
+    case ScalarOp::lt: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x < y; });
+    case ScalarOp::le: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x <= y; });
+    case ScalarOp::gt: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x > y; });
+    case ScalarOp::ge: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x >= y; });
+    default: break;
+    }
+    internal_check(false, fmt::format("no kernel for scalar op {}", info(op).name));
+}
+
+// switch(cond, a, b): cond is bool, a and b share dtype T.
+template <class T>
+void run_switch(std::span<const Tensor* const> in, Tensor& out) {
+    const bool* c = in[0]->data<bool>();
+    const T* a = in[1]->data<T>();
+    const T* b = in[2]->data<T>();
+    T* o = out.data<T>();
+    broadcast_iterate<3>({in[0], in[1], in[2]}, out.shape(), [&](std::int64_t i, const std::array<std::int64_t, 3>& off) {
+        o[i] = c[off[0]] ? a[off[1]] : b[off[2]];
+    });
+}
+
+bool is_weak(const Variable& v) { return v.is_constant() && v.node().weak; }
+
+DType float_for(DType dt) {
+    if (is_float(dt)) return dt;
+    if (dt == DType::int64 || dt == DType::int32) return DType::float64;
+    return config().floatX;
+}
+
+int kind_rank(DType dt) { return dt == DType::boolean ? 0 : (is_integer(dt) ? 1 : 2); }
+
+// Casts v to dt: weak constants are re-made in dt, others get a Cast node.
+Variable cast_to(const Variable& v, DType dt, std::source_location where) {
+    if (v.dtype() == dt) return v;
+    if (is_weak(v)) return constant(v.node().value.astype(dt), "", true);
+    return apply1(std::make_shared<Cast>(dt), {v}, where);
+}
+
+Variable align_rank(const Variable& v, int ndim, std::source_location where) {
+    if (v.ndim() == ndim) return v;
+    std::vector<int> order(static_cast<std::size_t>(ndim - v.ndim()), -1);
+    for (int i = 0; i < v.ndim(); ++i) order.push_back(i);
+    return apply1(std::make_shared<DimShuffle>(v.broadcastable(), order), {v}, where);
+}
+
+}  // namespace
+
+const char* scalar_op_name(ScalarOp op) { return info(op).name; }
+int scalar_op_arity(ScalarOp op) { return info(op).arity; }
+
+DType promote(DType a, DType b) {
+    if (a == b) return a;
+    auto rank = [](DType d) {
+        switch (d) {
+        case DType::boolean: return 0;
+        case DType::uint8: return 1;
+        case DType::int32: return 2;
+        case DType::int64: return 3;
+        case DType::float32: return 4;
+        case DType::float64: return 5;
+        }
+        return 0;
+    };
+    DType hi = rank(a) >= rank(b) ? a : b;
+    DType lo = rank(a) >= rank(b) ? b : a;
+    if (hi == DType::float32 && (lo == DType::int64 || lo == DType::int32)) return DType::float64;
+    return hi;
+}
+
+Shape broadcast_shapes(const std::string& op_name, const std::vector<const Tensor*>& inputs,
+                       const std::vector<std::vector<bool>>& broadcastable) {
+    int nd = 0;
+    for (auto* t : inputs) nd = std::max(nd, t->ndim());
+    Shape out(static_cast<std::size_t>(nd), 1);
+    std::vector<int> who(static_cast<std::size_t>(nd), -1);
+    for (std::size_t k = 0; k < inputs.size(); ++k) {
+        const Tensor& t = *inputs[k];
+        if (t.ndim() != nd) {
+            throw UsageError(fmt::format("{}: input {} has {} dimensions, expected {}", op_name, k,
+                                         t.ndim(), nd));
+        }
+        for (int d = 0; d < nd; ++d) {
+            const bool bc = !broadcastable.empty() && broadcastable[k][static_cast<std::size_t>(d)];
+            if (bc) continue;
+            if (who[d] < 0) {
+                out[d] = t.dim(d);
+                who[d] = static_cast<int>(k);
+            } else if (t.dim(d) != out[d]) {
+                throw UsageError(fmt::format(
+                    "{}: shapes do not match along axis {}: input {} has shape {}, input {} has "
+                    "shape {}",
+                    op_name, d, who[d], shape_string(inputs[static_cast<std::size_t>(who[d])]->shape()), k,
+                    shape_string(t.shape())));
+            }
+        }
+    }
+    return out;
+}
+
+std::string Elemwise::name() const { return fmt::format("Elemwise{{{}}}", info(op_).name); }
+
+bool Elemwise::props_equal(const Op& other) const {
+    return static_cast<const Elemwise&>(other).op_ == op_;
+}
+
+std::vector<TensorType> Elemwise::make_types(const std::vector<Variable>& inputs) const {
+    const auto& inf = info(op_);
+    if (static_cast<int>(inputs.size()) != inf.arity) {
+        throw UsageError(fmt::format("{}: takes {} inputs, got {}", name(), inf.arity, inputs.size()));
+    }
+    const int nd = inputs[0].ndim();
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        if (inputs[i].ndim() != nd) {
+            throw UsageError(fmt::format("{}: input {} is {} but input 0 is {} (ranks differ)", name(),
+                                         i, inputs[i].type().str(), inputs[0].type().str()));
+        }
+    }
+    std::size_t first_value = op_ == ScalarOp::switch_ ? 1 : 0;
+    if (op_ == ScalarOp::switch_ && inputs[0].dtype() != DType::boolean) {
+        throw UsageError(fmt::format("{}: input 0 (the condition) is {}, expected bool", name(),
+                                     inputs[0].type().str()));
+    }
+    DType dt = inputs[first_value].dtype();
+    for (std::size_t i = first_value; i < inputs.size(); ++i) {
+        if (inputs[i].dtype() != dt) {
+            throw UsageError(fmt::format("{}: input {} is {} but input {} is {} (dtypes differ)", name(), i,
+                                         inputs[i].type().str(), first_value, inputs[first_value].type().str()));
+        }
+    }
+    std::vector<bool> bc(static_cast<std::size_t>(nd), true);
+    for (const auto& in : inputs) {
+        for (int d = 0; d < nd; ++d) bc[d] = bc[d] && in.broadcastable()[d];
+    }
+    if (op_ == ScalarOp::second) bc = inputs[0].broadcastable();
+    return {TensorType{inf.comparison ? DType::boolean : dt, bc}};
+}
+
+std::optional<std::vector<Shape>> Elemwise::infer_shape(const std::vector<Shape>& in) const {
+    Shape out = in[0];
+    for (const auto& s : in) {
+        for (std::size_t d = 0; d < s.size() && d < out.size(); ++d) {
+            if (out[d] == 1) out[d] = s[d];
+        }
+    }
+    if (op_ == ScalarOp::second) out = in[0];
+    return std::vector<Shape>{out};
+}
+
+void Elemwise::perform(const Node& node, std::span<const Tensor* const> in,
+                       std::span<Tensor* const> out) const {
+    std::vector<const Tensor*> ins(in.begin(), in.end());
+    std::vector<std::vector<bool>> bcs;
+    for (const auto& v : node.inputs) bcs.push_back(v.broadcastable());
+    Shape os;
+    if (op_ == ScalarOp::second) {
+        os = in[0]->shape();
+        broadcast_shapes(name(), ins, bcs);
+    } else {
+        os = broadcast_shapes(name(), ins, bcs);
+    }
+    const DType out_dt = node.types[0].dtype;
+    out[0]->ensure(out_dt, os);
+    if (op_ == ScalarOp::switch_) {
+        dispatch(in[1]->dtype(), [&]<class T>() { run_switch<T>(in, *out[0]); });
+        return;
+    }
+    dispatch(in[0]->dtype(), [&]<class T>() { run_op<T>(op_, in, *out[0]); });
+}
+
+std::vector<Variable> Elemwise::pullback(const Node& node, const std::vector<Variable>& out_grads) const {
+    const Variable& g = out_grads[0];
+    const auto& x = node.inputs;
+    const Variable out = node.output(0);
+    if (info(op_).comparison) return {zeros_like(x[0]), zeros_like(x[1])};
+    switch (op_) {
+    case ScalarOp::add: return {g, g};
+    case ScalarOp::sub: return {g, neg(g)};
+    case ScalarOp::mul: return {mul(g, x[1]), mul(g, x[0])};
+    case ScalarOp::true_div: return {true_div(g, x[1]), neg(true_div(mul(g, x[0]), sqr(x[1])))};
+    case ScalarOp::neg: return {neg(g)};
+    case ScalarOp::exp: return {mul(g, out)};
+    case ScalarOp::log: return {true_div(g, x[0])};
+    case ScalarOp::log1p: return {true_div(g, add(x[0], 1.0))};
+    case ScalarOp::sigmoid: return {mul(g, mul(out, sub(1.0, out)))};
+    case ScalarOp::softplus: return {mul(g, sigmoid(x[0]))};
+    case ScalarOp::tanh: return {mul(g, sub(1.0, sqr(out)))};
+    case ScalarOp::abs: return {mul(g, sgn(x[0]))};
+    case ScalarOp::sgn: return {zeros_like(x[0])};
+    case ScalarOp::sqrt: return {true_div(mul(g, 0.5), out)};
+    case ScalarOp::sqr: return {mul(g, mul(x[0], 2.0))};
+    case ScalarOp::pow:
+        return {mul(g, mul(x[1], pow(x[0], sub(x[1], 1.0)))), mul(g, mul(out, log(x[0])))};
+    case ScalarOp::maximum: {
+        DType dt = node.types[0].dtype;
+        return {mul(g, cast(ge(x[0], x[1]), dt)), mul(g, cast(lt(x[0], x[1]), dt))};
+    }
+    case ScalarOp::minimum: {
+        DType dt = node.types[0].dtype;
+        return {mul(g, cast(le(x[0], x[1]), dt)), mul(g, cast(gt(x[0], x[1]), dt))};
+    }
+    case ScalarOp::switch_: {
+        Variable z = zeros_like(g);
+        return {Variable(), switch_(x[0], g, z), switch_(x[0], z, g)};
+    }
+    case ScalarOp::second: return {Variable(), g};
+    default: break;
+    }
+    return Op::pullback(node, out_grads);
+}
+
+std::string Cast::name() const { return fmt::format("Cast{{{}}}", dtype_name(to_)); }
+
+std::vector<TensorType> Cast::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 1) throw UsageError(fmt::format("{}: takes 1 input, got {}", name(), inputs.size()));
+    return {TensorType{to_, inputs[0].broadcastable()}};
+}
+
+std::optional<std::vector<Shape>> Cast::infer_shape(const std::vector<Shape>& in) const {
+    return std::vector<Shape>{in[0]};
+}
+
+void Cast::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    out[0]->ensure(to_, in[0]->shape());
+    out[0]->copy_from(*in[0]);
+}
+
+std::vector<Variable> Cast::pullback(const Node& node, const std::vector<Variable>& out_grads) const {
+    const Variable& x = node.inputs[0];
+    if (!is_float(x.dtype()) || !is_float(to_)) return {Variable()};
+    return {cast(out_grads[0], x.dtype())};
+}
+
+Operand::Operand(double x, std::source_location w)
+    : var(constant(Tensor::full(config().floatX, {}, x), "", true)), where(w) {}
+Operand::Operand(int x, std::source_location w)
+    : var(constant(Tensor::full(DType::int64, {}, x), "", true)), where(w) {}
+Operand::Operand(long x, std::source_location w)
+    : var(constant(Tensor::full(DType::int64, {}, static_cast<double>(x)), "", true)), where(w) {
+    if (static_cast<long>(static_cast<double>(x)) != x) {
+        Tensor t = Tensor::scalar<std::int64_t>(x);
+        var = constant(t, "", true);
+    }
+}
+
+Variable elemwise(ScalarOp op, const std::vector<Variable>& inputs, std::source_location where) {
+    const auto& inf = info(op);
+    if (static_cast<int>(inputs.size()) != inf.arity) {
+        throw UsageError(fmt::format("Elemwise{{{}}}: takes {} inputs, got {}", inf.name, inf.arity,
+                                     inputs.size()));
+    }
+    std::vector<Variable> ins = inputs;
+    std::size_t first = 0;
+    if (op == ScalarOp::switch_) {
+        if (ins[0].dtype() != DType::boolean) ins[0] = apply1(std::make_shared<Cast>(DType::boolean), {ins[0]}, where);
+        first = 1;
+    }
+    // Result dtype: promote strong operands; weak constants only raise the kind.
+    std::optional<DType> strong;
+    std::optional<DType> weak;
+    for (std::size_t i = first; i < ins.size(); ++i) {
+        DType d = ins[i].dtype();
+        if (is_weak(ins[i])) {
+            weak = weak ? promote(*weak, d) : d;
+        } else {
+            strong = strong ? promote(*strong, d) : d;
+        }
+    }
+    DType dt;
+    if (!strong) {
+        dt = *weak;
+    } else {
+        dt = *strong;
+        if (weak && kind_rank(*weak) > kind_rank(dt)) dt = kind_rank(*weak) == 2 ? float_for(dt) : DType::int64;
+    }
+    if (inf.float_only) dt = float_for(dt);
+    int nd = 0;
+    for (const auto& v : ins) nd = std::max(nd, v.ndim());
+    for (std::size_t i = 0; i < ins.size(); ++i) {
+        if (i >= first) ins[i] = cast_to(ins[i], dt, where);
+        ins[i] = align_rank(ins[i], nd, where);
+    }
+    return apply1(std::make_shared<Elemwise>(op), ins, where);
+}
+
+Variable add(const Operand& a, const Operand& b) { return elemwise(ScalarOp::add, {a.var, b.var}, a.where); }
+Variable sub(const Operand& a, const Operand& b) { return elemwise(ScalarOp::sub, {a.var, b.var}, a.where); }
+Variable mul(const Operand& a, const Operand& b) { return elemwise(ScalarOp::mul, {a.var, b.var}, a.where); }
+Variable true_div(const Operand& a, const Operand& b) { return elemwise(ScalarOp::true_div, {a.var, b.var}, a.where); }
+Variable neg(const Operand& a) { return elemwise(ScalarOp::neg, {a.var}, a.where); }
+Variable exp(const Operand& a) { return elemwise(ScalarOp::exp, {a.var}, a.where); }
+Variable log(const Operand& a) { return elemwise(ScalarOp::log, {a.var}, a.where); }
+Variable log1p(const Operand& a) { return elemwise(ScalarOp::log1p, {a.var}, a.where); }
+Variable sigmoid(const Operand& a) { return elemwise(ScalarOp::sigmoid, {a.var}, a.where); }
+Variable softplus(const Operand& a) { return elemwise(ScalarOp::softplus, {a.var}, a.where); }
+Variable tanh(const Operand& a) { return elemwise(ScalarOp::tanh, {a.var}, a.where); }
+Variable abs(const Operand& a) { return elemwise(ScalarOp::abs, {a.var}, a.where); }
+Variable sgn(const Operand& a) { return elemwise(ScalarOp::sgn, {a.var}, a.where); }
+Variable sqrt(const Operand& a) { return elemwise(ScalarOp::sqrt, {a.var}, a.where); }
+Variable sqr(const Operand& a) { return elemwise(ScalarOp::sqr, {a.var}, a.where); }
+Variable pow(const Operand& a, const Operand& b) { return elemwise(ScalarOp::pow, {a.var, b.var}, a.where); }
+Variable maximum(const Operand& a, const Operand& b) { return elemwise(ScalarOp::maximum, {a.var, b.var}, a.where); }
+Variable minimum(const Operand& a, const Operand& b) { return elemwise(ScalarOp::minimum, {a.var, b.var}, a.where); }
+Variable switch_(const Operand& c, const Operand& a, const Operand& b) {
+    return elemwise(ScalarOp::switch_, {c.var, a.var, b.var}, c.where);
+}
+Variable eq(const Operand& a, const Operand& b) { return elemwise(ScalarOp::eq, {a.var, b.var}, a.where); }
+Variable neq(const Operand& a, const Operand& b) { return elemwise(ScalarOp::neq, {a.var, b.var}, a.where); }
+Variable lt(const Operand& a, const Operand& b) { return elemwise(ScalarOp::lt, {a.var, b.var}, a.where); }
+Variable le(const Operand& a, const Operand& b) { return elemwise(ScalarOp::le, {a.var, b.var}, a.where); }
+Variable gt(const Operand& a, const Operand& b) { return elemwise(ScalarOp::gt, {a.var, b.var}, a.where); }
+Variable ge(const Operand& a, const Operand& b) { return elemwise(ScalarOp::ge, {a.var, b.var}, a.where); }
+
+Variable second(const Operand& a, const Operand& b) {
+    // b takes a's dtype when b is a weak constant; otherwise a's values are ignored and only
+    // its shape matters, so b keeps its own dtype.
+    Variable bv = is_weak(b.var) ? cast_to(b.var, a.var.dtype(), b.where) : b.var;
+    Variable av = a.var;
+    if (av.dtype() != bv.dtype()) av = apply1(std::make_shared<Cast>(bv.dtype()), {av}, a.where);
+    int nd = std::max(av.ndim(), bv.ndim());
+    return apply1(std::make_shared<Elemwise>(ScalarOp::second),
+                  {align_rank(av, nd, a.where), align_rank(bv, nd, a.where)}, a.where);
+}
+
+Variable cast(const Operand& a, DType to) {
+    if (a.var.dtype() == to) return a.var;
+    return apply1(std::make_shared<Cast>(to), {a.var}, a.where);
+}
+
+Variable zeros_like(const Variable& a) { return second(a, constant(Tensor::full(a.dtype(), {}, 0.0))); }
+Variable ones_like(const Variable& a) { return second(a, constant(Tensor::full(a.dtype(), {}, 1.0))); }
+
+Variable operator+(const Operand& a, const Operand& b) { return add(a, b); }
+Variable operator-(const Operand& a, const Operand& b) { return sub(a, b); }
+Variable operator*(const Operand& a, const Operand& b) { return mul(a, b); }
+Variable operator/(const Operand& a, const Operand& b) { return true_div(a, b); }
+Variable operator-(const Operand& a) { return neg(a); }
+
+}  // namespace theanine

@@ -1,0 +1,74 @@
+#include "ops/nnet.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "ops/elemwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+std::vector<TensorType> Softmax::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 1) throw UsageError("Softmax: takes 1 input");
+    const Variable& x = inputs[0];
+    if ((x.ndim() != 1 && x.ndim() != 2) || !is_float(x.dtype())) {
+        throw UsageError(fmt::format("Softmax: input 0 must be a float vector or matrix, got {}", x.type().str()));
+    }
+    return {x.type()};
+}
+
+std::optional<std::vector<Shape>> Softmax::infer_shape(const std::vector<Shape>& in) const {
+    return std::vector<Shape>{in[0]};
+}
+
+void Softmax::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor x = in[0]->contiguous();
+    out[0]->ensure(x.dtype(), x.shape());
+    const std::int64_t cols = x.ndim() == 0 ? 1 : x.dim(x.ndim() - 1);
+    const std::int64_t rows = cols ? x.size() / cols : 0;
+    dispatch(x.dtype(), [&]<class T>() {
+        if constexpr (std::is_floating_point_v<T>) {
+            const T* p = x.data<T>();
+            T* o = out[0]->data<T>();
+            for (std::int64_t r = 0; r < rows; ++r) {
+                const T* row = p + r * cols;
+                T* orow = o + r * cols;
+                T m = row[0];
+                for (std::int64_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
+                T s = 0;
+                for (std::int64_t j = 0; j < cols; ++j) {
+                    orow[j] = std::exp(row[j] - m);
+                    s += orow[j];
+                }
+                for (std::int64_t j = 0; j < cols; ++j) orow[j] /= s;
+            }
+        }
+    });
+}
+
+std::vector<Variable> Softmax::pullback(const Node& node, const std::vector<Variable>& g) const {
+    // d softmax: sm * (g - sum(g * sm, last axis, keepdims)).
+    Variable sm = node.output(0);
+    int last = sm.ndim() - 1;
+    return {mul(sm, sub(g[0], sum(mul(g[0], sm), last, true)))};
+}
+
+Variable softmax(const Variable& x) { return apply1(std::make_shared<Softmax>(), {x}); }
+
+Variable relu(const Variable& x) { return maximum(x, 0.0); }
+
+Variable binary_crossentropy(const Variable& output, const Variable& target) {
+    return neg(add(mul(target, log(output)), mul(sub(1.0, target), log(sub(1.0, output)))));
+}
+
+Variable categorical_crossentropy(const Variable& p, const Variable& y) {
+    if (p.ndim() != 2 || y.ndim() != 1) {
+        throw UsageError(fmt::format("categorical_crossentropy: expected a matrix of probabilities and a vector of "
+                                     "labels, got {} and {}", p.type().str(), y.type().str()));
+    }
+    return neg(log(advanced_subtensor(p, {arange(p.shape(0)), y})));
+}
+
+}  // namespace theanine

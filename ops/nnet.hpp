@@ -1,0 +1,30 @@
+// Neural-network ops. Softmax is a primitive (its kernel subtracts the row maximum, so it
+// never overflows); the rest are composites built from primitives and get their gradients
+// and rewrites for free.
+#pragma once
+
+#include "graph/graph.hpp"
+
+namespace theanine {
+
+// Row-wise softmax of a matrix (a vector is treated as one row).
+class Softmax final : public Op {
+public:
+    std::string name() const override { return "Softmax"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op&) const override { return true; }
+    std::size_t props_hash() const override { return 0; }
+};
+
+Variable softmax(const Variable& x);
+// max(x, 0).
+Variable relu(const Variable& x);
+// -(target * log(output) + (1 - target) * log(1 - output)), elementwise.
+Variable binary_crossentropy(const Variable& output, const Variable& target);
+// -log(p[arange(n), y]) for a matrix of row probabilities p and integer labels y.
+Variable categorical_crossentropy(const Variable& p, const Variable& y);
+
+}  // namespace theanine

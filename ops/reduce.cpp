@@ -1,0 +1,269 @@
+#include "ops/reduce.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "ops/elemwise.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+namespace {
+int normalise_axis(const std::string& op, int axis, int ndim) {
+    int a = axis < 0 ? axis + ndim : axis;
+    if (a < 0 || a >= ndim) {
+        throw UsageError(fmt::format("{}: axis {} is out of range for a {}-d input", op, axis, ndim));
+    }
+    return a;
+}
+
+DType sum_dtype(DType dt) { return is_float(dt) ? dt : DType::int64; }
+
+// Inserts size-1 axes where the reduced axes were.
+Variable expand_reduced(const Variable& g, const std::vector<int>& axes, int ndim) {
+    std::vector<int> order;
+    int k = 0;
+    for (int d = 0; d < ndim; ++d) {
+        if (std::find(axes.begin(), axes.end(), d) != axes.end()) {
+            order.push_back(-1);
+        } else {
+            order.push_back(k++);
+        }
+    }
+    return dimshuffle(g, order);
+}
+
+template <class T, class A, class F>
+void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A init, F combine) {
+    const int nd = x.ndim();
+    std::vector<bool> red(static_cast<std::size_t>(nd), false);
+    for (int a : axes) red[a] = true;
+    const std::int64_t on = out.size();
+    std::vector<A> acc(static_cast<std::size_t>(on), init);
+    // Output stride for each input axis (0 for reduced axes).
+    Shape ost(static_cast<std::size_t>(nd), 0);
+    std::int64_t s = 1;
+    for (int d = nd - 1; d >= 0; --d) {
+        if (!red[d]) {
+            ost[d] = s;
+            s *= x.dim(d);
+        }
+    }
+    const T* p = x.data<T>();
+    const std::int64_t total = x.size();
+    if (total > 0) {
+        if (x.is_contiguous() && nd == 2 && red[0] && !red[1]) {
+            // Column sums of a row-major matrix: accumulate rows (vectorisable).
+            const std::int64_t rows = x.dim(0), cols = x.dim(1);
+            for (std::int64_t i = 0; i < rows; ++i) {
+                for (std::int64_t j = 0; j < cols; ++j) acc[j] = combine(acc[j], static_cast<A>(p[i * cols + j]));
+            }
+        } else {
+            std::vector<std::int64_t> idx(static_cast<std::size_t>(nd), 0);
+            std::int64_t in_off = 0, out_off = 0;
+            for (std::int64_t i = 0; i < total; ++i) {
+                acc[out_off] = combine(acc[out_off], static_cast<A>(p[in_off]));
+                for (int d = nd - 1; d >= 0; --d) {
+                    idx[d]++;
+                    in_off += x.strides()[d];
+                    out_off += ost[d];
+                    if (idx[d] < x.dim(d)) break;
+                    in_off -= x.strides()[d] * x.dim(d);
+                    out_off -= ost[d] * x.dim(d);
+                    idx[d] = 0;
+                }
+            }
+        }
+    }
+    dispatch(out.dtype(), [&]<class O>() {
+        O* o = out.data<O>();
+        for (std::int64_t i = 0; i < on; ++i) o[i] = static_cast<O>(acc[i]);
+    });
+}
+}  // namespace
+
+Reduce::Reduce(ReduceKind kind, std::vector<int> axes) : kind_(kind), axes_(std::move(axes)) {
+    std::sort(axes_.begin(), axes_.end());
+    axes_.erase(std::unique(axes_.begin(), axes_.end()), axes_.end());
+}
+
+std::string Reduce::name() const {
+    std::string s = kind_ == ReduceKind::sum ? "Sum{axes=[" : "Max{axes=[";
+    for (std::size_t i = 0; i < axes_.size(); ++i) s += (i ? "," : "") + std::to_string(axes_[i]);
+    return s + "]}";
+}
+
+bool Reduce::props_equal(const Op& other) const {
+    const auto& o = static_cast<const Reduce&>(other);
+    return o.kind_ == kind_ && o.axes_ == axes_;
+}
+
+std::size_t Reduce::props_hash() const {
+    std::size_t h = static_cast<std::size_t>(kind_);
+    for (int a : axes_) h = h * 31 + static_cast<std::size_t>(a);
+    return h;
+}
+
+std::vector<TensorType> Reduce::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 1) throw UsageError(name() + ": takes 1 input");
+    const Variable& x = inputs[0];
+    for (int a : axes_) {
+        if (a < 0 || a >= x.ndim()) {
+            throw UsageError(fmt::format("{}: axis {} out of range for input 0 of type {}", name(), a, x.type().str()));
+        }
+    }
+    std::vector<bool> bc;
+    for (int d = 0; d < x.ndim(); ++d) {
+        if (std::find(axes_.begin(), axes_.end(), d) == axes_.end()) bc.push_back(x.broadcastable()[d]);
+    }
+    DType dt = kind_ == ReduceKind::sum ? sum_dtype(x.dtype()) : x.dtype();
+    return {TensorType{dt, bc}};
+}
+
+std::optional<std::vector<Shape>> Reduce::infer_shape(const std::vector<Shape>& in) const {
+    Shape s;
+    for (int d = 0; d < static_cast<int>(in[0].size()); ++d) {
+        if (std::find(axes_.begin(), axes_.end(), d) == axes_.end()) s.push_back(in[0][d]);
+    }
+    return std::vector<Shape>{s};
+}
+
+void Reduce::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor& x = *in[0];
+    Shape os = (*infer_shape({x.shape()}))[0];
+    out[0]->ensure(node.types[0].dtype, os);
+    if (kind_ == ReduceKind::max) {
+        for (int a : axes_) {
+            if (x.dim(a) == 0) {
+                throw UsageError(fmt::format("{}: cannot take the max over axis {} of size 0", name(), a));
+            }
+        }
+    }
+    dispatch(x.dtype(), [&]<class T>() {
+        using A = std::conditional_t<std::is_floating_point_v<T>, double, std::int64_t>;
+        if (kind_ == ReduceKind::sum) {
+            reduce_kernel<T, A>(x, *out[0], axes_, A(0), [](A a, A b) { return a + b; });
+        } else {
+            reduce_kernel<T, A>(x, *out[0], axes_, std::numeric_limits<A>::lowest(),
+                                [](A a, A b) { return b > a || b != b ? b : a; });
+        }
+    });
+}
+
+std::vector<Variable> Reduce::pullback(const Node& node, const std::vector<Variable>& g) const {
+    const Variable& x = node.inputs[0];
+    if (!is_float(x.dtype())) return {Variable()};
+    Variable ge_ = expand_reduced(g[0], axes_, x.ndim());
+    if (kind_ == ReduceKind::sum) return {second(x, ge_)};
+    Variable mx = expand_reduced(node.output(0), axes_, x.ndim());
+    return {mul(ge_, cast(eq(x, mx), x.dtype()))};
+}
+
+std::string Argmax::name() const {
+    return axis_ ? fmt::format("Argmax{{axis={}}}", *axis_) : std::string("Argmax{axis=None}");
+}
+
+std::vector<TensorType> Argmax::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 1) throw UsageError(name() + ": takes 1 input");
+    const Variable& x = inputs[0];
+    if (!axis_) return {TensorType{DType::int64, {}}};
+    if (*axis_ < 0 || *axis_ >= x.ndim()) {
+        throw UsageError(fmt::format("{}: axis out of range for input 0 of type {}", name(), x.type().str()));
+    }
+    std::vector<bool> bc = x.broadcastable();
+    bc.erase(bc.begin() + *axis_);
+    return {TensorType{DType::int64, bc}};
+}
+
+void Argmax::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor x = in[0]->contiguous();
+    std::int64_t outer = 1, n = x.size(), inner = 1;
+    Shape os;
+    if (axis_) {
+        for (int d = 0; d < x.ndim(); ++d) {
+            if (d < *axis_) outer *= x.dim(d);
+            if (d > *axis_) inner *= x.dim(d);
+            if (d != *axis_) os.push_back(x.dim(d));
+        }
+        n = x.dim(*axis_);
+    }
+    if (n == 0) throw UsageError(name() + ": argmax of an empty axis");
+    out[0]->ensure(DType::int64, os);
+    auto* o = out[0]->data<std::int64_t>();
+    dispatch(x.dtype(), [&]<class T>() {
+        const T* p = x.data<T>();
+        for (std::int64_t a = 0; a < outer; ++a) {
+            for (std::int64_t c = 0; c < inner; ++c) {
+                std::int64_t best = 0;
+                T bv = p[a * n * inner + c];
+                for (std::int64_t i = 1; i < n; ++i) {
+                    T v = p[(a * n + i) * inner + c];
+                    if (v > bv) {
+                        bv = v;
+                        best = i;
+                    }
+                }
+                o[a * inner + c] = best;
+            }
+        }
+    });
+}
+
+std::vector<Variable> Argmax::pullback(const Node&, const std::vector<Variable>&) const { return {Variable()}; }
+
+Variable sum_axes(const Variable& x, std::vector<int> axes, bool keepdims) {
+    for (int& a : axes) a = normalise_axis("sum", a, x.ndim());
+    Variable s = apply1(std::make_shared<Reduce>(ReduceKind::sum, axes), {x});
+    if (keepdims) s = expand_reduced(s, axes, x.ndim());
+    return s;
+}
+
+namespace {
+std::vector<int> axes_of(const std::string& op, const Variable& x, std::optional<int> axis) {
+    std::vector<int> axes;
+    if (axis) {
+        axes.push_back(normalise_axis(op, *axis, x.ndim()));
+    } else {
+        for (int d = 0; d < x.ndim(); ++d) axes.push_back(d);
+    }
+    return axes;
+}
+}  // namespace
+
+Variable sum(const Variable& x, std::optional<int> axis, bool keepdims) {
+    return sum_axes(x, axes_of("sum", x, axis), keepdims);
+}
+
+Variable mean(const Variable& x, std::optional<int> axis, bool keepdims) {
+    auto axes = axes_of("mean", x, axis);
+    Variable s = sum_axes(x, axes, keepdims);
+    Variable n;
+    for (int a : axes) n = n.defined() ? mul(n, x.shape(a)) : x.shape(a);
+    DType dt = is_float(x.dtype()) ? x.dtype() : DType::float64;
+    if (!n.defined()) return cast(s, dt);
+    return true_div(cast(s, dt), cast(n, dt));
+}
+
+Variable max(const Variable& x, std::optional<int> axis, bool keepdims) {
+    auto axes = axes_of("max", x, axis);
+    Variable m = apply1(std::make_shared<Reduce>(ReduceKind::max, axes), {x});
+    if (keepdims) m = expand_reduced(m, axes, x.ndim());
+    return m;
+}
+
+Variable argmax(const Variable& x, std::optional<int> axis) {
+    std::optional<int> a;
+    if (axis) a = normalise_axis("argmax", *axis, x.ndim());
+    if (!a && x.ndim() == 1) a = 0;
+    return apply1(std::make_shared<Argmax>(a), {x});
+}
+
+Variable Variable::sum(std::optional<int> axis, bool keepdims) const { return theanine::sum(*this, axis, keepdims); }
+Variable Variable::mean(std::optional<int> axis, bool keepdims) const { return theanine::mean(*this, axis, keepdims); }
+Variable Variable::max(std::optional<int> axis, bool keepdims) const { return theanine::max(*this, axis, keepdims); }
+Variable Variable::argmax(std::optional<int> axis) const { return theanine::argmax(*this, axis); }
+Variable Variable::astype(DType dt) const { return cast(*this, dt); }
+
+}  // namespace theanine
