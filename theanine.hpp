@@ -13,4 +13,6 @@
 #include "ops/elemwise.hpp"
 #include "ops/nnet.hpp"
 #include "ops/reduce.hpp"
+#include "ops/random.hpp"
 #include "ops/shape.hpp"
+#include "models/dA.hpp"

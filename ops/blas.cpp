@@ -83,6 +83,9 @@ void check_dot_dtype(const std::string& op, const std::vector<Variable>& inputs,
 
 }  // namespace
 
+void set_num_threads(int n) { Eigen::setNbThreads(n); }
+int num_threads() { return Eigen::nbThreads(); }
+
 std::vector<TensorType> Dot::make_types(const std::vector<Variable>& inputs) const {
     if (inputs.size() != 2) throw UsageError("Dot: takes 2 inputs");
     const Variable& a = inputs[0];

@@ -44,6 +44,10 @@ Variable dot(const Variable& a, const Variable& b,
              std::source_location where = std::source_location::current());
 // outer(u, v) = u[:, None] * v[None, :] as a matrix product.
 Variable outer(const Variable& u, const Variable& v);
+// Threads used by matrix products (Eigen's OpenMP threads); 0 restores the default.
+void set_num_threads(int n);
+int num_threads();
+
 Variable gemm(const Variable& c, const Variable& alpha, const Variable& a, const Variable& b,
               const Variable& beta, bool trans_a = false, bool trans_b = false);
 

@@ -1,0 +1,211 @@
+// The dA tutorial's main job: train a denoising autoencoder on MNIST for each corruption
+// level and save its filters as an image, as `python dA.py` does.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "examples/io/mnist.hpp"
+#include "examples/io/npy.hpp"
+#include "examples/io/png.hpp"
+#include "examples/io/tile.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+
+namespace {
+
+struct Flags {
+    int epochs = 15;
+    int batch_size = 20;
+    double learning_rate = 0.1;
+    int hidden = 500;
+    std::vector<double> corruption = {0.0, 0.3};
+    std::string rng = "mrg";
+    std::string data = "data/mnist";
+    std::string output = "output";
+    std::string floatX = "float64";
+    std::uint32_t seed = 123;
+    int threads = 0;
+    std::int64_t train_size = 50000;
+    bool save_params = false;
+};
+
+const char* kHelp = R"(usage: dA [flags]
+
+Trains a denoising autoencoder on MNIST for each corruption level, as the Deep Learning
+Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
+
+  --epochs N            training epochs per model (default 15)
+  --batch-size N        minibatch size (default 20)
+  --learning-rate X     SGD step (default 0.1)
+  --hidden N            hidden units (default 500)
+  --corruption L[,L..]  corruption levels in [0, 1] (default 0,0.3)
+  --rng mrg|numpy       corruption stream class: MRG_RandomStreams (as the shipped dA.py)
+                        or the numpy-backed RandomStreams (default mrg)
+  --data DIR            folder with the MNIST IDX files (default data/mnist)
+  --output DIR          folder for the images and parameters (default output)
+  --floatX T            float32 or float64 (default float64)
+  --seed N              seed of numpy_rng (default 123)
+  --threads N           threads for matrix products (default: all cores)
+  --train-size N        training images used, from the start (default 50000)
+  --save-params         also write W, b and b' of each model as .npy files
+  --help                this text
+)";
+
+[[noreturn]] void bad_flag(const std::string& msg) {
+    std::cerr << "dA: " << msg << "\n(run dA --help for the flags)\n";
+    std::exit(2);
+}
+
+long parse_int(const std::string& flag, const std::string& v, long lo) {
+    try {
+        std::size_t pos = 0;
+        long x = std::stol(v, &pos);
+        if (pos != v.size() || x < lo) throw std::invalid_argument("range");
+        return x;
+    } catch (const std::exception&) {
+        bad_flag(fmt::format("{} needs an integer >= {}, got '{}'", flag, lo, v));
+    }
+}
+
+double parse_double(const std::string& flag, const std::string& v, double lo, double hi) {
+    try {
+        std::size_t pos = 0;
+        double x = std::stod(v, &pos);
+        if (pos != v.size() || !(x >= lo && x <= hi)) throw std::invalid_argument("range");
+        return x;
+    } catch (const std::exception&) {
+        bad_flag(fmt::format("{} needs a number in [{}, {}], got '{}'", flag, lo, hi, v));
+    }
+}
+
+Flags parse(int argc, char** argv) {
+    Flags f;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--help" || a == "-h") {
+            std::cout << kHelp;
+            std::exit(0);
+        }
+        if (a == "--save-params") {
+            f.save_params = true;
+            continue;
+        }
+        std::string value;
+        auto eq = a.find('=');
+        if (eq != std::string::npos) {
+            value = a.substr(eq + 1);
+            a = a.substr(0, eq);
+        } else {
+            if (i + 1 >= argc) bad_flag(fmt::format("{} needs a value", a));
+            value = argv[++i];
+        }
+        if (a == "--epochs") f.epochs = static_cast<int>(parse_int(a, value, 1));
+        else if (a == "--batch-size") f.batch_size = static_cast<int>(parse_int(a, value, 1));
+        else if (a == "--learning-rate") f.learning_rate = parse_double(a, value, 0, 1e6);
+        else if (a == "--hidden") f.hidden = static_cast<int>(parse_int(a, value, 1));
+        else if (a == "--corruption") {
+            f.corruption.clear();
+            std::size_t s = 0;
+            while (s <= value.size()) {
+                std::size_t e = value.find(',', s);
+                if (e == std::string::npos) e = value.size();
+                f.corruption.push_back(parse_double(a, value.substr(s, e - s), 0, 1));
+                s = e + 1;
+            }
+        } else if (a == "--rng") {
+            if (value != "mrg" && value != "numpy") bad_flag(fmt::format("--rng takes mrg or numpy, got '{}'", value));
+            f.rng = value;
+        } else if (a == "--data") f.data = value;
+        else if (a == "--output") f.output = value;
+        else if (a == "--floatX") {
+            if (value != "float32" && value != "float64") bad_flag(fmt::format("--floatX takes float32 or float64, got '{}'", value));
+            f.floatX = value;
+        } else if (a == "--seed") f.seed = static_cast<std::uint32_t>(parse_int(a, value, 0));
+        else if (a == "--threads") f.threads = static_cast<int>(parse_int(a, value, 1));
+        else if (a == "--train-size") f.train_size = parse_int(a, value, 1);
+        else bad_flag(fmt::format("unknown flag '{}'", a));
+    }
+    return f;
+}
+
+std::string level_name(double c) { return fmt::format("{}", static_cast<int>(std::lround(c * 100))); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Flags flags = parse(argc, argv);
+    try {
+        config().floatX = dtype_from_name(flags.floatX);
+        if (flags.threads > 0) set_num_threads(flags.threads);
+        const DType fx = config().floatX;
+        io::Mnist mnist = io::load_mnist(flags.data);
+        const std::int64_t n_train = std::min<std::int64_t>(flags.train_size, mnist.train_images.dim(0));
+        SharedVariable train_set_x = shared(io::mnist_pixels(mnist.train_images, 0, n_train, fx), "train_set_x", true);
+        const std::int64_t n_batches = n_train / flags.batch_size;
+        if (n_batches < 1) {
+            bad_flag(fmt::format("--train-size {} is smaller than one batch of {}", n_train, flags.batch_size));
+        }
+        std::filesystem::create_directories(flags.output);
+        const bool tty = isatty(2);
+
+        Variable index = lscalar("index");
+        Variable x = matrix("x");
+        for (double level : flags.corruption) {
+            RandomState rng(flags.seed);
+            const auto stream_seed = static_cast<std::uint32_t>(rng.randint(1LL << 30));
+            std::shared_ptr<RandomStreamsBase> theano_rng;
+            if (flags.rng == "mrg") {
+                theano_rng = std::make_shared<MRG_RandomStreams>(stream_seed);
+            } else {
+                theano_rng = std::make_shared<RandomStreams>(stream_seed);
+            }
+            models::dA da(rng, theano_rng, x, 28 * 28, flags.hidden);
+            auto [cost, updates] = da.get_cost_updates(level, flags.learning_rate);
+            const long bs = flags.batch_size;
+            Function train_da = function({index}, {cost}, updates,
+                                         {{x, subtensor(train_set_x, {slice(index * bs, (index + 1) * bs)})}});
+
+            auto start = std::chrono::steady_clock::now();
+            for (int epoch = 0; epoch < flags.epochs; ++epoch) {
+                double total = 0;
+                for (std::int64_t i = 0; i < n_batches; ++i) {
+                    total += train_da.scalar({static_cast<long>(i)});
+                    if (tty && i % 100 == 0) {
+                        std::fprintf(stderr, "\r  epoch %d: batch %ld/%ld", epoch, static_cast<long>(i),
+                                     static_cast<long>(n_batches));
+                    }
+                }
+                if (tty) std::fprintf(stderr, "\r%60s\r", "");
+                std::cout << fmt::format("Training epoch {}, cost {:.15g}", epoch, total / static_cast<double>(n_batches))
+                          << std::endl;
+            }
+            const double minutes =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+            std::string what = level == 0 ? "no corruption" : level_name(level) + "% corruption";
+            std::cerr << fmt::format("The {} code for file dA ran for {:.2f}m", what, minutes) << std::endl;
+
+            Tensor filters = io::tile_raster_images(da.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
+            std::string png = flags.output + "/filters_corruption_" + level_name(level) + ".png";
+            io::write_png_gray(png, filters);
+            if (flags.save_params) {
+                std::string base = flags.output + "/dA_corruption_" + level_name(level) + "_";
+                io::save_npy(base + "W.npy", da.W.get_value(true));
+                io::save_npy(base + "b.npy", da.b.get_value(true));
+                io::save_npy(base + "b_prime.npy", da.b_prime.get_value(true));
+            }
+        }
+    } catch (const theanine::Error& e) {
+        std::cerr << "dA: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

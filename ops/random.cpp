@@ -1,0 +1,650 @@
+#include "ops/random.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "ops/elemwise.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+// ---------------------------------------------------------------- RandomState (MT19937)
+
+void RandomState::seed_with(std::uint32_t seed) {
+    std::uint32_t s = seed;
+    for (int i = 0; i < 624; ++i) {
+        mt_[i] = s;
+        s = 1812433253u * (s ^ (s >> 30)) + static_cast<std::uint32_t>(i + 1);
+    }
+    pos_ = 624;
+    has_gauss_ = false;
+    gauss_ = 0;
+    bin_ = BinomialCache{};
+}
+
+std::uint32_t RandomState::next_uint32() {
+    constexpr std::uint32_t upper = 0x80000000u, lower = 0x7fffffffu, matrix_a = 0x9908b0dfu;
+    if (pos_ >= 624) {
+        int k = 0;
+        for (; k < 624 - 397; ++k) {
+            std::uint32_t y = (mt_[k] & upper) | (mt_[k + 1] & lower);
+            mt_[k] = mt_[k + 397] ^ (y >> 1) ^ ((y & 1u) ? matrix_a : 0u);
+        }
+        for (; k < 623; ++k) {
+            std::uint32_t y = (mt_[k] & upper) | (mt_[k + 1] & lower);
+            mt_[k] = mt_[k + 397 - 624] ^ (y >> 1) ^ ((y & 1u) ? matrix_a : 0u);
+        }
+        std::uint32_t y = (mt_[623] & upper) | (mt_[0] & lower);
+        mt_[623] = mt_[396] ^ (y >> 1) ^ ((y & 1u) ? matrix_a : 0u);
+        pos_ = 0;
+    }
+    std::uint32_t y = mt_[pos_++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    return y;
+}
+
+double RandomState::next_double() {
+    const std::int32_t a = static_cast<std::int32_t>(next_uint32() >> 5);
+    const std::int32_t b = static_cast<std::int32_t>(next_uint32() >> 6);
+    return (a * 67108864.0 + b) / 9007199254740992.0;
+}
+
+double RandomState::uniform(double low, double high) { return low + (high - low) * next_double(); }
+
+std::int64_t RandomState::randint(std::int64_t high) {
+    if (high <= 0) throw UsageError(fmt::format("RandomState::randint: high must be positive, got {}", high));
+    const std::uint64_t rng = static_cast<std::uint64_t>(high - 1);
+    if (rng == 0) return 0;
+    std::uint64_t mask = rng;
+    for (int sh : {1, 2, 4, 8, 16, 32}) mask |= mask >> sh;
+    if (rng <= 0xffffffffull) {
+        if (rng == 0xffffffffull) return next_uint32();
+        std::uint32_t v;
+        while ((v = next_uint32() & static_cast<std::uint32_t>(mask)) > rng) {
+        }
+        return v;
+    }
+    std::uint64_t v;
+    do {
+        std::uint64_t hi = next_uint32();
+        v = ((hi << 32) | next_uint32()) & mask;
+    } while (v > rng);
+    return static_cast<std::int64_t>(v);
+}
+
+std::int64_t RandomState::binomial_inversion(std::int64_t n, double p) {
+    if (!bin_.valid || bin_.nsave != n || bin_.psave != p) {
+        bin_ = BinomialCache{};
+        bin_.valid = true;
+        bin_.nsave = n;
+        bin_.psave = p;
+        bin_.q = 1.0 - p;
+        bin_.r = std::exp(static_cast<double>(n) * std::log(bin_.q));
+        bin_.c = static_cast<double>(n) * p;
+        bin_.m = static_cast<std::int64_t>(std::min(static_cast<double>(n), bin_.c + 10.0 * std::sqrt(bin_.c * bin_.q + 1)));
+    }
+    const double q = bin_.q, qn = bin_.r;
+    const std::int64_t bound = bin_.m;
+    std::int64_t x = 0;
+    double px = qn;
+    double u = next_double();
+    while (u > px) {
+        ++x;
+        if (x > bound) {
+            x = 0;
+            px = qn;
+            u = next_double();
+        } else {
+            u -= px;
+            px = (static_cast<double>(n - x + 1) * p * px) / (static_cast<double>(x) * q);
+        }
+    }
+    return x;
+}
+
+std::int64_t RandomState::binomial_btpe(std::int64_t n, double p) {
+    auto& b = bin_;
+    if (!b.valid || b.nsave != n || b.psave != p) {
+        b = BinomialCache{};
+        b.valid = true;
+        b.nsave = n;
+        b.psave = p;
+        b.r = std::min(p, 1.0 - p);
+        b.q = 1.0 - b.r;
+        b.fm = static_cast<double>(n) * b.r + b.r;
+        b.m = static_cast<std::int64_t>(std::floor(b.fm));
+        b.p1 = std::floor(2.195 * std::sqrt(static_cast<double>(n) * b.r * b.q) - 4.6 * b.q) + 0.5;
+        b.xm = static_cast<double>(b.m) + 0.5;
+        b.xl = b.xm - b.p1;
+        b.xr = b.xm + b.p1;
+        b.c = 0.134 + 20.5 / (15.3 + static_cast<double>(b.m));
+        double a = (b.fm - b.xl) / (b.fm - b.xl * b.r);
+        b.laml = a * (1.0 + a / 2.0);
+        a = (b.xr - b.fm) / (b.xr * b.q);
+        b.lamr = a * (1.0 + a / 2.0);
+        b.p2 = b.p1 * (1.0 + 2.0 * b.c);
+        b.p3 = b.p2 + b.c / b.laml;
+        b.p4 = b.p3 + b.c / b.lamr;
+    }
+    const double r = b.r, q = b.q, p1 = b.p1, xm = b.xm, xl = b.xl, xr = b.xr, c = b.c, laml = b.laml,
+                 lamr = b.lamr, p2 = b.p2, p3 = b.p3, p4 = b.p4;
+    const std::int64_t m = b.m;
+    const double nd = static_cast<double>(n);
+    std::int64_t y;
+    while (true) {
+        const double nrq = nd * r * q;
+        const double u = next_double() * p4;
+        double v = next_double();
+        if (u <= p1) {  // triangular region: accept at once
+            y = static_cast<std::int64_t>(std::floor(xm - p1 * v + u));
+            break;
+        }
+        if (u <= p2) {  // parallelogram
+            const double x = xl + (u - p1) / c;
+            v = v * c + 1.0 - std::fabs(static_cast<double>(m) - x + 0.5) / p1;
+            if (v > 1.0) continue;
+            y = static_cast<std::int64_t>(std::floor(x));
+        } else if (u <= p3) {  // left exponential tail
+            y = static_cast<std::int64_t>(std::floor(xl + std::log(v) / laml));
+            if (y < 0 || v == 0.0) continue;
+            v = v * (u - p2) * laml;
+        } else {  // right exponential tail
+            y = static_cast<std::int64_t>(std::floor(xr - std::log(v) / lamr));
+            if (y > n || v == 0.0) continue;
+            v = v * (u - p3) * lamr;
+        }
+        const std::int64_t k = std::llabs(y - m);
+        if (!(k > 20 && static_cast<double>(k) < nrq / 2.0 - 1)) {
+            // Explicit evaluation of f(y) / f(m).
+            const double s = r / q;
+            const double a = s * (nd + 1);
+            double f = 1.0;
+            if (m < y) {
+                for (std::int64_t i = m + 1; i <= y; ++i) f *= (a / static_cast<double>(i) - s);
+            } else if (m > y) {
+                for (std::int64_t i = y + 1; i <= m; ++i) f /= (a / static_cast<double>(i) - s);
+            }
+            if (v > f) continue;
+            break;
+        }
+        // Squeeze with bounds on log f(y) / f(m), then Stirling's formula.
+        const double kd = static_cast<double>(k);
+        const double rho = (kd / nrq) * ((kd * (kd / 3.0 + 0.625) + 0.16666666666666666) / nrq + 0.5);
+        const double t = -kd * kd / (2 * nrq);
+        const double A = std::log(v);
+        if (A < t - rho) break;
+        if (A > t + rho) continue;
+        const double x1 = static_cast<double>(y + 1), f1 = static_cast<double>(m + 1);
+        const double z = nd + 1 - static_cast<double>(m), w = nd - static_cast<double>(y) + 1;
+        const double x2 = x1 * x1, f2 = f1 * f1, z2 = z * z, w2 = w * w;
+        auto corr = [](double v1, double v2) {
+            return (13680. - (462. - (132. - (99. - 140. / v2) / v2) / v2) / v2) / v1 / 166320.;
+        };
+        const double bound = xm * std::log(f1 / x1) + (nd - static_cast<double>(m) + 0.5) * std::log(z / w) +
+                             static_cast<double>(y - m) * std::log(w * r / (x1 * q)) + corr(f1, f2) + corr(z, z2) +
+                             corr(x1, x2) + corr(w, w2);
+        if (A > bound) continue;
+        break;
+    }
+    if (p > 0.5) y = n - y;
+    return y;
+}
+
+std::int64_t RandomState::binomial(std::int64_t n, double p) {
+    if (n < 0) throw UsageError(fmt::format("binomial: n must be >= 0, got {}", n));
+    if (!(p >= 0.0 && p <= 1.0)) throw UsageError(fmt::format("binomial: p must be in [0, 1], got {}", p));
+    const double nd = static_cast<double>(n);
+    if (p <= 0.5) {
+        return p * nd <= 30.0 ? binomial_inversion(n, p) : binomial_btpe(n, p);
+    }
+    const double q = 1.0 - p;
+    return q * nd <= 30.0 ? n - binomial_inversion(n, q) : n - binomial_btpe(n, q);
+}
+
+double RandomState::gauss() {
+    if (has_gauss_) {
+        has_gauss_ = false;
+        const double t = gauss_;
+        gauss_ = 0.0;
+        return t;
+    }
+    double x1, x2, r2;
+    do {
+        x1 = 2.0 * next_double() - 1.0;
+        x2 = 2.0 * next_double() - 1.0;
+        r2 = x1 * x1 + x2 * x2;
+    } while (r2 >= 1.0 || r2 == 0.0);
+    const double f = std::sqrt(-2.0 * std::log(r2) / r2);
+    gauss_ = f * x1;
+    has_gauss_ = true;
+    return f * x2;
+}
+
+Tensor RandomState::random_sample(const Shape& size) {
+    Tensor t = Tensor::empty(DType::float64, size);
+    double* d = t.data<double>();
+    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = next_double();
+    return t;
+}
+
+Tensor RandomState::uniform(double low, double high, const Shape& size) {
+    Tensor t = Tensor::empty(DType::float64, size);
+    double* d = t.data<double>();
+    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = uniform(low, high);
+    return t;
+}
+
+Tensor RandomState::binomial(std::int64_t n, double p, const Shape& size) {
+    Tensor t = Tensor::empty(DType::int64, size);
+    auto* d = t.data<std::int64_t>();
+    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = binomial(n, p);
+    return t;
+}
+
+Tensor RandomState::normal(double loc, double scale, const Shape& size) {
+    Tensor t = Tensor::empty(DType::float64, size);
+    double* d = t.data<double>();
+    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = normal(loc, scale);
+    return t;
+}
+
+Tensor RandomState::to_blob() const {
+    static_assert(std::is_trivially_copyable_v<RandomState>);
+    Tensor t = Tensor::empty(DType::uint8, {static_cast<std::int64_t>(sizeof(RandomState))});
+    std::memcpy(t.raw_data(), this, sizeof(RandomState));
+    return t;
+}
+
+RandomState RandomState::from_blob(const Tensor& blob) {
+    if (blob.dtype() != DType::uint8 || blob.size() != static_cast<std::int64_t>(sizeof(RandomState))) {
+        throw UsageError(fmt::format("RandomState::from_blob: expected {} uint8 bytes, got {} {}", sizeof(RandomState),
+                                     dtype_name(blob.dtype()), shape_string(blob.shape())));
+    }
+    RandomState r;
+    std::memcpy(static_cast<void*>(&r), blob.contiguous().raw_data(), sizeof(RandomState));
+    return r;
+}
+
+// ---------------------------------------------------------------- MRG31k3p
+
+namespace mrg {
+
+namespace {
+using Mat = std::array<std::array<std::int64_t, 3>, 3>;
+
+Mat matmul(const Mat& a, const Mat& b, std::int64_t m) {
+    Mat c{};
+    for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+            unsigned __int128 s = 0;
+            for (int k = 0; k < 3; ++k) s += static_cast<unsigned __int128>(a[i][k]) * static_cast<unsigned __int128>(b[k][j]);
+            c[i][j] = static_cast<std::int64_t>(s % static_cast<unsigned __int128>(m));
+        }
+    }
+    return c;
+}
+
+// The recurrences as matrices on (x_{n-1}, x_{n-2}, x_{n-3}).
+constexpr Mat kA1 = {{{0, 4194304, 129}, {1, 0, 0}, {0, 1, 0}}};
+constexpr Mat kA2 = {{{32768, 0, 32769}, {1, 0, 0}, {0, 1, 0}}};
+
+Mat power_of_two(const Mat& a, int e, std::int64_t m) {
+    Mat r = a;
+    for (int i = 0; i < e; ++i) r = matmul(r, r, m);
+    return r;
+}
+
+void apply(const Mat& a, std::int64_t m, const std::int32_t* in, std::int32_t* out) {
+    std::int64_t res[3];
+    for (int i = 0; i < 3; ++i) {
+        unsigned __int128 s = 0;
+        for (int k = 0; k < 3; ++k) s += static_cast<unsigned __int128>(a[i][k]) * static_cast<unsigned __int128>(in[k]);
+        res[i] = static_cast<std::int64_t>(s % static_cast<unsigned __int128>(m));
+    }
+    for (int i = 0; i < 3; ++i) out[i] = static_cast<std::int32_t>(res[i]);
+}
+}  // namespace
+
+std::int32_t next(State& s) {
+    // Component 1: x_n = (2^22 x_{n-2} + (2^7 + 1) x_{n-3}) mod M1.
+    std::int64_t y1 = (4194304LL * s[1] + 129LL * s[2]) % M1;
+    // Component 2: x_n = (2^15 x_{n-1} + (2^15 + 1) x_{n-3}) mod M2.
+    std::int64_t y2 = (32768LL * s[3] + 32769LL * s[5]) % M2;
+    s = {static_cast<std::int32_t>(y1), s[0], s[1], static_cast<std::int32_t>(y2), s[3], s[4]};
+    return static_cast<std::int32_t>(y1 <= y2 ? y1 - y2 + M1 : y1 - y2);
+}
+
+State jump(const State& s, int e) {
+    static const Mat a72_1 = power_of_two(kA1, 72, M1), a72_2 = power_of_two(kA2, 72, M2);
+    static const Mat a134_1 = power_of_two(kA1, 134, M1), a134_2 = power_of_two(kA2, 134, M2);
+    Mat m1, m2;
+    if (e == 72) {
+        m1 = a72_1;
+        m2 = a72_2;
+    } else if (e == 134) {
+        m1 = a134_1;
+        m2 = a134_2;
+    } else {
+        m1 = power_of_two(kA1, e, M1);
+        m2 = power_of_two(kA2, e, M2);
+    }
+    State r;
+    apply(m1, M1, s.data(), r.data());
+    apply(m2, M2, s.data() + 3, r.data() + 3);
+    return r;
+}
+
+std::int64_t guess_n_streams(std::optional<std::int64_t> n_elements) {
+    constexpr std::int64_t kMax = 60 * 256;
+    if (!n_elements) return kMax;
+    std::int64_t n = *n_elements;
+    if (n > 6) n = n / 6;
+    return std::max<std::int64_t>(1, std::min(n, kMax));
+}
+
+Tensor substreams(const State& base, std::int64_t n_streams) {
+    Tensor t = Tensor::empty(DType::int32, {n_streams, 6});
+    auto* d = t.data<std::int32_t>();
+    State cur = base;
+    for (std::int64_t i = 0; i < n_streams; ++i) {
+        if (i > 0) cur = jump(cur, 72);
+        std::memcpy(d + i * 6, cur.data(), sizeof(State));
+    }
+    return t;
+}
+
+}  // namespace mrg
+
+// ---------------------------------------------------------------- shared helpers
+
+namespace {
+
+Shape read_size(const std::string& op, const Tensor& size, int ndim) {
+    if (size.size() != ndim) {
+        throw UsageError(fmt::format("{}: size has {} entries, expected {}", op, size.size(), ndim));
+    }
+    Shape s(static_cast<std::size_t>(ndim));
+    for (int i = 0; i < ndim; ++i) {
+        s[i] = static_cast<std::int64_t>(size.at({i}));
+        if (s[i] < 0) throw UsageError(fmt::format("{}: negative size {} at position {}", op, s[i], i));
+    }
+    return s;
+}
+
+// Static length of a size variable (x.shape(), a MakeVector, a constant).
+int size_ndim(const Variable& v) {
+    if (v.ndim() != 1 || !is_integer(v.dtype())) {
+        throw UsageError(fmt::format("random size must be an integer vector, got {}", v.type().str()));
+    }
+    if (v.is_constant()) return static_cast<int>(v.node().value.size());
+    if (v.is_apply()) {
+        const Op* op = v.node().op.get();
+        if (dynamic_cast<const ShapeOp*>(op)) return v.node().inputs[0].ndim();
+        if (dynamic_cast<const MakeVector*>(op)) return static_cast<int>(v.node().inputs.size());
+    }
+    throw UsageError("random size: its length must be known when the graph is built (use x.shape(), a list of "
+                     "scalars, or constants)");
+}
+
+Variable size_variable(const Size& size, std::optional<std::int64_t>* n_elements) {
+    if (const auto* v = std::get_if<std::vector<std::int64_t>>(&size)) {
+        std::int64_t n = 1;
+        for (auto d : *v) n *= d;
+        if (n_elements) *n_elements = n;
+        return constant(Tensor::from_vector<std::int64_t>({static_cast<std::int64_t>(v->size())}, *v));
+    }
+    const Variable& s = std::get<Variable>(size);
+    if (n_elements) n_elements->reset();
+    return s.dtype() == DType::int64 ? s : cast(s, DType::int64);
+}
+
+// Theano hands float arguments to the generator as floatX constants.
+double as_floatx(double v) { return config().floatX == DType::float32 ? static_cast<double>(static_cast<float>(v)) : v; }
+
+template <class T>
+void store(Tensor& out, std::int64_t i, double v) {
+    out.data<T>()[i] = static_cast<T>(v);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- NumpyRandomOp
+
+std::string NumpyRandomOp::name() const {
+    const char* d = dist_ == Dist::binomial ? "binomial" : dist_ == Dist::uniform ? "uniform" : "normal";
+    return fmt::format("RandomFunction{{{}, {}}}", d, dtype_name(dtype_));
+}
+
+bool NumpyRandomOp::props_equal(const Op& o) const {
+    const auto& x = static_cast<const NumpyRandomOp&>(o);
+    return x.dist_ == dist_ && x.dtype_ == dtype_ && x.ndim_ == ndim_;
+}
+
+std::size_t NumpyRandomOp::props_hash() const {
+    return static_cast<std::size_t>(dist_) * 64 + static_cast<std::size_t>(dtype_) * 8 + static_cast<std::size_t>(ndim_);
+}
+
+std::vector<TensorType> NumpyRandomOp::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 4) throw UsageError(name() + ": takes state, size and two parameters");
+    if (inputs[0].dtype() != DType::uint8 || inputs[0].ndim() != 1) {
+        throw UsageError(fmt::format("{}: input 0 (state) must be a uint8 vector, got {}", name(), inputs[0].type().str()));
+    }
+    return {inputs[0].type(), TensorType{dtype_, std::vector<bool>(static_cast<std::size_t>(ndim_), false)}};
+}
+
+void NumpyRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    RandomState rs = RandomState::from_blob(*in[0]);
+    Shape shape = read_size(name(), *in[1], ndim_);
+    const double a = in[2]->item();
+    const double b = in[3]->item();
+    out[1]->ensure(dtype_, shape);
+    const std::int64_t n = out[1]->size();
+    dispatch(dtype_, [&]<class T>() {
+        T* o = out[1]->data<T>();
+        for (std::int64_t i = 0; i < n; ++i) {
+            double v;
+            switch (dist_) {
+            case Dist::binomial: v = static_cast<double>(rs.binomial(static_cast<std::int64_t>(a), b)); break;
+            case Dist::uniform: v = rs.uniform(a, b); break;
+            default: v = rs.normal(a, b); break;
+            }
+            o[i] = static_cast<T>(v);
+        }
+    });
+    out[0]->ensure(DType::uint8, in[0]->shape());
+    std::memcpy(out[0]->raw_data(), &rs, sizeof(RandomState));
+}
+
+std::vector<Variable> NumpyRandomOp::pullback(const Node& node, const std::vector<Variable>&) const {
+    std::vector<Variable> g(node.inputs.size());
+    for (std::size_t i = 2; i < g.size(); ++i) g[i] = not_differentiable(*this, static_cast<int>(i));
+    return g;
+}
+
+RandomStreams::RandomStreams(std::uint32_t seed) : seedgen_(seed) {}
+
+Variable RandomStreams::make(NumpyRandomOp::Dist dist, const Size& size, std::vector<double> params, DType dtype) {
+    Variable sz = size_variable(size, nullptr);
+    int nd = size_ndim(sz);
+    RandomState rs(static_cast<std::uint32_t>(seedgen_.randint(1LL << 30)));
+    SharedVariable state = shared(rs.to_blob(), fmt::format("random_state_{}", states_.size()));
+    auto outs = apply(std::make_shared<NumpyRandomOp>(dist, dtype, nd),
+                      {state, sz, constant(params[0], DType::float64), constant(params[1], DType::float64)});
+    state.set_default_update(outs[0]);
+    states_.push_back(state);
+    return outs[1];
+}
+
+Variable RandomStreams::binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype) {
+    if (n < 0 || !(p >= 0 && p <= 1)) {
+        throw UsageError(fmt::format("RandomStreams::binomial: needs n >= 0 and 0 <= p <= 1, got n={} p={}", n, p));
+    }
+    return make(NumpyRandomOp::Dist::binomial, size, {static_cast<double>(n), as_floatx(p)}, dtype.value_or(DType::int64));
+}
+
+Variable RandomStreams::uniform(const Size& size, double low, double high, std::optional<DType> dtype) {
+    return make(NumpyRandomOp::Dist::uniform, size, {as_floatx(low), as_floatx(high)}, dtype.value_or(config().floatX));
+}
+
+Variable RandomStreams::normal(const Size& size, double avg, double std, std::optional<DType> dtype) {
+    return make(NumpyRandomOp::Dist::normal, size, {as_floatx(avg), as_floatx(std)}, dtype.value_or(config().floatX));
+}
+
+void RandomStreams::seed(std::uint32_t s) {
+    seedgen_ = RandomState(s);
+    for (auto& st : states_) {
+        st.set_value(RandomState(static_cast<std::uint32_t>(seedgen_.randint(1LL << 30))).to_blob(), true);
+    }
+}
+
+RandomState RandomStreams::state(std::size_t k) const {
+    if (k >= states_.size()) {
+        throw UsageError(fmt::format("RandomStreams::state: {} random variables made, asked for {}", states_.size(), k));
+    }
+    return RandomState::from_blob(states_[k].get_value(true));
+}
+
+// ---------------------------------------------------------------- MRGRandomOp
+
+std::string MRGRandomOp::name() const {
+    return fmt::format("mrg_{}{{{}}}", dist_ == Dist::uniform ? "uniform" : "normal", dtype_name(dtype_));
+}
+
+bool MRGRandomOp::props_equal(const Op& o) const {
+    const auto& x = static_cast<const MRGRandomOp&>(o);
+    return x.dist_ == dist_ && x.dtype_ == dtype_ && x.ndim_ == ndim_;
+}
+
+std::size_t MRGRandomOp::props_hash() const {
+    return 1000 + static_cast<std::size_t>(dist_) * 64 + static_cast<std::size_t>(dtype_) * 8 + static_cast<std::size_t>(ndim_);
+}
+
+std::vector<TensorType> MRGRandomOp::make_types(const std::vector<Variable>& inputs) const {
+    const std::size_t want = dist_ == Dist::uniform ? 4 : 4;
+    if (inputs.size() != want) throw UsageError(name() + ": takes rstate, size and two parameters");
+    if (inputs[0].dtype() != DType::int32 || inputs[0].ndim() != 2) {
+        throw UsageError(fmt::format("{}: input 0 (rstate) must be an int32 matrix, got {}", name(), inputs[0].type().str()));
+    }
+    if (!is_float(dtype_)) throw UsageError(fmt::format("{}: the output dtype must be float32 or float64", name()));
+    return {inputs[0].type(), TensorType{dtype_, std::vector<bool>(static_cast<std::size_t>(ndim_), false)}};
+}
+
+namespace {
+constexpr double kNorm64 = 4.656612873077392578125e-10;  // 2^-31
+constexpr float kNorm32 = 4.6566126e-10f;                 // largest float below 2^-31
+
+template <class T>
+T to_uniform(std::int32_t z) {
+    if constexpr (std::is_same_v<T, float>) {
+        return static_cast<float>(z) * kNorm32;
+    } else {
+        return static_cast<double>(z) * kNorm64;
+    }
+}
+}  // namespace
+
+void MRGRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor& rs = *in[0];
+    Shape shape = read_size(name(), *in[1], ndim_);
+    const std::int64_t n = shape_size(shape);
+    const std::int64_t n_streams = rs.dim(0);
+    if (n_streams < 1 || rs.dim(1) != 6) {
+        throw UsageError(fmt::format("{}: rstate has shape {}, expected (n_streams, 6)", name(), shape_string(rs.shape())));
+    }
+    out[0]->ensure(DType::int32, rs.shape());
+    out[0]->copy_from(rs);
+    auto* st = out[0]->data<std::int32_t>();
+    out[1]->ensure(dtype_, shape);
+    // Uniforms needed: normal draws an even count (Box-Muller pairs).
+    const std::int64_t n_draw = dist_ == Dist::uniform ? n : n + (n % 2);
+    dispatch(dtype_, [&]<class T>() {
+        if constexpr (std::is_floating_point_v<T>) {
+            T* o = out[1]->data<T>();
+            auto draw = [&](std::int64_t i) {
+                auto* row = reinterpret_cast<mrg::State*>(st + (i % n_streams) * 6);
+                return to_uniform<T>(mrg::next(*row));
+            };
+            if (dist_ == Dist::uniform) {
+                const T low = static_cast<T>(in[2]->item()), high = static_cast<T>(in[3]->item());
+                const bool unit = low == T(0) && high == T(1);
+                for (std::int64_t i = 0; i < n; ++i) {
+                    T u = draw(i);
+                    o[i] = unit ? u : static_cast<T>(u * (high - low) + low);
+                }
+                return;
+            }
+            const T avg = static_cast<T>(in[2]->item()), sd = static_cast<T>(in[3]->item());
+            const std::int64_t half = n_draw / 2;
+            std::vector<T> u(static_cast<std::size_t>(n_draw));
+            for (std::int64_t i = 0; i < n_draw; ++i) u[i] = draw(i);
+            const T two_pi = static_cast<T>(2 * M_PI);
+            for (std::int64_t i = 0; i < half; ++i) {
+                const T r = std::sqrt(static_cast<T>(T(-2) * std::log(u[i])));
+                const T theta = static_cast<T>(two_pi * u[half + i]);
+                const T a = static_cast<T>(r * std::cos(theta));
+                const T b = static_cast<T>(r * std::sin(theta));
+                o[i] = static_cast<T>(a * sd + avg);
+                if (half + i < n) o[half + i] = static_cast<T>(b * sd + avg);
+            }
+        }
+    });
+}
+
+std::vector<Variable> MRGRandomOp::pullback(const Node& node, const std::vector<Variable>&) const {
+    std::vector<Variable> g(node.inputs.size());
+    for (std::size_t i = 2; i < g.size(); ++i) g[i] = not_differentiable(*this, static_cast<int>(i));
+    return g;
+}
+
+MRG_RandomStreams::MRG_RandomStreams(std::uint32_t seed) {
+    if (seed == 0 || seed >= static_cast<std::uint32_t>(mrg::M2)) {
+        throw UsageError(fmt::format("MRG_RandomStreams: the seed must be in [1, {}), got {}", mrg::M2, seed));
+    }
+    rstate_.fill(static_cast<std::int32_t>(seed));
+}
+
+SharedVariable MRG_RandomStreams::new_state(const Size&, std::optional<std::int64_t> n_elements) {
+    std::int64_t n_streams = mrg::guess_n_streams(n_elements);
+    SharedVariable st = shared(mrg::substreams(rstate_, n_streams), fmt::format("rstate_{}", states_.size()));
+    rstate_ = mrg::jump(rstate_, 134);
+    states_.push_back(st);
+    return st;
+}
+
+Variable MRG_RandomStreams::uniform(const Size& size, double low, double high, std::optional<DType> dtype) {
+    DType dt = dtype.value_or(config().floatX);
+    std::optional<std::int64_t> n;
+    Variable sz = size_variable(size, &n);
+    int nd = size_ndim(sz);
+    SharedVariable st = new_state(size, n);
+    auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::uniform, dt, nd),
+                      {st, sz, constant(as_floatx(low), dt), constant(as_floatx(high), dt)});
+    st.set_default_update(outs[0]);
+    return outs[1];
+}
+
+Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype) {
+    if (n != 1) throw UsageError(fmt::format("MRG_RandomStreams::binomial: only n=1 is supported, got n={}", n));
+    if (!(p >= 0 && p <= 1)) throw UsageError(fmt::format("MRG_RandomStreams::binomial: p must be in [0, 1], got {}", p));
+    Variable u = uniform(size, 0.0, 1.0, config().floatX);
+    return cast(lt(u, constant(p, config().floatX)), dtype.value_or(DType::int64));
+}
+
+Variable MRG_RandomStreams::normal(const Size& size, double avg, double std, std::optional<DType> dtype) {
+    DType dt = dtype.value_or(config().floatX);
+    Variable sz = size_variable(size, nullptr);
+    int nd = size_ndim(sz);
+    // Theano's normal always passes a symbolic length to its uniform: the symbolic stream count.
+    SharedVariable st = new_state(size, std::nullopt);
+    auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::normal, dt, nd),
+                      {st, sz, constant(as_floatx(avg), dt), constant(as_floatx(std), dt)});
+    st.set_default_update(outs[0]);
+    return outs[1];
+}
+
+}  // namespace theanine

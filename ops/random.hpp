@@ -1,0 +1,189 @@
+// Random numbers that reproduce numpy's and Theano's generators bit for bit.
+//
+// RandomState      numpy.random.RandomState's legacy generator: MT19937 seeded from a 32-bit
+//                  integer, random_sample (53-bit doubles from two 32-bit words), uniform,
+//                  randint (masked rejection), binomial (inversion when n*min(p,1-p) <= 30,
+//                  BTPE otherwise) and normal (polar method with a cached second value).
+// RandomStreams    theano.tensor.shared_randomstreams: each random variable owns a
+//                  RandomState(seedgen.randint(2**30)) held as shared state with a default
+//                  update, so every call of a compiled function advances it.
+// MRG_RandomStreams theano.sandbox.rng_mrg: MRG31k3p with one substream per output element
+//                  (up to Theano's stream-count rule), substreams started by jump-ahead,
+//                  binomial as cast(uniform < p), normal by Box-Muller.
+//
+// Generator state lives in shared variables: a RandomState as a uint8 blob (its bytes), the
+// MRG state as an int32 (n_streams, 6) matrix exactly as Theano stores it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <variant>
+
+#include "graph/graph.hpp"
+
+namespace theanine {
+
+class RandomState {
+public:
+    explicit RandomState(std::uint32_t seed = 0) { seed_with(seed); }
+    void seed_with(std::uint32_t seed);
+
+    std::uint32_t next_uint32();
+    double next_double();  // random_sample: [0, 1) with 53 bits
+    double uniform(double low, double high);
+    // randint(high): [0, high) by masked rejection (numpy's legacy method).
+    std::int64_t randint(std::int64_t high);
+    std::int64_t binomial(std::int64_t n, double p);
+    double gauss();  // standard normal, polar method
+    double normal(double loc, double scale) { return loc + scale * gauss(); }
+
+    // Array forms in C order, as float64 (or int64 for binomial/randint).
+    Tensor random_sample(const Shape& size);
+    Tensor uniform(double low, double high, const Shape& size);
+    Tensor binomial(std::int64_t n, double p, const Shape& size);
+    Tensor normal(double loc, double scale, const Shape& size);
+
+    // numpy's get_state(): key (624 words), pos, has_gauss, cached_gaussian.
+    const std::array<std::uint32_t, 624>& key() const { return mt_; }
+    int pos() const { return pos_; }
+    bool has_gauss() const { return has_gauss_; }
+    double cached_gaussian() const { return gauss_; }
+
+    // The state as bytes (the shared-variable representation) and back.
+    Tensor to_blob() const;
+    static RandomState from_blob(const Tensor& blob);
+
+private:
+    std::int64_t binomial_inversion(std::int64_t n, double p);
+    std::int64_t binomial_btpe(std::int64_t n, double p);
+
+    std::array<std::uint32_t, 624> mt_{};
+    int pos_ = 624;
+    bool has_gauss_ = false;
+    double gauss_ = 0;
+    // Cached constants of the last binomial (n, p), as numpy keeps them.
+    struct BinomialCache {
+        bool valid = false;
+        std::int64_t nsave = 0;
+        double psave = 0, r = 0, q = 0, fm = 0, p1 = 0, xm = 0, xl = 0, xr = 0, c = 0, laml = 0, lamr = 0, p2 = 0,
+               p3 = 0, p4 = 0;
+        std::int64_t m = 0;
+    } bin_;
+};
+
+// MRG31k3p arithmetic (Theano's rng_mrg).
+namespace mrg {
+using State = std::array<std::int32_t, 6>;
+constexpr std::int64_t M1 = 2147483647;
+constexpr std::int64_t M2 = 2147462579;
+// One step of a stream; returns z in [1, M1].
+std::int32_t next(State& s);
+// s advanced by 2^e steps (jump-ahead by matrix powers).
+State jump(const State& s, int e);
+// Theano's stream count for a draw of a constant size (None = symbolic size).
+std::int64_t guess_n_streams(std::optional<std::int64_t> n_elements);
+// (n_streams, 6) int32 matrix: row 0 = base, row i = row i-1 jumped by 2^72.
+Tensor substreams(const State& base, std::int64_t n_streams);
+}  // namespace mrg
+
+// A size argument: constant dimensions, or a symbolic int64 vector such as x.shape().
+using Size = std::variant<std::vector<std::int64_t>, Variable>;
+
+// Draws from numpy's legacy distributions. Inputs: state blob, size (int64 vector), params
+// (float64 scalars; binomial's n is int64). Outputs: new state, sample.
+class NumpyRandomOp final : public Op {
+public:
+    enum class Dist { binomial, uniform, normal };
+    NumpyRandomOp(Dist dist, DType dtype, int ndim) : dist_(dist), dtype_(dtype), ndim_(ndim) {}
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool is_stateful() const override { return true; }
+    bool props_equal(const Op& o) const override;
+    std::size_t props_hash() const override;
+
+private:
+    Dist dist_;
+    DType dtype_;
+    int ndim_;
+};
+
+// MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
+// std (scalars of the output dtype). Outputs: new rstate, sample.
+class MRGRandomOp final : public Op {
+public:
+    enum class Dist { uniform, normal };
+    MRGRandomOp(Dist dist, DType dtype, int ndim) : dist_(dist), dtype_(dtype), ndim_(ndim) {}
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool is_stateful() const override { return true; }
+    bool props_equal(const Op& o) const override;
+    std::size_t props_hash() const override;
+
+private:
+    Dist dist_;
+    DType dtype_;
+    int ndim_;
+};
+
+// What a model needs of a stream class (dA takes either kind).
+class RandomStreamsBase {
+public:
+    virtual ~RandomStreamsBase() = default;
+    virtual Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) = 0;
+    virtual Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
+                             std::optional<DType> dtype = std::nullopt) = 0;
+    virtual Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
+                            std::optional<DType> dtype = std::nullopt) = 0;
+};
+
+class RandomStreams final : public RandomStreamsBase {
+public:
+    explicit RandomStreams(std::uint32_t seed);
+
+    // binomial(size, n, p): numpy's binomial cast to dtype (default int64, as in Theano).
+    // Float arguments are rounded to floatX first, as Theano's constants are.
+    Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
+    Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
+                     std::optional<DType> dtype = std::nullopt) override;
+    Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
+                    std::optional<DType> dtype = std::nullopt) override;
+
+    // Reseeds every stream as Theano does: a new seed generator, one randint each, in order.
+    void seed(std::uint32_t s);
+    // The generator state of the k-th random variable made by this object.
+    RandomState state(std::size_t k) const;
+    const std::vector<SharedVariable>& state_variables() const { return states_; }
+
+private:
+    Variable make(NumpyRandomOp::Dist dist, const Size& size, std::vector<double> params, DType dtype);
+    RandomState seedgen_;
+    std::vector<SharedVariable> states_;
+};
+
+class MRG_RandomStreams final : public RandomStreamsBase {
+public:
+    explicit MRG_RandomStreams(std::uint32_t seed);
+
+    Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
+                     std::optional<DType> dtype = std::nullopt) override;
+    // cast(uniform(size) < p, dtype): uniforms in floatX, p a floatX constant (Theano's rule).
+    Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
+    Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
+                    std::optional<DType> dtype = std::nullopt) override;
+
+    // The base state the next random variable's substreams start from.
+    const mrg::State& rstate() const { return rstate_; }
+    const std::vector<SharedVariable>& state_variables() const { return states_; }
+
+private:
+    SharedVariable new_state(const Size& size, std::optional<std::int64_t> n_elements);
+    mrg::State rstate_;
+    std::vector<SharedVariable> states_;
+};
+
+}  // namespace theanine
