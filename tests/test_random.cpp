@@ -1,0 +1,291 @@
+// Random streams against the numpy 1.24 / Theano 1.0.5 reference draws, bit for bit.
+#include <doctest/doctest.h>
+
+#include <fmt/format.h>
+
+#include "support/fixtures.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+using theanine::testing::bit_equal;
+using theanine::testing::count_diff;
+using theanine::testing::fixture;
+
+namespace {
+
+struct FloatXScope {
+    DType saved;
+    explicit FloatXScope(DType dt) : saved(config().floatX) { config().floatX = dt; }
+    ~FloatXScope() { config().floatX = saved; }
+};
+
+Tensor stack3(const std::vector<Tensor>& calls, DType dt) {
+    Shape s = calls[0].shape();
+    s.insert(s.begin(), 3);
+    Tensor out = Tensor::empty(dt, s);
+    const std::int64_t n = calls[0].size();
+    dispatch(dt, [&]<class T>() {
+        for (int k = 0; k < 3; ++k) {
+            Tensor c = calls[k].astype(dt);
+            for (std::int64_t i = 0; i < n; ++i) out.data<T>()[k * n + i] = c.data<T>()[i];
+        }
+    });
+    return out;
+}
+
+void check_state(const RandomState& rs, const std::string& prefix) {
+    Tensor key = fixture(prefix + "_key.npy");
+    Tensor meta = fixture(prefix + "_meta.npy");
+    REQUIRE(key.size() == 624);
+    std::int64_t mismatched = 0;
+    for (int i = 0; i < 624; ++i) mismatched += rs.key()[i] != static_cast<std::uint32_t>(key.data<std::int64_t>()[i]);
+    CHECK(mismatched == 0);
+    CHECK(rs.pos() == static_cast<int>(meta.at({0})));
+    CHECK(rs.has_gauss() == (meta.at({1}) != 0));
+    CHECK(rs.cached_gaussian() == meta.at({2}));
+}
+
+}  // namespace
+
+TEST_CASE("RandomState reproduces numpy's legacy generator (fixture A)") {
+    for (std::uint32_t seed : {0u, 1u, 123u, 4294967295u, 987654321u}) {
+        CAPTURE(seed);
+        const std::string p = fmt::format("A_np_s{}_", seed);
+        RandomState rs(seed);
+        CHECK(bit_equal(rs.random_sample({10}), fixture(p + "1_random_sample.npy")));
+        std::vector<std::int64_t> ints;
+        for (int i = 0; i < 5; ++i) ints.push_back(rs.randint(1LL << 30));
+        CHECK(bit_equal(Tensor::from_vector<std::int64_t>({5}, ints), fixture(p + "2_randint_2p30_x5.npy")));
+        CHECK(bit_equal(rs.uniform(-1.0, 1.0, {3, 4}), fixture(p + "3_uniform_m1_1.npy")));
+        CHECK(bit_equal(rs.binomial(1, 0.7, {20, 784}).astype(DType::uint8), fixture(p + "4_binomial_n1_p0.7_uint8.npy")));
+        CHECK(bit_equal(rs.binomial(1, 0.3, {100}), fixture(p + "5_binomial_n1_p0.3.npy")));
+        CHECK(bit_equal(rs.binomial(5, 0.2, {50}), fixture(p + "6_binomial_n5_p0.2.npy")));
+        CHECK(bit_equal(rs.binomial(100, 0.5, {50}), fixture(p + "7_binomial_n100_p0.5.npy")));
+        CHECK(bit_equal(rs.normal(0.0, 1.0, {11}), fixture(p + "8_normal_0_1_x11.npy")));
+        CHECK(bit_equal(rs.normal(2.0, 3.0, {4}), fixture(p + "9_normal_2_3_x4.npy")));
+        check_state(rs, p + "state_after9");
+    }
+}
+
+TEST_CASE("RandomState rejects bad arguments") {
+    RandomState rs(1);
+    CHECK_THROWS_WITH_AS(rs.binomial(3, 1.5), "binomial: p must be in [0, 1], got 1.5", UsageError);
+    CHECK_THROWS_WITH_AS(rs.binomial(-1, 0.5), "binomial: n must be >= 0, got -1", UsageError);
+    CHECK_THROWS_WITH_AS(rs.randint(0), "RandomState::randint: high must be positive, got 0", UsageError);
+}
+
+TEST_CASE("the dA's initial W equals numpy's (fixture B)") {
+    RandomState rng(123);
+    CHECK(rng.randint(1LL << 30) == fixture("B_dA_seed.npy").item_int());
+    const double bound = 4 * std::sqrt(6. / (500 + 784));
+    Tensor W = rng.uniform(-bound, bound, {784, 500});
+    CHECK(bit_equal(W, fixture("B_dA_W_float64.npy")));
+    CHECK(bit_equal(W.astype(DType::float32), fixture("B_dA_W_float32.npy")));
+
+    for (DType fx : {DType::float64, DType::float32}) {
+        FloatXScope scope(fx);
+        RandomState numpy_rng(123);
+        auto theano_rng = std::make_shared<MRG_RandomStreams>(static_cast<std::uint32_t>(numpy_rng.randint(1LL << 30)));
+        models::dA da(numpy_rng, theano_rng);
+        CHECK(bit_equal(da.W.get_value(true),
+                        fixture(fx == DType::float64 ? "B_dA_W_float64.npy" : "B_dA_W_float32.npy")));
+        CHECK(da.b.get_value(true).to_doubles() == std::vector<double>(500, 0.0));
+    }
+}
+
+TEST_CASE("RandomStreams masks in a compiled function match Theano's (fixture C1)") {
+    for (std::uint32_t seed : {843828734u, 234u}) {
+        for (DType fx : {DType::float64, DType::float32}) {
+            CAPTURE(seed);
+            CAPTURE(dtype_name(fx));
+            FloatXScope scope(fx);
+            RandomStreams rng(seed);
+            Variable x = matrix("x");
+            Variable mask = rng.binomial(x.shape(), 1, 0.7, fx);
+            Function f = function({x}, {mask});
+            Tensor xin = Tensor::full(fx, {20, 784}, 1.0);
+            std::vector<Tensor> calls;
+            for (int k = 0; k < 3; ++k) calls.push_back(f({xin})[0]);
+            CHECK(calls[0].dtype() == fx);
+            const std::string p = fmt::format("C_rs_s{}_{}_mask", seed, dtype_name(fx));
+            CHECK(bit_equal(stack3(calls, DType::uint8), fixture(p + "_x3.npy")));
+            check_state(rng.state(0), p + "_state");
+        }
+    }
+}
+
+TEST_CASE("RandomStreams uniform and normal match Theano's (fixtures C1' and C2)") {
+    for (DType fx : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(fx));
+        FloatXScope scope(fx);
+        const std::string f1 = fmt::format("C_rs_s234_{}_", dtype_name(fx));
+        {
+            RandomStreams rng(234);
+            Variable u = rng.uniform(std::vector<std::int64_t>{3, 5}, -2, 3);
+            Function f = function({}, {u});
+            std::vector<Tensor> calls;
+            for (int k = 0; k < 3; ++k) calls.push_back(f()[0]);
+            CHECK(bit_equal(stack3(calls, fx), fixture(f1 + "uniform_x3.npy")));
+            check_state(rng.state(0), f1 + "uniform_state");
+        }
+        {
+            RandomStreams rng(234);
+            Variable n = rng.normal(std::vector<std::int64_t>{7}, 1, 2);
+            Function f = function({}, {n});
+            std::vector<Tensor> calls;
+            for (int k = 0; k < 3; ++k) calls.push_back(f()[0]);
+            CHECK(bit_equal(stack3(calls, fx), fixture(f1 + "normal_x3.npy")));
+            check_state(rng.state(0), f1 + "normal_state");
+        }
+        {
+            const std::string f2 = fmt::format("C2_rs_s234_{}_pair_", dtype_name(fx));
+            RandomStreams rng(234);
+            Variable u = rng.uniform(std::vector<std::int64_t>{3, 5}, -2, 3);
+            Variable n = rng.normal(std::vector<std::int64_t>{7}, 1, 2);
+            Function f = function({}, {u, n});
+            std::vector<Tensor> us, ns;
+            for (int k = 0; k < 3; ++k) {
+                auto out = f();
+                us.push_back(out[0]);
+                ns.push_back(out[1]);
+            }
+            CHECK(bit_equal(stack3(us, fx), fixture(f2 + "uniform_x3.npy")));
+            CHECK(bit_equal(stack3(ns, fx), fixture(f2 + "normal_x3.npy")));
+            check_state(rng.state(0), f2 + "uniform_state");
+            check_state(rng.state(1), f2 + "normal_state");
+        }
+    }
+}
+
+TEST_CASE("RandomStreams.seed reseeds every stream as Theano does") {
+    RandomStreams rng(7);
+    Variable u = rng.uniform(std::vector<std::int64_t>{4});
+    Function f = function({}, {u});
+    f();
+    rng.seed(234);
+    // After seed(234) the first stream is RandomState(RandomState(234).randint(2**30)).
+    RandomState gen(234);
+    RandomState expect(static_cast<std::uint32_t>(gen.randint(1LL << 30)));
+    CHECK(bit_equal(f()[0], expect.uniform(0.0, 1.0, {4})));
+}
+
+TEST_CASE("MRG31k3p substreams and jumps match Theano's (fixture E, initial states)") {
+    for (std::uint32_t seed : {843828734u, 234u}) {
+        CAPTURE(seed);
+        mrg::State base;
+        base.fill(static_cast<std::int32_t>(seed));
+        Tensor all = mrg::substreams(base, 15360);
+        Tensor rows = fixture(fmt::format("E_mrg_s{}_rstate_initial_rows.npy", seed));
+        Tensor want = fixture(fmt::format("E_mrg_s{}_rstate_initial.npy", seed));
+        std::int64_t bad = 0;
+        for (std::int64_t r = 0; r < rows.size(); ++r) {
+            std::int64_t row = rows.data<std::int64_t>()[r];
+            for (int c = 0; c < 6; ++c) bad += all.data<std::int32_t>()[row * 6 + c] != want.data<std::int32_t>()[r * 6 + c];
+        }
+        CHECK(bad == 0);
+    }
+    MRG_RandomStreams rng(843828734);
+    rng.uniform(std::vector<std::int64_t>{5});
+    CHECK(rng.rstate() == mrg::State{1373471712, 1933533694, 222991794, 410322351, 23054219, 1933334059});
+    CHECK(mrg::guess_n_streams(std::nullopt) == 15360);
+    CHECK(mrg::guess_n_streams(20 * 784) == 2613);
+    CHECK(mrg::guess_n_streams(5) == 5);
+}
+
+namespace {
+void check_rows(const Tensor& state, const std::string& file, const std::string& rows_file) {
+    Tensor want = fixture(file);
+    if (rows_file.empty()) {
+        CHECK(bit_equal(state, want));
+        return;
+    }
+    Tensor rows = fixture(rows_file);
+    std::int64_t bad = 0;
+    for (std::int64_t r = 0; r < rows.size(); ++r) {
+        std::int64_t row = rows.data<std::int64_t>()[r];
+        for (int c = 0; c < 6; ++c) bad += state.data<std::int32_t>()[row * 6 + c] != want.data<std::int32_t>()[r * 6 + c];
+    }
+    CHECK(bad == 0);
+}
+}  // namespace
+
+TEST_CASE("MRG_RandomStreams draws match Theano's compiled C code (fixture D) with the states after (E)") {
+    for (std::uint32_t seed : {843828734u, 234u}) {
+        for (DType fx : {DType::float64, DType::float32}) {
+            CAPTURE(seed);
+            CAPTURE(dtype_name(fx));
+            FloatXScope scope(fx);
+            const std::string d = fmt::format("D_mrg_s{}_{}_", seed, dtype_name(fx));
+            const std::string e = fmt::format("E_mrg_s{}_", seed);
+            Variable x = matrix("x");
+            Tensor xin = Tensor::full(fx, {20, 784}, 1.0);
+            auto run3 = [&](Function& f, bool with_x) {
+                std::vector<Tensor> calls;
+                for (int k = 0; k < 3; ++k) calls.push_back(with_x ? f({xin})[0] : f()[0]);
+                return calls;
+            };
+            {
+                MRG_RandomStreams rng(seed);
+                Variable m = rng.binomial(x.shape(), 1, 0.7, fx);
+                Function f = function({x}, {m});
+                CHECK(bit_equal(stack3(run3(f, true), DType::uint8), fixture(d + "mask_sym_x3.npy")));
+                check_rows(rng.state_variables()[0].get_value(true), e + "sym_rstate_after3.npy", e + "sym_rstate_after3_rows.npy");
+            }
+            {
+                MRG_RandomStreams rng(seed);
+                Variable u = rng.uniform(x.shape(), 0, 1, fx);
+                Function f = function({x}, {u});
+                CHECK(bit_equal(stack3(run3(f, true), fx), fixture(d + "uniform_sym_x3.npy")));
+            }
+            {
+                MRG_RandomStreams rng(seed);
+                Variable u = rng.uniform(std::vector<std::int64_t>{20, 784}, 0, 1, fx);
+                CHECK(rng.state_variables()[0].get_value(true).dim(0) == 2613);
+                Function f = function({}, {u});
+                CHECK(bit_equal(stack3(run3(f, false), fx), fixture(d + "uniform_const_x3.npy")));
+                check_rows(rng.state_variables()[0].get_value(true), e + "const_rstate_after3.npy", e + "const_rstate_after3_rows.npy");
+            }
+            {
+                MRG_RandomStreams rng(seed);
+                Variable u = rng.uniform(std::vector<std::int64_t>{5}, 0, 1, fx);
+                Function f = function({}, {u});
+                CHECK(bit_equal(stack3(run3(f, false), fx), fixture(d + "uniform5_x3.npy")));
+                check_rows(rng.state_variables()[0].get_value(true), e + "uniform5_rstate_after3.npy", "");
+            }
+            {
+                MRG_RandomStreams rng(seed);
+                Variable n = rng.normal(std::vector<std::int64_t>{6}, 0, 1, fx);
+                Function f = function({}, {n});
+                CHECK(bit_equal(stack3(run3(f, false), fx), fixture(d + "normal6_x3.npy")));
+                check_rows(rng.state_variables()[0].get_value(true), e + "normal6_rstate_after3.npy", e + "normal6_rstate_after3_rows.npy");
+            }
+        }
+    }
+}
+
+TEST_CASE("the tutorial's corruption draws Theano's masks with either stream class, call after call") {
+    for (DType fx : {DType::float64, DType::float32}) {
+        FloatXScope scope(fx);
+        Tensor ones = Tensor::full(fx, {20, 784}, 1.0);
+        for (bool mrg_streams : {true, false}) {
+            CAPTURE(mrg_streams);
+            RandomState numpy_rng(123);
+            auto seed = static_cast<std::uint32_t>(numpy_rng.randint(1LL << 30));
+            std::shared_ptr<RandomStreamsBase> theano_rng;
+            if (mrg_streams) {
+                theano_rng = std::make_shared<MRG_RandomStreams>(seed);
+            } else {
+                theano_rng = std::make_shared<RandomStreams>(seed);
+            }
+            models::dA da(numpy_rng, theano_rng);
+            Variable tilde = da.get_corrupted_input(da.x, 0.3);
+            Function f = function({da.x}, {tilde});
+            std::vector<Tensor> calls;
+            for (int k = 0; k < 3; ++k) calls.push_back(f({ones})[0]);
+            std::string file = mrg_streams ? fmt::format("D_mrg_s843828734_{}_mask_sym_x3.npy", dtype_name(fx))
+                                           : fmt::format("C_rs_s843828734_{}_mask_x3.npy", dtype_name(fx));
+            CHECK(bit_equal(stack3(calls, DType::uint8), fixture(file)));
+            CHECK(count_diff(calls[0], calls[1]) > 1000);  // successive calls draw new masks
+        }
+    }
+}
