@@ -1,0 +1,99 @@
+// Shape ops: dimshuffle, reshape, flatten, basic and advanced indexing, arange.
+#include <doctest/doctest.h>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+
+namespace {
+Tensor iota(const Shape& s) {
+    std::vector<double> v(static_cast<std::size_t>(shape_size(s)));
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i);
+    return T64(s, v);
+}
+}  // namespace
+
+TEST_CASE("shape, shape(i), reshape and flatten") {
+    Variable t = tensor3("t");
+    Tensor tv = iota({2, 3, 4});
+    CHECK(eval1({t}, t.shape(), {tv}).to_doubles() == std::vector<double>{2, 3, 4});
+    CHECK(eval1({t}, t.shape(-1), {tv}).to_doubles() == std::vector<double>{4});
+    CHECK(eval1({t}, reshape(t, std::vector<std::int64_t>{6, -1}), {tv}).shape() == Shape{6, 4});
+    CHECK(eval1({t}, t.flatten(), {tv}).shape() == Shape{24});
+    CHECK(eval1({t}, t.flatten(2), {tv}).shape() == Shape{2, 12});
+    Variable r = t.reshape({t.shape(0), t.shape(1) * t.shape(2)});
+    CHECK(eval1({t}, r, {tv}).to_doubles() == tv.to_doubles());
+    Function f = function({t}, {reshape(t, std::vector<std::int64_t>{5, 5})});
+    CHECK_THROWS_WITH_AS(f({tv}), "Reshape{2}: cannot reshape input of shape (2, 3, 4) (24 elements) to (5, 5)", UsageError);
+}
+
+TEST_CASE("dimshuffle and transpose") {
+    Variable m = matrix("m");
+    Tensor mv = iota({2, 3});
+    CHECK(eval1({m}, m.T(), {mv}).to_doubles() == std::vector<double>{0, 3, 1, 4, 2, 5});
+    Variable d = m.dimshuffle({1, -1, 0});
+    CHECK(d.type().str() == "float64 (F, T, F)");
+    CHECK(eval1({m}, d, {mv}).shape() == Shape{3, 1, 2});
+    CHECK_THROWS_WITH_AS(m.dimshuffle({0}), "DimShuffle{0}: drops axis 1, which is not broadcastable", UsageError);
+}
+
+TEST_CASE("subtensor with constant and symbolic bounds follows Python's rules") {
+    Variable m = matrix("m");
+    Tensor mv = iota({5, 2});
+    Variable i = lscalar("i");
+    auto rows = [&](const Variable& e, std::int64_t iv) { return eval1({m, i}, e, {mv, iv}).to_doubles(); };
+    // The tutorial's minibatch slice.
+    Variable batch = subtensor(m, {slice(i * 2, (i + 1) * 2)});
+    CHECK(rows(batch, 1) == std::vector<double>{4, 5, 6, 7});
+    CHECK(rows(batch, 2) == std::vector<double>{8, 9});  // clamps at the end
+    CHECK(rows(subtensor(m, {slice(-2, std::nullopt)}), 0) == std::vector<double>{6, 7, 8, 9});
+    CHECK(rows(subtensor(m, {slice(std::nullopt, std::nullopt, -2)}), 0) == std::vector<double>{8, 9, 4, 5, 0, 1});
+    CHECK(rows(subtensor(m, {i, 1}), 3) == std::vector<double>{7});
+    CHECK(rows(subtensor(m, {Idx::all(), 0}), 0) == std::vector<double>{0, 2, 4, 6, 8});
+    CHECK(rows(index(m, {-1}), 0) == std::vector<double>{8, 9});
+    Function f = function({m, i}, {subtensor(m, {i})});
+    CHECK_THROWS_WITH_AS(f({mv, 7}), "Subtensor{int64}: index 7 out of bounds for axis 0 with size 5", UsageError);
+    // The output is a view of the input.
+    CHECK(subtensor(m, {slice(0, 2)}).node().op->view_map() == std::vector<int>{0});
+}
+
+TEST_CASE("set_subtensor and inc_subtensor") {
+    Variable m = matrix("m");
+    Tensor mv = iota({3, 2});
+    Variable y = vector("y");
+    Tensor yv = T64({2}, {10, 20});
+    CHECK(eval1({m, y}, inc_subtensor(m, y, {1}), {mv, yv}).to_doubles() == std::vector<double>{0, 1, 12, 23, 4, 5});
+    CHECK(eval1({m, y}, set_subtensor(m, y, {slice(0, 2)}), {mv, yv}).to_doubles() ==
+          std::vector<double>{10, 20, 10, 20, 4, 5});
+}
+
+TEST_CASE("advanced indexing m[arange(n), y] and its increment") {
+    Variable p = matrix("p");
+    Variable y = lvector("y");
+    Tensor pv = iota({3, 4});
+    Tensor yv = I64({3}, {2, 0, 3});
+    Variable picked = subtensor(p, {arange(p.shape(0)), y});
+    CHECK(eval1({p, y}, picked, {pv, yv}).to_doubles() == std::vector<double>{2, 4, 11});
+    CHECK(eval1({p, y}, subtensor(p, {y}), {pv, I64({2}, {2, 2})}).to_doubles() ==
+          std::vector<double>{8, 9, 10, 11, 8, 9, 10, 11});
+    // Duplicates accumulate.
+    Variable inc = advanced_inc_subtensor(p, constant(T64({3}, {1, 1, 1})), {lvector("r"), lvector("c")});
+    Function f = function({p, inc.node().inputs[2], inc.node().inputs[3]}, {inc});
+    Tensor out = f({pv, I64({3}, {0, 0, 2}), I64({3}, {1, 1, 3})})[0];
+    CHECK(out.at({0, 1}) == 3);
+    CHECK(out.at({2, 3}) == 12);
+    Function g = function({p, y}, {picked});
+    CHECK_THROWS_WITH_AS(g({pv, I64({3}, {0, 4, 1})}),
+                         "AdvancedSubtensor: index 4 (at position 1 of index vector 1) is out of bounds for axis 1 with size 4",
+                         UsageError);
+    CHECK_THROWS_WITH_AS(g({pv, I64({2}, {0, 1})}),
+                         "AdvancedSubtensor: index vectors have different lengths: index 0 has 3, index 1 has 2", UsageError);
+}
+
+TEST_CASE("arange") {
+    Variable n = lscalar("n");
+    CHECK(eval1({n}, arange(n), {4}).to_doubles() == std::vector<double>{0, 1, 2, 3});
+    CHECK(eval1({n}, arange(1, n, 2), {6}).to_doubles() == std::vector<double>{1, 3, 5});
+    CHECK(eval1({n}, arange(n, 0, -2), {5}).to_doubles() == std::vector<double>{5, 3, 1});
+}

@@ -1,0 +1,72 @@
+// Tensor: storage, views, dtypes, conversions, buffer reuse.
+#include <doctest/doctest.h>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+
+TEST_CASE("tensors are row-major with element strides") {
+    Tensor t = T64({2, 3}, {1, 2, 3, 4, 5, 6});
+    CHECK(t.strides() == Shape{3, 1});
+    CHECK(t.at({1, 2}) == 6);
+    CHECK(t.is_contiguous());
+    CHECK(t.size() == 6);
+    CHECK(shape_string(t.shape()) == "(2, 3)");
+    CHECK(shape_string({5}) == "(5,)");
+}
+
+TEST_CASE("views share storage: transpose, slice, index, dimshuffle") {
+    Tensor t = T64({2, 3}, {1, 2, 3, 4, 5, 6});
+    Tensor tt = t.transpose();
+    CHECK(tt.shares_storage(t));
+    CHECK(tt.shape() == Shape{3, 2});
+    CHECK(tt.to_doubles() == std::vector<double>{1, 4, 2, 5, 3, 6});
+    CHECK_FALSE(tt.is_contiguous());
+    Tensor s = t.slice(1, 2, 0, -1);  // columns 2 then 1 (absolute bounds, stop exclusive)
+    CHECK(s.to_doubles() == std::vector<double>{3, 2, 6, 5});
+    Tensor r = t.index(0, 1);
+    CHECK(r.to_doubles() == std::vector<double>{4, 5, 6});
+    t.data<double>()[4] = 50;
+    CHECK(r.at({1}) == 50);  // the view sees the write
+    Tensor d = t.dimshuffle({-1, 1, 0});
+    CHECK(d.shape() == Shape{1, 3, 2});
+    CHECK_THROWS_WITH_AS(t.dimshuffle({0}), "dimshuffle drops axis 1 of size 3 (only size-1 axes can be dropped)",
+                         UsageError);
+}
+
+TEST_CASE("every dtype converts and reports its name") {
+    Tensor t = T64({4}, {-1.5, 0, 2.7, 255});
+    CHECK(t.astype(DType::int64).to_doubles() == std::vector<double>{-1, 0, 2, 255});
+    CHECK(t.astype(DType::int32).to_doubles() == std::vector<double>{-1, 0, 2, 255});
+    CHECK(t.astype(DType::uint8).at({3}) == 255);
+    CHECK(t.astype(DType::boolean).to_doubles() == std::vector<double>{1, 0, 1, 1});
+    CHECK(t.astype(DType::float32).at({2}) == static_cast<double>(2.7f));
+    CHECK(dtype_from_name("bool") == DType::boolean);
+    CHECK_THROWS_WITH_AS(dtype_from_name("float16"),
+                         "unknown dtype 'float16' (expected float32, float64, int64, int32, uint8 or bool)", UsageError);
+    CHECK_THROWS_WITH_AS(t.data<float>(), "Tensor: data requested as float32 but the tensor is float64", UsageError);
+}
+
+TEST_CASE("ensure reuses a buffer nothing else holds") {
+    Tensor t = Tensor::empty(DType::float64, {20, 784});
+    const void* p = t.raw_data();
+    auto before = storage_allocation_count();
+    t.ensure(DType::float64, {20, 784});
+    CHECK(t.raw_data() == p);
+    CHECK(storage_allocation_count() == before);
+    Tensor alias = t;  // now shared: ensure must not overwrite the alias's data
+    t.ensure(DType::float64, {20, 784});
+    CHECK(t.raw_data() != alias.raw_data());
+    CHECK(storage_allocation_count() == before + 1);
+}
+
+TEST_CASE("bad shapes and indices are reported") {
+    CHECK_THROWS_WITH_AS(Tensor::from_vector<double>({2, 2}, {1, 2, 3}), "Tensor::from_vector: 3 values do not fill shape (2, 2)",
+                         UsageError);
+    Tensor t = T64({2}, {1, 2});
+    CHECK_THROWS_WITH_AS(t.at({2}), "Tensor::at: index 2 out of range for axis 0 of size 2", UsageError);
+    CHECK_THROWS_WITH_AS(t.item(), "Tensor::item: tensor of shape (2,) has more than one element", UsageError);
+    Tensor u = T64({3}, {1, 2, 3});
+    CHECK_THROWS_WITH_AS(t.copy_from(u), "Tensor::copy_from: shape (3,) does not match (2,)", UsageError);
+}
