@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <source_location>
@@ -43,6 +44,7 @@ class Node;
 class Op;
 struct SharedCell;
 class Variable;
+struct Idx;  // ops/shape.hpp
 
 // Index of a slice/index argument: none, a fixed integer, or a symbolic integer scalar.
 class Variable {
@@ -83,6 +85,9 @@ public:
     Variable max(std::optional<int> axis = std::nullopt, bool keepdims = false) const;
     Variable argmax(std::optional<int> axis = std::nullopt) const;
     Variable astype(DType dt) const;
+    // x[{i, j}]: basic indexing with integers, symbolic scalars and slices, or advanced
+    // indexing with integer vectors (m[{arange(n), y}]). Defined in ops/shape.cpp.
+    Variable operator[](std::initializer_list<Idx> index) const;
 
 private:
     std::shared_ptr<const Node> node_;

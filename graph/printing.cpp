@@ -47,7 +47,8 @@ struct Printer {
         return it->second;
     }
 
-    void line(const Variable& v, const std::string& prefix) {
+    // prefix starts this line; indent starts the lines of v's inputs.
+    void line(const Variable& v, const std::string& prefix, const std::string& indent) {
         bool fresh = false;
         std::string id = id_of(v.node_ptr().get(), &fresh);
         out += prefix + leaf_or_op(v) + " [id " + id + "]";
@@ -58,8 +59,11 @@ struct Printer {
         }
         out += "\n";
         if (!fresh || !v.is_apply()) return;
-        std::string child = prefix.empty() ? " |" : std::string(prefix.size(), ' ') + " |";
-        for (const auto& in : v.node().inputs) line(in, child);
+        const auto& ins = v.node().inputs;
+        for (std::size_t i = 0; i < ins.size(); ++i) {
+            const bool last = i + 1 == ins.size();
+            line(ins[i], indent + " |", indent + (last ? "  " : " |"));
+        }
     }
 };
 
@@ -67,7 +71,7 @@ struct Printer {
 
 std::string debugprint(const std::vector<Variable>& outputs, const PrintOptions& options) {
     Printer p{options, {}, {}};
-    for (const auto& v : outputs) p.line(v, "");
+    for (const auto& v : outputs) p.line(v, "", "");
     return p.out;
 }
 

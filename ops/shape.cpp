@@ -460,6 +460,8 @@ Variable subtensor(const Variable& x, const std::vector<Idx>& index, std::source
     return apply1(std::make_shared<Subtensor>(spec), ins, where);
 }
 
+Variable Variable::operator[](std::initializer_list<Idx> idx) const { return subtensor(*this, std::vector<Idx>(idx)); }
+
 Variable index(const Variable& x, std::initializer_list<Idx> idx, std::source_location where) {
     return subtensor(x, std::vector<Idx>(idx), where);
 }

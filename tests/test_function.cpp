@@ -1,0 +1,150 @@
+// function(): outputs, updates, givens, shared inputs, defaults, argument checking, buffers.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+
+TEST_CASE("every update sees the old values") {
+    SharedVariable a = shared(T64({}, {1}), "a");
+    SharedVariable b = shared(T64({}, {2}), "b");
+    Function swap = function({}, {a + b}, {{a, b * 1.0}, {b, a * 1.0}});
+    CHECK(swap()[0].item() == 3);
+    CHECK(a.get_value().item() == 2);
+    CHECK(b.get_value().item() == 1);
+    swap();
+    CHECK(a.get_value().item() == 1);
+    CHECK(b.get_value().item() == 2);
+}
+
+TEST_CASE("a counter: shared variables are implicit inputs and updates persist") {
+    SharedVariable state = shared(Tensor::scalar<std::int64_t>(0), "state");
+    Variable inc = lscalar("inc");
+    Function acc = function({inc}, {state}, {{state, state + inc}});
+    CHECK(acc({5})[0].item() == 0);  // outputs are computed before the update
+    CHECK(acc({2})[0].item() == 5);
+    CHECK(state.get_value().item() == 7);
+}
+
+TEST_CASE("givens substitute a minibatch slice of a shared dataset (the tutorial's form)") {
+    std::vector<double> data(12);
+    for (int i = 0; i < 12; ++i) data[i] = i;
+    SharedVariable train_set_x = shared(T64({6, 2}, data), "train_set_x");
+    Variable index = lscalar("index");
+    Variable x = matrix("x");
+    const long batch_size = 2;
+    Function f = function({index}, {x.sum(0)}, {},
+                          {{x, subtensor(train_set_x, {slice(index * batch_size, (index + 1) * batch_size)})}});
+    CHECK(f({0})[0].to_doubles() == std::vector<double>{2, 4});
+    CHECK(f({2})[0].to_doubles() == std::vector<double>{18, 20});
+    CHECK_THROWS_WITH_AS(function({index}, {x.sum()}, {}, {{x, vector("v")}}),
+                         "function: givens entry 0 replaces 'x' (float64 matrix) by a value of type float64 vector; the "
+                         "types must match", UsageError);
+}
+
+TEST_CASE("arguments are checked and errors name the input") {
+    Variable x = matrix("x");
+    Variable i = lscalar("i");
+    Function f = function({x, i}, {x * i});
+    Tensor xv = T64({1, 2}, {1, 2});
+    CHECK(f({xv, 3})[0].to_doubles() == std::vector<double>{3, 6});
+    CHECK_THROWS_WITH_AS(f({xv}), "function call: missing argument for input 1 ('i') (1 given, 2 needed)", UsageError);
+    CHECK_THROWS_WITH_AS(f({xv, 1, 2}), "function call: 3 arguments given, the function takes 2", UsageError);
+    CHECK_THROWS_WITH_AS(f({T32({1, 2}, {1, 2}), 1}),
+                         "function call: input 0 ('x') expects float64 matrix, got float32 of shape (1, 2)", UsageError);
+    CHECK_THROWS_WITH_AS(f({T64({2}, {1, 2}), 1}),
+                         "function call: input 0 ('x') expects float64 matrix, got float64 of shape (2,)", UsageError);
+    CHECK_THROWS_WITH_AS(f({xv, 1.5}), "function call: input 1 ('i') expects int64 scalar, got the non-integer 1.5",
+                         UsageError);
+    CHECK_THROWS_WITH_AS(function({x}, {x + matrix("y")}),
+                         "function: the graph needs the input 'y' (float64 matrix), which is neither in the inputs list "
+                         "nor replaced by the givens", UsageError);
+    SharedVariable s = shared(T64({2}, {1, 2}), "s");
+    CHECK_THROWS_WITH_AS(function({}, {s}, {{s, s.sum()}}),
+                         "function: update 0 of shared variable 's' (float64 vector) has type float64 scalar; an update "
+                         "must keep the variable's dtype and rank", UsageError);
+    CHECK_THROWS_WITH_AS(function({s}, {s}),
+                         "function: input 0 ('s') is a shared variable; inputs must be symbolic variables (shared "
+                         "variables are read implicitly)", UsageError);
+}
+
+TEST_CASE("inputs with defaults, called by position or by name") {
+    Variable index = lscalar("index");
+    Variable corruption = scalar("corruption");
+    Variable lr = scalar("lr");
+    Function f = function({In(index), In(corruption, 0.2), In(lr, 0.1)}, {index * 1.0 + corruption * 10 + lr * 100});
+    CHECK(f({1})[0].item() == doctest::Approx(1 + 2 + 10));
+    CHECK(f({1, 0.5})[0].item() == doctest::Approx(1 + 5 + 10));
+    CHECK(f.call_named({arg("lr", 0.3), arg("index", 2)})[0].item() == doctest::Approx(2 + 2 + 30));
+    CHECK_THROWS_WITH_AS(f.call_named({arg("rate", 1)}),
+                         "function call: no input named 'rate' (inputs: index, corruption, lr)", UsageError);
+    CHECK_THROWS_WITH_AS(f.call_named({arg("lr", 1)}), "function call: missing argument for input 0 ('index')", UsageError);
+}
+
+TEST_CASE("several outputs; an input can be an output") {
+    Variable x = vector("x");
+    Function f = function({x}, {x, x.sum(), x * 2.0});
+    auto out = f({T64({2}, {1, 2})});
+    REQUIRE(out.size() == 3);
+    CHECK(out[0].to_doubles() == std::vector<double>{1, 2});
+    CHECK(out[1].item() == 3);
+    CHECK(out[2].to_doubles() == std::vector<double>{2, 4});
+}
+
+TEST_CASE("a steady-state call allocates no tensor storage") {
+    RandomState rng(1);
+    SharedVariable data = shared(rng.uniform(0, 1, {40, 8}), "data");
+    SharedVariable W = shared(rng.uniform(-0.1, 0.1, {8, 5}), "W");
+    SharedVariable b = shared(Tensor::zeros(DType::float64, {5}), "b");
+    Variable index = lscalar("index");
+    Variable x = matrix("x");
+    Variable h = sigmoid(dot(x, W) + b);
+    Variable cost = mean(sum(sqr(h - 0.5), 1));
+    auto g = grad(cost, std::vector<Variable>{W, b});
+    Function train = function({index}, {cost}, {{W, W - 0.1 * g[0]}, {b, b - 0.1 * g[1]}},
+                              {{x, subtensor(data, {slice(index * 4, (index + 1) * 4)})}});
+    for (int k = 0; k < 3; ++k) train.scalar({k});
+    const auto before = storage_allocation_count();
+    double c = 0;
+    for (int k = 0; k < 10; ++k) c += train.scalar({k % 10});
+    CHECK(storage_allocation_count() == before);
+    CHECK(std::isfinite(c));
+}
+
+TEST_CASE("logistic regression's negative log-likelihood matches a hand computation") {
+    // n = 3 examples, 2 features, 3 classes.
+    Tensor xv = T64({3, 2}, {1, 2, -1, 0.5, 0, -2});
+    std::vector<std::int64_t> labels = {2, 0, 1};
+    Tensor Wv = T64({2, 3}, {0.1, -0.2, 0.3, 0.4, 0.0, -0.1});
+    Tensor bv = T64({3}, {0.01, 0.02, -0.03});
+    SharedVariable W = shared(Wv, "W");
+    SharedVariable b = shared(bv, "b");
+    Variable x = matrix("x");
+    Variable y = lvector("y");
+    Variable p_y_given_x = softmax(dot(x, W) + b);
+    Variable nll = -mean(log(p_y_given_x)[{arange(y.shape(0)), y}]);
+    Variable errors = mean(neq(argmax(p_y_given_x, 1), y));
+    Function f = function({x, y}, {nll, errors});
+    auto out = f({xv, I64({3}, labels)});
+    double want = 0;
+    int wrong = 0;
+    for (int i = 0; i < 3; ++i) {
+        double logits[3], mx = -1e300, s = 0;
+        for (int k = 0; k < 3; ++k) {
+            logits[k] = xv.at({i, 0}) * Wv.at({0, k}) + xv.at({i, 1}) * Wv.at({1, k}) + bv.at({k});
+            mx = std::max(mx, logits[k]);
+        }
+        int best = 0;
+        for (int k = 0; k < 3; ++k) {
+            s += std::exp(logits[k] - mx);
+            if (logits[k] > logits[best]) best = k;
+        }
+        want -= (logits[labels[i]] - mx - std::log(s)) / 3;
+        wrong += best != labels[i];
+    }
+    CHECK(out[0].item() == doctest::Approx(want).epsilon(1e-14));
+    CHECK(out[1].item() == doctest::Approx(wrong / 3.0));
+}
