@@ -1,0 +1,208 @@
+// grad, verify_grad for every differentiable op, errors, stop-gradients, second order.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+
+namespace {
+using Fn = std::function<Variable(const std::vector<Variable>&)>;
+
+void check_grad(const std::string& name, const Fn& fn, const std::vector<Tensor>& pts,
+                const VerifyGradOptions& opt = {}) {
+    CAPTURE(name);
+    VerifyGradReport r;
+    CHECK_NOTHROW(r = verify_grad(fn, pts, opt));
+    CHECK(r.n_checked > 0);
+}
+
+Tensor rt(const Shape& s, std::uint32_t seed, double lo = -1, double hi = 1) { return random_tensor(s, seed, lo, hi); }
+}  // namespace
+
+TEST_CASE("verify_grad: every elementwise op, with broadcasting") {
+    Tensor a = rt({3, 4}, 1), b = rt({3, 4}, 2), pos = rt({3, 4}, 3, 0.5, 2.0), row = rt({4}, 4);
+    check_grad("add", [](auto v) { return v[0] + v[1]; }, {a, b});
+    check_grad("sub", [](auto v) { return v[0] - v[1]; }, {a, b});
+    check_grad("mul", [](auto v) { return v[0] * v[1]; }, {a, b});
+    check_grad("true_div", [](auto v) { return v[0] / v[1]; }, {a, pos});
+    check_grad("neg", [](auto v) { return -v[0]; }, {a});
+    check_grad("exp", [](auto v) { return exp(v[0]); }, {a});
+    check_grad("log", [](auto v) { return log(v[0]); }, {pos});
+    check_grad("log1p", [](auto v) { return log1p(v[0]); }, {pos});
+    check_grad("sigmoid", [](auto v) { return sigmoid(v[0]); }, {a});
+    check_grad("softplus", [](auto v) { return softplus(v[0]); }, {a});
+    check_grad("tanh", [](auto v) { return tanh(v[0]); }, {a});
+    check_grad("abs (away from 0)", [](auto v) { return abs(v[0]); }, {pos});
+    check_grad("sqrt", [](auto v) { return sqrt(v[0]); }, {pos});
+    check_grad("sqr", [](auto v) { return sqr(v[0]); }, {a});
+    check_grad("pow", [](auto v) { return pow(v[0], v[1]); }, {pos, a});
+    check_grad("maximum (no ties)", [](auto v) { return maximum(v[0], v[1]); }, {a, b});
+    check_grad("minimum (no ties)", [](auto v) { return minimum(v[0], v[1]); }, {a, b});
+    check_grad("switch", [](auto v) { return switch_(gt(v[0], 0.0), v[0] * v[1], v[1]); }, {a, b});
+    // Through float32 the function is a staircase at 1e-7: difference over a wide step.
+    check_grad("cast round trip", [](auto v) { return cast(cast(v[0], DType::float32), DType::float64); }, {a},
+               VerifyGradOptions{1e-2, 1e-5, 1e-4, 42});
+    check_grad("second", [](auto v) { return second(v[0], v[1].sum()) * v[0]; }, {a, b});
+    check_grad("broadcast row", [](auto v) { return v[0] * v[1]; }, {a, row});
+    check_grad("broadcast col", [](auto v) { return v[0] + v[1].dimshuffle({0, -1}).flatten(1).dimshuffle({0, -1}); },
+               {a, rt({3}, 6)});
+    check_grad("broadcastable input", [](auto v) { return v[0] * exp(v[1].dimshuffle({0, -1})); }, {a, rt({3}, 5)});
+}
+
+TEST_CASE("verify_grad: reductions over each axis, dot with transposed operands, shape ops") {
+    Tensor m = rt({3, 4}, 11), n = rt({4, 5}, 12), t = rt({2, 3, 4}, 13), v = rt({4}, 14), w = rt({3}, 15);
+    check_grad("sum all", [](auto x) { return x[0].sum(); }, {m});
+    check_grad("sum axis 0", [](auto x) { return x[0].sum(0); }, {m});
+    check_grad("sum axis 1", [](auto x) { return x[0].sum(1); }, {m});
+    check_grad("sum 3-d axis 1", [](auto x) { return x[0].sum(1); }, {t});
+    check_grad("sum keepdims", [](auto x) { return x[0] * x[0].sum(1, true); }, {m});
+    check_grad("mean all", [](auto x) { return x[0].mean(); }, {m});
+    check_grad("mean axis 0", [](auto x) { return x[0].mean(0); }, {m});
+    check_grad("max axis 1", [](auto x) { return x[0].max(1); }, {m});
+    check_grad("max axis 0", [](auto x) { return x[0].max(0); }, {m});
+    check_grad("dot mm", [](auto x) { return dot(x[0], x[1]); }, {m, n});
+    check_grad("dot A^T", [](auto x) { return dot(x[0].T(), x[1]); }, {rt({4, 3}, 16), n});
+    check_grad("dot B^T", [](auto x) { return dot(x[0], x[1].T()); }, {m, rt({5, 4}, 17)});
+    check_grad("dot mv", [](auto x) { return dot(x[0], x[1]); }, {m, v});
+    check_grad("dot vm", [](auto x) { return dot(x[0], x[1]); }, {w, m});
+    check_grad("dot vv", [](auto x) { return dot(x[0], x[1]); }, {v, v});
+    check_grad("gemm", [](auto x) { return gemm(x[0], constant(-0.5), x[1], x[2], constant(2.0), false, true); },
+               {rt({3, 5}, 18), m, rt({5, 4}, 19)});
+    check_grad("transpose", [](auto x) { return x[0].T() * 1.0; }, {m});
+    check_grad("dimshuffle", [](auto x) { return x[0].dimshuffle({2, 0, 1}); }, {t});
+    check_grad("reshape", [](auto x) { return reshape(x[0], std::vector<std::int64_t>{6, 2}); }, {m});
+    check_grad("flatten", [](auto x) { return x[0].flatten(2); }, {t});
+    check_grad("subtensor slice", [](auto x) { return subtensor(x[0], {slice(1, std::nullopt), slice(0, 3, 2)}); }, {m});
+    check_grad("subtensor index", [](auto x) { return subtensor(x[0], {1}); }, {m});
+    check_grad("inc_subtensor", [](auto x) { return inc_subtensor(x[0], x[1], {slice(0, 2)}); }, {m, v});
+    check_grad("set_subtensor", [](auto x) { return set_subtensor(x[0], x[1], {2}); }, {m, v});
+    check_grad("advanced indexing", [](auto x) {
+        return subtensor(x[0], {constant(I64({3}, {0, 2, 2})), constant(I64({3}, {1, 3, 3}))});
+    }, {m});
+    check_grad("rows by index vector", [](auto x) { return subtensor(x[0], {constant(I64({2}, {1, 1}))}); }, {m});
+}
+
+TEST_CASE("verify_grad: softmax, cross-entropies and a composed expression") {
+    Tensor m = rt({3, 4}, 21), w = rt({4, 5}, 22), b = rt({5}, 23), p = rt({3, 4}, 24, 0.1, 0.9);
+    check_grad("softmax", [](auto x) { return softmax(x[0]); }, {m});
+    check_grad("logistic regression nll", [](auto x) {
+        Variable y = constant(I64({3}, {4, 0, 2}));
+        Variable pr = softmax(dot(x[0], x[1]) + x[2]);
+        return -mean(log(pr)[{arange(pr.shape(0)), y}]);
+    }, {m, w, b});
+    check_grad("binary cross-entropy", [](auto x) { return binary_crossentropy(sigmoid(x[0]), x[1]); }, {m, p});
+    check_grad("tanh MLP layer", [](auto x) { return tanh(dot(x[0], x[1]) + x[2]).sum(1); }, {m, w, b});
+}
+
+TEST_CASE("grad sums contributions of a variable used several times (tied weights)") {
+    Variable x = scalar("x");
+    Variable y = x * x * x + sigmoid(x);  // d/dx = 3x^2 + s(1-s)
+    Variable g = grad(y, x);
+    double xv = 0.7, s = 1 / (1 + std::exp(-xv));
+    CHECK(eval1({x}, g, {xv}).item() == doctest::Approx(3 * xv * xv + s * (1 - s)).epsilon(1e-14));
+}
+
+TEST_CASE("grad errors name the problem") {
+    Variable x = matrix("x");
+    Variable w = vector("w");
+    CHECK_THROWS_WITH_AS(grad(x * 2.0, x), "grad: the cost must be a scalar, got float64 matrix (take its sum or mean first)",
+                         UsageError);
+    CHECK_THROWS_WITH_AS(grad(x.sum(), w),
+                         "grad: the cost does not depend on wrt 0 ('w', float64 vector); pass disconnected_inputs = ignore "
+                         "or warn to get zeros", UsageError);
+    Variable z = grad(x.sum(), w, GradOptions{{}, Disconnected::ignore});
+    CHECK(eval1({w}, z, {T64({2}, {1, 2})}).to_doubles() == std::vector<double>{0, 0});
+    Variable i = lscalar("i");
+    CHECK_THROWS_WITH_AS(grad(x.sum() * i, i),
+                         "grad: wrt 0 ('i') is int64 scalar; gradients are defined for float variables only", UsageError);
+    try {
+        grad(cast(x.argmax(1), DType::float64).sum() + x.sum(), x);
+        // argmax is disconnected (zero gradient by definition) so this works; a random op is not.
+    } catch (...) {
+        FAIL("argmax should be treated as disconnected");
+    }
+    RandomStreams rs(1);
+    Variable mu = scalar("mu");
+    Variable draw = rs.normal(std::vector<std::int64_t>{3});
+    (void)draw;
+    // An op with no gradient on the path to wrt raises, naming the op and input.
+    auto nd = apply(std::make_shared<NumpyRandomOp>(NumpyRandomOp::Dist::normal, DType::float64, 1),
+                    {shared(RandomState(1).to_blob()), constant(I64({1}, {3})), mu, constant(1.0)});
+    try {
+        grad(nd[1].sum(), mu);
+        FAIL("no error");
+    } catch (const UsageError& e) {
+        CHECK(std::string(e.what()).find("grad: RandomFunction{normal, float64} has no gradient with respect to its input 2") == 0);
+    }
+}
+
+TEST_CASE("consider_constant and disconnected_grad stop gradients") {
+    Variable x = scalar("x");
+    Variable y = x * x;
+    Variable g1 = grad(y * x, x, GradOptions{{y}, Disconnected::raise});  // y treated as a constant: d/dx = y
+    CHECK(eval1({x}, g1, {3.0}).item() == 9);
+    Variable g2 = grad(disconnected_grad(y) * x, x);
+    CHECK(eval1({x}, g2, {3.0}).item() == 9);
+    CHECK(eval1({x}, grad(y * x, x), {3.0}).item() == 27);
+}
+
+TEST_CASE("a gradient of a gradient: Hessian-vector product against finite differences") {
+    Variable w = vector("w");
+    Variable v = vector("v");
+    Variable cost = sum(exp(w) * w) + sqr(w.sum());
+    Variable g = grad(cost, w);
+    Variable hv = grad(sum(g * v), w);
+    Tensor wv = T64({3}, {0.1, -0.3, 0.5});
+    Tensor vv = T64({3}, {1.0, 2.0, -1.0});
+    Tensor got = eval1({w, v}, hv, {wv, vv});
+    Function gf = function({w}, {g});
+    const double eps = 1e-6;
+    std::vector<double> want(3);
+    Tensor wp = wv.copy(), wm = wv.copy();
+    for (int i = 0; i < 3; ++i) {
+        wp.data<double>()[i] += eps * vv.at({i});
+        wm.data<double>()[i] -= eps * vv.at({i});
+    }
+    auto gp = gf({wp})[0].to_doubles(), gm = gf({wm})[0].to_doubles();
+    for (int i = 0; i < 3; ++i) want[i] = (gp[i] - gm[i]) / (2 * eps);
+    CHECK(close(got.to_doubles(), want, 1e-7));
+    // And the closed form: H = diag(exp(w)(w+2)) + 2 * ones.
+    for (int i = 0; i < 3; ++i) {
+        double wi = wv.at({i});
+        double hvi = std::exp(wi) * (wi + 2) * vv.at({i}) + 2 * (1.0 + 2.0 - 1.0);
+        CHECK(got.at({i}) == doctest::Approx(hvi).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("jacobian and hessian") {
+    Variable x = vector("x");
+    Variable J = jacobian(x * x * 2.0, x, 3);
+    Tensor xv = T64({3}, {1, 2, 3});
+    CHECK(eval1({x}, J, {xv}).to_doubles() == std::vector<double>{4, 0, 0, 0, 8, 0, 0, 0, 12});
+    Variable H = hessian(x[{0}] * x[{1}] + sqr(x[{2}]), x, 3);
+    CHECK(eval1({x}, H, {xv}).to_doubles() == std::vector<double>{0, 1, 0, 1, 0, 0, 0, 0, 2});
+}
+
+TEST_CASE("verify_grad reports the worst element when a gradient is wrong") {
+    // A deliberately wrong gradient: an op whose pullback returns twice the true value.
+    struct Twice final : public Op {
+        std::string name() const override { return "Twice"; }
+        std::vector<TensorType> make_types(const std::vector<Variable>& in) const override { return {in[0].type()}; }
+        void perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override {
+            out[0]->ensure(in[0]->dtype(), in[0]->shape());
+            out[0]->copy_from(*in[0]);
+        }
+        std::vector<Variable> pullback(const Node&, const std::vector<Variable>& g) const override { return {g[0] * 2.0}; }
+        bool props_equal(const Op&) const override { return true; }
+        std::size_t props_hash() const override { return 0; }
+    };
+    try {
+        verify_grad([](auto v) { return apply1(std::make_shared<Twice>(), {v[0]}); }, {T64({2}, {1, 2})});
+        FAIL("no error");
+    } catch (const UsageError& e) {
+        CHECK(std::string(e.what()).find("verify_grad: gradient of input 0 disagrees with finite differences at index") == 0);
+    }
+}
