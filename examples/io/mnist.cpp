@@ -38,7 +38,13 @@ std::vector<unsigned char> read_bytes(const std::string& path) {
         if (n == 0) break;
         out.insert(out.end(), buf, buf + n);
     }
+    int err = Z_OK;
+    std::string msg = gzerror(g, &err);
     gzclose(g);
+    if (err != Z_OK) {
+        throw UsageError(fmt::format("{}: corrupt gzip data after {} decompressed bytes ({}); {}", path, out.size(), msg,
+                                     kFetchHint));
+    }
     return out;
 }
 

@@ -1,0 +1,154 @@
+// MNIST IDX reading (plain and gzip), errors for bad files, npy and PNG round trips,
+// tile_raster_images.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <fstream>
+
+#include <zlib.h>
+
+#include "examples/io/mnist.hpp"
+#include "examples/io/npy.hpp"
+#include "examples/io/png.hpp"
+#include "examples/io/tile.hpp"
+#include "support/fixtures.hpp"
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+namespace fs = std::filesystem;
+
+namespace {
+fs::path temp_dir() {
+    fs::path p = fs::temp_directory_path() / ("theanine_io_" + std::to_string(::getpid()));
+    fs::create_directories(p);
+    return p;
+}
+
+std::vector<unsigned char> idx_bytes(const std::vector<std::uint32_t>& dims, const std::vector<unsigned char>& data) {
+    std::vector<unsigned char> b = {0, 0, 8, static_cast<unsigned char>(dims.size())};
+    for (auto d : dims) {
+        for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<unsigned char>(d >> s));
+    }
+    b.insert(b.end(), data.begin(), data.end());
+    return b;
+}
+
+void write_file(const fs::path& p, const std::vector<unsigned char>& b) {
+    std::ofstream f(p, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+void write_gz(const fs::path& p, const std::vector<unsigned char>& b) {
+    gzFile g = gzopen(p.c_str(), "wb");
+    gzwrite(g, b.data(), static_cast<unsigned>(b.size()));
+    gzclose(g);
+}
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const UsageError& e) {
+        return e.what();
+    }
+    return "";
+}
+}  // namespace
+
+TEST_CASE("IDX files read plain and gzip-compressed") {
+    fs::path dir = temp_dir();
+    std::vector<unsigned char> pix = {0, 255, 128, 1, 2, 3, 4, 5};
+    write_file(dir / "a.idx", idx_bytes({2, 2, 2}, pix));
+    write_gz(dir / "a.idx.gz", idx_bytes({2, 2, 2}, pix));
+    for (auto name : {"a.idx", "a.idx.gz"}) {
+        Tensor t = io::read_idx((dir / name).string());
+        CHECK(t.shape() == Shape{2, 2, 2});
+        CHECK(t.to_doubles() == std::vector<double>{0, 255, 128, 1, 2, 3, 4, 5});
+    }
+    // Pixels as the tutorial stores them: float32(byte / 255).
+    Tensor px = io::mnist_pixels(io::read_idx((dir / "a.idx").string()), 1, 2, DType::float64);
+    CHECK(px.shape() == Shape{1, 4});
+    CHECK(px.at({0, 3}) == static_cast<double>(static_cast<float>(5 / 255.0)));
+}
+
+TEST_CASE("bad IDX files give errors with the file, the offset and what was expected") {
+    fs::path dir = temp_dir();
+    write_file(dir / "short", {0, 0});
+    CHECK(error_of([&] { io::read_idx((dir / "short").string()); }).find("file is 2 bytes, too short for the 4-byte IDX magic number at offset 0") !=
+          std::string::npos);
+    write_file(dir / "magic", {1, 2, 3, 4, 0, 0, 0, 1, 9});
+    CHECK(error_of([&] { io::read_idx((dir / "magic").string()); }).find("bad IDX magic number at offset 0: bytes 01 02 03 04") !=
+          std::string::npos);
+    auto trunc = idx_bytes({3, 2}, {1, 2, 3, 4});
+    write_file(dir / "trunc", trunc);
+    std::string e = error_of([&] { io::read_idx((dir / "trunc").string()); });
+    CHECK(e.find("the header (dimensions (3, 2)) promises 6 data bytes from offset 12, but the file has 4 (truncated)") != std::string::npos);
+    CHECK(e.find("scripts/fetch-mnist.sh") != std::string::npos);
+    // A gzip file cut in half.
+    std::vector<unsigned char> big(4000);
+    for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<unsigned char>(i * 7919 % 251);
+    write_gz(dir / "full.gz", idx_bytes({4000}, big));
+    std::ifstream in(dir / "full.gz", std::ios::binary);
+    std::vector<unsigned char> gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    gz.resize(gz.size() / 2);
+    write_file(dir / "cut.gz", gz);
+    std::string cut = error_of([&] { io::read_idx((dir / "cut.gz").string()); });
+    CAPTURE(cut);
+    CHECK(cut.find("corrupt gzip data after") != std::string::npos);
+    CHECK(error_of([&] { io::load_mnist((dir / "nowhere").string()); }).find("does not exist; fetch the data with scripts/fetch-mnist.sh") !=
+          std::string::npos);
+    fs::create_directories(dir / "empty");
+    CHECK(error_of([&] { io::load_mnist((dir / "empty").string()); }).find("train-images-idx3-ubyte.gz) not found") != std::string::npos);
+    fs::create_directories(dir / "wrongdims");
+    write_file(dir / "wrongdims" / "train-images-idx3-ubyte", idx_bytes({1, 2, 2}, {1, 2, 3, 4}));
+    CHECK(error_of([&] { io::load_mnist((dir / "wrongdims").string()); }).find("do not look like MNIST (expected (n, (28, 28)))") !=
+          std::string::npos);
+}
+
+TEST_CASE(".npy files round-trip and carry numpy's header") {
+    fs::path dir = temp_dir();
+    Tensor t = T64({2, 3}, {1, 2, 3, 4, 5, 6.5});
+    io::save_npy((dir / "t.npy").string(), t);
+    CHECK(bit_equal(io::load_npy((dir / "t.npy").string()), t));
+    std::ifstream f(dir / "t.npy", std::ios::binary);
+    std::string head(128, '\0');
+    f.read(head.data(), 128);
+    CHECK(head.substr(1, 5) == "NUMPY");
+    CHECK(head.find("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }") != std::string::npos);
+    CHECK((fs::file_size(dir / "t.npy") - 6 * 8) % 64 == 0);
+    Tensor v = Tensor::from_vector<float>({3}, {1.5f, -2, 3});
+    io::save_npy((dir / "v.npy").string(), v.transpose());
+    CHECK(io::load_npy((dir / "v.npy").string()).dtype() == DType::float32);
+    CHECK(io::load_npy((dir / "v.npy").string()).to_doubles() == std::vector<double>{1.5, -2, 3});
+}
+
+TEST_CASE("PNG files round-trip 8-bit grayscale pixels") {
+    fs::path dir = temp_dir();
+    Tensor img = Tensor::from_vector<std::uint8_t>({2, 3}, {0, 10, 255, 128, 7, 1});
+    io::write_png_gray((dir / "i.png").string(), img);
+    Tensor back = io::read_png_gray((dir / "i.png").string());
+    CHECK(back.shape() == Shape{2, 3});
+    CHECK(back.to_doubles() == img.to_doubles());
+    CHECK(error_of([&] { io::read_png_gray((dir / "t.npy").string()); }).find("is not a readable PNG") != std::string::npos);
+}
+
+TEST_CASE("tile_raster_images lays out scaled tiles with spacing") {
+    // Two 2x2 images in a 1x3 grid with spacing 1: width 3*3-1 = 8, height 2.
+    Tensor X = T64({2, 4}, {0, 1, 2, 4, 5, 5, 5, 7});
+    Tensor out = io::tile_raster_images(X, {2, 2}, {1, 3}, {1, 1});
+    CHECK(out.shape() == Shape{2, 8});
+    // Image 0 scaled: (v - 0) / (4 + 1e-8) * 255, truncated.
+    CHECK(out.at({0, 0}) == 0);
+    CHECK(out.at({0, 1}) == static_cast<int>(1 / (4 + 1e-8) * 255));
+    CHECK(out.at({1, 0}) == static_cast<int>(2 / (4 + 1e-8) * 255));
+    CHECK(out.at({1, 1}) == 254);  // 4 / (4 + 1e-8) * 255 = 254.99999..., truncated
+    CHECK(out.at({0, 2}) == 0);    // spacing
+    CHECK(out.at({1, 4}) == 254);  // image 1: (7-5)/(2+1e-8)*255
+    CHECK(out.at({0, 6}) == 0);    // the third tile is empty
+    // The dA's layout: 100 tiles of 28x28 with spacing 1 make 289x289.
+    CHECK(io::tile_raster_images(Tensor::zeros(DType::float64, {500, 784}), {28, 28}, {10, 10}, {1, 1}).shape() ==
+          Shape{289, 289});
+}
