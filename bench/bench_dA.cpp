@@ -1,0 +1,308 @@
+// bench_dA: theanine's compiled dA training step against a hand-written Eigen loop of the
+// same model, on the tutorial's shapes (batch 20, 784 visible, 500 hidden, lr 0.1,
+// corruption 0.3), in float32 and float64, with 1 and 2 threads.
+//
+// The hand-written loop is what a careful C++ programmer writes for this model: all buffers
+// preallocated, every elementwise pass fused into the loop that produces its input, the two
+// W-gradient products done as one GEMM with k = 2*batch ([x~; dz]^T [dy; y]) accumulated
+// straight into W with alpha = -lr, and two threads splitting the work by hidden and visible
+// columns, each running single-threaded GEMMs on its slice (3 barriers per step).
+//
+// Output: per configuration the median seconds per epoch (2500 steps) of each, GFLOP/s, and
+// the ratio theanine/hand-written; then the compile time of train_da and the per-call
+// overhead of a compiled one-add function on scalars. Last line: ratio float32=X float64=Y
+// (2 threads).
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+#include <fmt/format.h>
+
+#include "examples/io/mnist.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+
+namespace {
+
+constexpr int kBatch = 20, kVisible = 784, kHidden = 500;
+constexpr double kLr = 0.1, kCorruption = 0.3;
+constexpr std::int64_t kStepsPerEpoch = 2500;
+// 5 products of 2*20*784*500 flops each.
+constexpr double kFlopsPerStep = 5.0 * 2 * kBatch * kVisible * kHidden;
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// ---------------------------------------------------------------- hand-written loop
+
+template <class T>
+struct HandDA {
+    using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using Vec = Eigen::Matrix<T, 1, Eigen::Dynamic>;
+    const T* data;       // (n_train, 784)
+    std::int64_t n_train;
+    Mat W;               // (784, 500)
+    Vec b, bp;
+    Mat xt_dz;           // (40, 784): rows 0..19 corrupted input, 20..39 dz
+    Mat dy_y;            // (40, 500): rows 0..19 dy, 20..39 y
+    Mat z;               // (20, 784)
+    std::vector<std::array<std::int32_t, 6>> streams;
+    std::vector<double> cost_part;
+    int threads;
+
+    HandDA(const T* d, std::int64_t n, const Tensor& W0, int nthreads)
+        : data(d), n_train(n), W(kVisible, kHidden), b(Vec::Zero(kHidden)), bp(Vec::Zero(kVisible)),
+          xt_dz(2 * kBatch, kVisible), dy_y(2 * kBatch, kHidden), z(kBatch, kVisible), cost_part(8, 0.0),
+          threads(nthreads) {
+        Tensor w = W0.astype(dtype_of<T>());
+        std::memcpy(W.data(), w.raw_data(), sizeof(T) * kVisible * kHidden);
+        mrg::State base;
+        base.fill(843828734);
+        Tensor st = mrg::substreams(base, 15360);
+        streams.resize(15360);
+        std::memcpy(streams.data(), st.raw_data(), sizeof(std::int32_t) * 6 * 15360);
+    }
+
+    static T sigm(T v) { return T(1) / (T(1) + std::exp(-v)); }
+
+    // Column ranges [lo, hi) of n for thread t.
+    static std::pair<int, int> part(int n, int t, int nt) {
+        int per = (n + nt - 1) / nt;
+        return {std::min(n, t * per), std::min(n, (t + 1) * per)};
+    }
+
+    double step(std::int64_t index) {
+        const T* x = data + index * kBatch * kVisible;
+        const T p = static_cast<T>(1 - kCorruption);
+        double cost = 0;
+#pragma omp parallel num_threads(threads)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            // Corruption: the MRG draws for elements of this thread's visible columns.
+            auto [v0, v1] = part(kVisible, t, nt);
+            for (int i = 0; i < kBatch; ++i) {
+                for (int j = v0; j < v1; ++j) {
+                    const int e = i * kVisible + j;
+                    auto& s = *reinterpret_cast<mrg::State*>(streams[e % 15360].data());
+                    const std::int32_t zz = mrg::next(s);
+                    T u;
+                    if constexpr (std::is_same_v<T, float>) {
+                        u = static_cast<float>(zz) * 4.6566126e-10f;
+                    } else {
+                        u = zz * 4.656612873077392578125e-10;
+                    }
+                    xt_dz(i, j) = u < p ? x[e] : T(0);
+                }
+            }
+#pragma omp barrier
+            // y = sigmoid(x~ W + b) for this thread's hidden columns.
+            auto [h0, h1] = part(kHidden, t, nt);
+            auto Y = dy_y.block(kBatch, h0, kBatch, h1 - h0);
+            Y.noalias() = xt_dz.topRows(kBatch) * W.middleCols(h0, h1 - h0);
+            for (int i = 0; i < kBatch; ++i) {
+                for (int j = h0; j < h1; ++j) dy_y(kBatch + i, j) = sigm(dy_y(kBatch + i, j) + b(j));
+            }
+#pragma omp barrier
+            // z = sigmoid(y W^T + b'), cost and dz = (z - x)/n for this thread's visible columns.
+            auto Z = z.middleCols(v0, v1 - v0);
+            Z.noalias() = dy_y.bottomRows(kBatch) * W.middleRows(v0, v1 - v0).transpose();
+            double c = 0;
+            for (int i = 0; i < kBatch; ++i) {
+                for (int j = v0; j < v1; ++j) {
+                    const T a = z(i, j) + bp(j);
+                    const T zz = sigm(a);
+                    const T xv = x[i * kVisible + j];
+                    c -= xv * std::log(zz) + (1 - xv) * std::log(1 - zz);
+                    xt_dz(kBatch + i, j) = (zz - xv) / T(kBatch);
+                }
+            }
+            for (int j = v0; j < v1; ++j) {
+                T s = 0;
+                for (int i = 0; i < kBatch; ++i) s += xt_dz(kBatch + i, j);
+                bp(j) -= static_cast<T>(kLr) * s;
+            }
+            cost_part[t] = c;
+#pragma omp barrier
+            // dy = (dz W) * y * (1 - y), then W -= lr [x~; dz]^T [dy; y] for this thread's
+            // hidden columns (each thread reads and writes only its own columns of W).
+            auto DY = dy_y.block(0, h0, kBatch, h1 - h0);
+            DY.noalias() = xt_dz.bottomRows(kBatch) * W.middleCols(h0, h1 - h0);
+            for (int i = 0; i < kBatch; ++i) {
+                for (int j = h0; j < h1; ++j) {
+                    const T yv = dy_y(kBatch + i, j);
+                    dy_y(i, j) *= yv * (1 - yv);
+                }
+            }
+            for (int j = h0; j < h1; ++j) {
+                T s = 0;
+                for (int i = 0; i < kBatch; ++i) s += dy_y(i, j);
+                b(j) -= static_cast<T>(kLr) * s;
+            }
+            W.middleCols(h0, h1 - h0).noalias() -=
+                static_cast<T>(kLr) * (xt_dz.transpose() * dy_y.middleCols(h0, h1 - h0));
+        }
+        for (int t = 0; t < threads; ++t) cost += cost_part[t];
+        return cost / kBatch;
+    }
+};
+
+// ---------------------------------------------------------------- theanine
+
+struct Compiled {
+    Function train;
+    SharedVariable W;
+    double compile_seconds;
+};
+
+Compiled compile_theanine(const SharedVariable& train_set_x, const Tensor& W0) {
+    Variable index = lscalar("index");
+    Variable x = matrix("x");
+    auto rng = std::make_shared<MRG_RandomStreams>(843828734);
+    RandomState numpy_rng(123);
+    models::dA da(numpy_rng, rng, x, kVisible, kHidden, shared(W0.astype(config().floatX), "W"));
+    auto [cost, updates] = da.get_cost_updates(kCorruption, kLr);
+    auto t0 = Clock::now();
+    Function train = function({index}, {cost}, updates,
+                              {{x, subtensor(train_set_x, {slice(index * kBatch, (index + 1) * kBatch)})}});
+    return {std::move(train), da.W, seconds_since(t0)};
+}
+
+struct Result {
+    double theanine_s, hand_s;
+};
+
+Result run_config(DType dt, int threads, const Tensor& pixels64, double fraction, int epochs) {
+    config().floatX = dt;
+    set_num_threads(threads);
+    const std::int64_t steps = std::max<std::int64_t>(1, static_cast<std::int64_t>(kStepsPerEpoch * fraction));
+    const std::int64_t n_batches = pixels64.dim(0) / kBatch;
+    Tensor pixels = pixels64.astype(dt);
+    RandomState rng(123);
+    rng.randint(1LL << 30);
+    const double bound = 4 * std::sqrt(6.0 / (kHidden + kVisible));
+    Tensor W0 = rng.uniform(-bound, bound, {kVisible, kHidden});
+
+    SharedVariable train_set_x = shared(pixels, "train_set_x", true);
+    Compiled c = compile_theanine(train_set_x, W0);
+    std::vector<double> th, hw;
+    double sink = 0;
+    auto run_theanine = [&] {
+        auto t0 = Clock::now();
+        for (std::int64_t i = 0; i < steps; ++i) sink += c.train.scalar({static_cast<long>(i % n_batches)});
+        return seconds_since(t0) / static_cast<double>(steps) * kStepsPerEpoch;
+    };
+    auto run_hand = [&](auto& h) {
+        auto t0 = Clock::now();
+        for (std::int64_t i = 0; i < steps; ++i) sink += h.step(i % n_batches);
+        return seconds_since(t0) / static_cast<double>(steps) * kStepsPerEpoch;
+    };
+    auto go = [&]<class T>() {
+        HandDA<T> h(pixels.data<T>(), pixels.dim(0), W0, threads);
+        run_theanine();  // warm-up
+        run_hand(h);
+        for (int e = 0; e < epochs; ++e) {
+            th.push_back(run_theanine());
+            hw.push_back(run_hand(h));
+        }
+    };
+    if (dt == DType::float32) {
+        go.template operator()<float>();
+    } else {
+        go.template operator()<double>();
+    }
+    if (!std::isfinite(sink)) std::printf("warning: non-finite cost\n");
+    return {median(th), median(hw)};
+}
+
+double per_call_overhead() {
+    config().floatX = DType::float64;
+    Variable a = scalar("a"), b = scalar("b");
+    Function f = function({a, b}, {a + b});
+    const int n = 200000;
+    double s = 0;
+    for (int i = 0; i < 1000; ++i) s += f.scalar({1.0, 2.0});
+    auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) s += f.scalar({static_cast<double>(i), 2.0});
+    double per = seconds_since(t0) / n;
+    if (s == 0) std::printf(" ");
+    return per;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    double fraction = 1.0;
+    int epochs = 3;
+    std::string data = "data/mnist";
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "bench_dA: %s needs a value\n", a.c_str());
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (a == "--fraction") fraction = std::stod(next());
+        else if (a == "--epochs") epochs = std::stoi(next());
+        else if (a == "--data") data = next();
+        else {
+            std::fprintf(stderr, "usage: bench_dA [--fraction F (of an epoch, default 1)] [--epochs N (default 3)] [--data DIR]\n");
+            return a == "--help" ? 0 : 2;
+        }
+    }
+    if (!(fraction > 0 && fraction <= 1) || epochs < 1) {
+        std::fprintf(stderr, "bench_dA: --fraction must be in (0, 1] and --epochs >= 1\n");
+        return 2;
+    }
+    Tensor pixels;
+    if (std::filesystem::exists(data + "/train-images-idx3-ubyte") || std::filesystem::exists(data + "/train-images-idx3-ubyte.gz")) {
+        io::Mnist m = io::load_mnist(data);
+        pixels = io::mnist_pixels(m.train_images, 0, 50000, DType::float64);
+        std::printf("data: MNIST from %s (50000 x 784)\n", data.c_str());
+    } else {
+        RandomState rs(5);
+        pixels = rs.uniform(0, 1, {50000, kVisible});
+        std::printf("data: random 50000 x 784 (no MNIST in %s)\n", data.c_str());
+    }
+    std::printf("steps per measured epoch: %lld of 2500, %d epochs, median reported\n",
+                static_cast<long long>(std::max<std::int64_t>(1, static_cast<std::int64_t>(kStepsPerEpoch * fraction))), epochs);
+    std::printf("%-8s %-7s %14s %14s %12s %12s %7s\n", "dtype", "threads", "theanine s/ep", "hand s/ep", "theanine GF/s",
+                "hand GF/s", "ratio");
+    double r32 = 0, r64 = 0;
+    for (DType dt : {DType::float32, DType::float64}) {
+        for (int threads : {1, 2}) {
+            Result r = run_config(dt, threads, pixels, fraction, epochs);
+            const double gflop = kFlopsPerStep * kStepsPerEpoch / 1e9;
+            std::printf("%-8s %-7d %14.3f %14.3f %12.1f %12.1f %7.3f\n", std::string(dtype_name(dt)).c_str(), threads,
+                        r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s, r.theanine_s / r.hand_s);
+            std::fflush(stdout);
+            if (threads == 2) (dt == DType::float32 ? r32 : r64) = r.theanine_s / r.hand_s;
+        }
+    }
+    {
+        config().floatX = DType::float64;
+        RandomState rs(1);
+        SharedVariable tx = shared(rs.uniform(0, 1, {200, kVisible}), "x", true);
+        std::vector<double> ts;
+        for (int i = 0; i < 5; ++i) ts.push_back(compile_theanine(tx, rs.uniform(-0.1, 0.1, {kVisible, kHidden})).compile_seconds);
+        std::printf("compile time of train_da: %.2f ms (median of 5)\n", median(ts) * 1e3);
+    }
+    std::printf("per-call overhead of a compiled scalar add: %.0f ns\n", per_call_overhead() * 1e9);
+    std::printf("ratio float32=%.3f float64=%.3f\n", r32, r64);
+    return 0;
+}
