@@ -10,6 +10,7 @@
 #include "graph/printing.hpp"
 #include "graph/tensor.hpp"
 #include "ops/blas.hpp"
+#include "ops/composite.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/nnet.hpp"
 #include "ops/reduce.hpp"

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <queue>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -280,7 +281,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         p.update_values.emplace_back(update_names[i], all[outputs.size() + i]);
     }
 
-    // 5. Slots and steps.
+    // 5. Slots: one per variable (an in-place output later shares its input's slot).
     auto order = toposort(all);
     VarMap<int> slot_of;
     std::size_t n_slots = inputs.size();
@@ -294,6 +295,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         p.inputs.push_back(std::move(b));
         ++next;
     }
+    std::vector<std::shared_ptr<const Node>> applies;
     for (const auto& node : order) {
         p.keepalive.push_back(node);
         if (node->kind == NodeKind::input) {
@@ -316,16 +318,123 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             ++next;
             continue;
         }
-        Step s{node->op.get(), node.get(), {}, {}};
-        for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
         std::vector<int> views = node->op->view_map();
         for (int o = 0; o < node->n_outputs(); ++o) {
             slot_of[VarKey{node.get(), o}] = next;
-            s.out.push_back(&p.slots[next]);
             if (o < static_cast<int>(views.size()) && views[o] >= 0) p.transient.push_back(next);
             ++next;
         }
-        p.steps.push_back(std::move(s));
+        applies.push_back(node);
+    }
+
+    // 6. In-place: grant destroy requests whose old value nobody reads afterwards.
+    std::vector<std::pair<const Node*, const Node*>> after;  // (reader, destroyer): reader runs first
+    {
+        VarMap<std::vector<const Node*>> consumers;
+        for (const auto& n : applies) {
+            for (const auto& in : n->inputs) consumers[key(in)].push_back(n.get());
+        }
+        VarMap<bool> returned;  // function outputs and update values
+        for (const auto& v : all) returned[key(v)] = true;
+        std::unordered_map<const SharedCell*, VarKey> update_of;
+        for (std::size_t i = 0; i < all_updates.size(); ++i) update_of[all_updates[i].first.get()] = key(all[outputs.size() + i]);
+        std::unordered_set<int> destroyed;
+        for (const auto& n : applies) {
+            std::vector<int> dm = n->op->destroy_map();
+            for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
+                if (dm[o] < 0) continue;
+                const Variable& v = n->inputs[dm[o]];
+                if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(slot_of.at(key(v)))) continue;
+                if (v.is_apply()) {
+                    auto vm = v.node().op->view_map();
+                    if (v.index() < static_cast<int>(vm.size()) && vm[v.index()] >= 0) continue;
+                } else {
+                    auto u = update_of.find(v.node().cell.get());
+                    if (u == update_of.end() || !(u->second == VarKey{n.get(), o})) continue;
+                }
+                // Every variable that shares v's storage (v and the views made of it).
+                std::vector<Variable> aliases = {v};
+                bool ok = true;
+                for (std::size_t k = 0; k < aliases.size() && ok; ++k) {
+                    for (const Node* c : consumers[key(aliases[k])]) {
+                        auto vm = c->op->view_map();
+                        for (int co = 0; co < static_cast<int>(vm.size()); ++co) {
+                            if (vm[co] >= 0 && c->inputs[vm[co]].same(aliases[k])) {
+                                Variable alias = c->output(co);
+                                if (returned.count(key(alias))) ok = false;
+                                aliases.push_back(alias);
+                            }
+                        }
+                    }
+                }
+                // The destroyer reads v once; the other readers must not depend on it.
+                std::unordered_set<const Node*> downstream = {n.get()};
+                for (const auto& m : applies) {
+                    for (const auto& in : m->inputs) {
+                        if (downstream.count(in.node_ptr().get())) {
+                            downstream.insert(m.get());
+                            break;
+                        }
+                    }
+                }
+                int reads_by_n = 0;
+                std::vector<const Node*> readers;
+                for (const auto& a : aliases) {
+                    for (const Node* c : consumers[key(a)]) {
+                        if (c == n.get()) {
+                            ++reads_by_n;
+                        } else if (downstream.count(c)) {
+                            ok = false;
+                        } else {
+                            readers.push_back(c);
+                        }
+                    }
+                }
+                if (!ok || reads_by_n != 1) continue;
+                for (const Node* r : readers) after.emplace_back(r, n.get());
+                slot_of[VarKey{n.get(), o}] = slot_of.at(key(v));
+                destroyed.insert(slot_of.at(key(v)));
+            }
+        }
+    }
+
+    // 7. Schedule: inputs before users, readers before in-place writers, otherwise the
+    // topological order.
+    {
+        std::unordered_map<const Node*, std::size_t> pos;
+        for (std::size_t i = 0; i < applies.size(); ++i) pos[applies[i].get()] = i;
+        std::vector<std::vector<std::size_t>> succ(applies.size());
+        std::vector<int> indeg(applies.size(), 0);
+        auto edge = [&](const Node* from, const Node* to) {
+            succ[pos.at(from)].push_back(pos.at(to));
+            indeg[pos.at(to)]++;
+        };
+        for (const auto& n : applies) {
+            for (const auto& in : n->inputs) {
+                if (in.is_apply()) edge(in.node_ptr().get(), n.get());
+            }
+        }
+        for (auto [r, d] : after) edge(r, d);
+        std::priority_queue<std::size_t, std::vector<std::size_t>, std::greater<>> ready;
+        for (std::size_t i = 0; i < applies.size(); ++i) {
+            if (indeg[i] == 0) ready.push(i);
+        }
+        std::vector<std::shared_ptr<const Node>> sched;
+        while (!ready.empty()) {
+            std::size_t i = ready.top();
+            ready.pop();
+            sched.push_back(applies[i]);
+            for (std::size_t j : succ[i]) {
+                if (--indeg[j] == 0) ready.push(j);
+            }
+        }
+        internal_check(sched.size() == applies.size(), "function: the in-place schedule has a cycle");
+        for (const auto& node : sched) {
+            Step s{node->op.get(), node.get(), {}, {}};
+            for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
+            for (int o = 0; o < node->n_outputs(); ++o) s.out.push_back(&p.slots[slot_of.at(VarKey{node.get(), o})]);
+            p.steps.push_back(std::move(s));
+        }
     }
     for (const auto& o : p.outputs) p.output_slots.push_back(slot_of.at(key(o)));
     std::unordered_set<int> transient(p.transient.begin(), p.transient.end());

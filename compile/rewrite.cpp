@@ -23,6 +23,8 @@ RewriteRegistry& RewriteRegistry::global() {
         r.add(GraphPass{"constant_fold", {"constant_fold"}, constant_fold});
         register_canonicalize(r);
         register_stabilize(r);
+        register_specialize(r);
+        register_fusion(r);
         return r;
     }();
     return reg;
@@ -260,6 +262,7 @@ std::vector<Variable> optimize(const std::vector<Variable>& outputs, const Rewri
     g = run_phase(g, "canonicalize", sel, log); // simple algebra, so later patterns see one form
     g = run_phase(g, "stabilize", sel, log);    // numerically safe forms (log(sigmoid), log1p)
     g = run_phase(g, "specialize", sel, log);   // dot + transposes -> Gemm with flags
+    g = pass("constant_fold", g);               // fold what the rewrites built from constants
     g = pass("merge", g);                       // rewrites may have made duplicates
     g = pass("fusion", g);                      // last: fuse what remains elementwise
     return g;

@@ -5,8 +5,9 @@
 // GraphPass transforms the whole graph (merge, constant folding, fusion). Every rewrite has
 // a name and tags (its phase); CompileOptions include or exclude them by name or tag.
 //
-// The pipeline (compile/pipeline.cpp) is one ordered list of stages:
-//   merge -> constant_fold -> canonicalize -> stabilize -> specialize -> fusion -> merge
+// The pipeline (optimize() in compile/rewrite.cpp) is one ordered list of stages:
+//   merge -> constant_fold -> canonicalize -> stabilize -> specialize -> constant_fold -> merge
+//   -> fusion
 // Node-rewrite phases run to a fixed point; a phase that does not settle within its
 // iteration budget raises InternalError naming the rewrites that kept firing.
 #pragma once

@@ -141,6 +141,11 @@ public:
     // For each output, the input it is a view of (shares storage with), or -1.
     virtual std::vector<int> view_map() const { return {}; }
 
+    // For each output, the input whose buffer the kernel can overwrite to produce it, or -1.
+    // The planner grants it (passing the input's own tensor as that output) only when no
+    // later step reads the old value; otherwise the output is a separate buffer.
+    virtual std::vector<int> destroy_map() const { return {}; }
+
     // Identity through props. Ops of the same dynamic type with equal props are equal,
     // so equal nodes can be merged.
     virtual bool props_equal(const Op& other) const = 0;

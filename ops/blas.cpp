@@ -1,5 +1,7 @@
 #include "ops/blas.hpp"
 
+#include <omp.h>
+
 #include <Eigen/Core>
 #include <fmt/format.h>
 
@@ -33,17 +35,27 @@ MatView mat_view(const Tensor& t, Tensor& scratch) {
     return {scratch.raw_data(), r, c, false};
 }
 
-// out = beta * out + alpha * op(A) op(B), out row-major (m x n).
+int g_threads = 0;  // 0: all the cores OpenMP reports
+
+int threads_for_products() {
+    static const bool eigen_single = (Eigen::setNbThreads(1), true);  // theanine splits products itself
+    (void)eigen_single;
+    return g_threads > 0 ? g_threads : omp_get_max_threads();
+}
+
+// out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1], out row-major (m x n).
 template <class T>
-void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView& a, bool ta, const MatView& b, bool tb,
-                 T beta) {
-    Eigen::Map<RowMat<T>> o(out, m, n);
+void gemm_columns(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const MatView& a,
+                  bool ta, const MatView& b, bool tb, T beta) {
+    Eigen::Map<RowMat<T>> full(out, m, n);
+    auto o = full.middleCols(c0, c1 - c0);
     auto run = [&](const auto& A, const auto& B) {
+        auto Bs = B.middleCols(c0, c1 - c0);
         if (beta == T(0)) {
-            o.noalias() = alpha * (A * B);
+            o.noalias() = alpha * (A * Bs);
         } else {
             if (beta != T(1)) o *= beta;
-            o.noalias() += alpha * (A * B);
+            o.noalias() += alpha * (A * Bs);
         }
     };
     auto with_b = [&](const auto& A) {
@@ -62,6 +74,28 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
         Eigen::Map<const RowMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
         if (ta) with_b(A.transpose()); else with_b(A);
     }
+}
+
+// out = beta * out + alpha * op(A) op(B). Large products are split by output columns across
+// the threads, each running a single-threaded product on its slice: for the skinny shapes of
+// minibatch training this beats a threaded GEMM, which splits the short dimension.
+template <class T>
+void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView& a, bool ta, const MatView& b, bool tb,
+                 T beta) {
+    const std::int64_t k = ta ? a.rows : a.cols;
+    const int nt = threads_for_products();
+    if (nt > 1 && m * n * k >= 100000 && n >= 16 * nt) {
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+            // Column slices aligned to 16 so each thread writes whole cache lines.
+            std::int64_t per = ((n + tn - 1) / tn + 15) / 16 * 16;
+            std::int64_t c0 = std::min<std::int64_t>(n, t * per), c1 = std::min<std::int64_t>(n, (t + 1) * per);
+            if (c1 > c0) gemm_columns(out, m, n, c0, c1, alpha, a, ta, b, tb, beta);
+        }
+        return;
+    }
+    gemm_columns(out, m, n, 0, n, alpha, a, ta, b, tb, beta);
 }
 
 // Views a tensor of ndim <= 2 as a matrix: vectors as (1, n) rows or (n, 1) columns.
@@ -83,8 +117,10 @@ void check_dot_dtype(const std::string& op, const std::vector<Variable>& inputs,
 
 }  // namespace
 
-void set_num_threads(int n) { Eigen::setNbThreads(n); }
-int num_threads() { return Eigen::nbThreads(); }
+void set_num_threads(int n) {
+    g_threads = n < 0 ? 0 : n;
+}
+int num_threads() { return threads_for_products(); }
 
 std::vector<TensorType> Dot::make_types(const std::vector<Variable>& inputs) const {
     if (inputs.size() != 2) throw UsageError("Dot: takes 2 inputs");
@@ -154,6 +190,65 @@ Variable dot(const Variable& a_in, const Variable& b_in, std::source_location wh
 }
 
 Variable outer(const Variable& u, const Variable& v) { return dot(dimshuffle(u, {0, -1}), dimshuffle(v, {-1, 0})); }
+
+std::string Dot22::name() const {
+    return fmt::format("Dot22{{{},{}}}", trans_a_ ? "T" : "N", trans_b_ ? "T" : "N");
+}
+
+bool Dot22::props_equal(const Op& o) const {
+    const auto& d = static_cast<const Dot22&>(o);
+    return d.trans_a_ == trans_a_ && d.trans_b_ == trans_b_;
+}
+
+std::vector<TensorType> Dot22::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 2) throw UsageError(name() + ": takes 2 inputs");
+    for (std::size_t i = 0; i < 2; ++i) {
+        if (inputs[i].ndim() != 2) {
+            throw UsageError(fmt::format("{}: input {} is {}, expected a matrix", name(), i, inputs[i].type().str()));
+        }
+    }
+    check_dot_dtype(name(), inputs, 0, 1);
+    const auto& a = inputs[0].broadcastable();
+    const auto& b = inputs[1].broadcastable();
+    return {TensorType{inputs[0].dtype(), {trans_a_ ? a[1] : a[0], trans_b_ ? b[0] : b[1]}}};
+}
+
+std::optional<std::vector<Shape>> Dot22::infer_shape(const std::vector<Shape>& in) const {
+    return std::vector<Shape>{{trans_a_ ? in[0][1] : in[0][0], trans_b_ ? in[1][0] : in[1][1]}};
+}
+
+void Dot22::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor& a = *in[0];
+    const Tensor& b = *in[1];
+    const std::int64_t m = trans_a_ ? a.dim(1) : a.dim(0), ka = trans_a_ ? a.dim(0) : a.dim(1);
+    const std::int64_t kb = trans_b_ ? b.dim(1) : b.dim(0), n = trans_b_ ? b.dim(0) : b.dim(1);
+    if (ka != kb) {
+        throw UsageError(fmt::format("{}: shapes {} (input 0) and {} (input 1) are not aligned: {} != {}", name(),
+                                     shape_string(a.shape()), shape_string(b.shape()), ka, kb));
+    }
+    out[0]->ensure(a.dtype(), {m, n});
+    Tensor sa, sb;
+    MatView va = mat_view(a, sa);
+    MatView vb = mat_view(b, sb);
+    dispatch(a.dtype(), [&]<class T>() {
+        if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::uint8_t>) {
+            internal_check(false, "Dot22 on bool/uint8");
+        } else {
+            gemm_kernel<T>(out[0]->data<T>(), m, n, T(1), va, trans_a_, vb, trans_b_, T(0));
+        }
+    });
+}
+
+std::vector<Variable> Dot22::pullback(const Node& node, const std::vector<Variable>& g) const {
+    Variable opa = trans_a_ ? node.inputs[0].T() : node.inputs[0];
+    Variable opb = trans_b_ ? node.inputs[1].T() : node.inputs[1];
+    Variable ga = dot(g[0], opb.T()), gb = dot(opa.T(), g[0]);
+    return {trans_a_ ? ga.T() : ga, trans_b_ ? gb.T() : gb};
+}
+
+Variable dot22(const Variable& a, const Variable& b, bool trans_a, bool trans_b) {
+    return apply1(std::make_shared<Dot22>(trans_a, trans_b), {a, b});
+}
 
 std::string Gemm::name() const {
     return fmt::format("Gemm{{{},{}}}", trans_a_ ? "T" : "N", trans_b_ ? "T" : "N");

@@ -22,6 +22,25 @@ public:
     std::size_t props_hash() const override { return 0; }
 };
 
+// dot of two matrices read through transpose flags: Dot22{T,N}(A, B) = A^T B, without
+// copying the transposed operand (what the specialise phase makes of Dot with transposes).
+class Dot22 final : public Op {
+public:
+    Dot22(bool trans_a, bool trans_b) : trans_a_(trans_a), trans_b_(trans_b) {}
+    bool trans_a() const { return trans_a_; }
+    bool trans_b() const { return trans_b_; }
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op& o) const override;
+    std::size_t props_hash() const override { return 4u + (trans_a_ ? 2u : 0u) + (trans_b_ ? 1u : 0u); }
+
+private:
+    bool trans_a_, trans_b_;
+};
+
 class Gemm final : public Op {
 public:
     Gemm(bool trans_a, bool trans_b) : trans_a_(trans_a), trans_b_(trans_b) {}
@@ -32,6 +51,7 @@ public:
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
     std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    std::vector<int> destroy_map() const override { return {0}; }
     bool props_equal(const Op& o) const override;
     std::size_t props_hash() const override { return (trans_a_ ? 2u : 0u) + (trans_b_ ? 1u : 0u); }
 
@@ -44,10 +64,11 @@ Variable dot(const Variable& a, const Variable& b,
              std::source_location where = std::source_location::current());
 // outer(u, v) = u[:, None] * v[None, :] as a matrix product.
 Variable outer(const Variable& u, const Variable& v);
-// Threads used by matrix products (Eigen's OpenMP threads); 0 restores the default.
+// Threads used by matrix products and fused loops; 0 (the default) uses all cores.
 void set_num_threads(int n);
 int num_threads();
 
+Variable dot22(const Variable& a, const Variable& b, bool trans_a, bool trans_b);
 Variable gemm(const Variable& c, const Variable& alpha, const Variable& a, const Variable& b,
               const Variable& beta, bool trans_a = false, bool trans_b = false);
 

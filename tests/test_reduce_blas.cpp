@@ -57,8 +57,13 @@ TEST_CASE("dot for matrix-matrix, matrix-vector, vector-matrix and vector-vector
     CHECK(eval1({A}, dot(A, A.T()), {Av}).to_doubles() == std::vector<double>{14, 32, 32, 77});
     CHECK(eval1({A}, dot(A.T(), A), {Av}).to_doubles() ==
           std::vector<double>{17, 22, 27, 22, 29, 36, 27, 36, 45});
-    Function f = function({A, B}, {dot(A, B)});
+    CompileOptions plain;
+    plain.rewrites.none = true;
+    Function f = function({A, B}, {dot(A, B)}, {}, {}, plain);
     CHECK_THROWS_WITH_AS(f({Av, Av}), "Dot: shapes (2, 3) (input 0) and (2, 3) (input 1) are not aligned: 3 != 2",
+                         UsageError);
+    Function g = function({A, B}, {dot(A, B)});  // specialised to Dot22
+    CHECK_THROWS_WITH_AS(g({Av, Av}), "Dot22{N,N}: shapes (2, 3) (input 0) and (2, 3) (input 1) are not aligned: 3 != 2",
                          UsageError);
     CHECK(dot(fmatrix("a"), fmatrix("b")).dtype() == DType::float32);
 }

@@ -44,7 +44,7 @@ TEST_CASE("the registry lists every rewrite with its phase") {
 TEST_CASE("merge: common subexpressions are computed once") {
     Variable x = matrix("x"), y = matrix("y");
     Variable out = exp(x * y) + exp(x * y);
-    Function on = function({x, y}, {out});
+    Function on = function({x, y}, {out}, {}, {}, excluding({"fusion"}));
     Function off = function({x, y}, {out}, {}, {}, no_rewrites());
     CHECK(off.n_steps() == 5);
     CHECK(on.n_steps() == 3);
@@ -87,8 +87,8 @@ TEST_CASE("canonicalize: x*1, x+0, -(-x), -(a-b)") {
     };
     for (auto& c : cases) {
         CAPTURE(c.name);
-        Function on = function({x, y}, {c.expr});
-        Function off = function({x, y}, {c.expr}, {}, {}, excluding({c.name}));
+        Function on = function({x, y}, {c.expr}, {}, {}, excluding({"fusion"}));
+        Function off = function({x, y}, {c.expr}, {}, {}, excluding({c.name, "fusion"}));
         CHECK(on.debugprint(false) == c.after);
         CHECK(off.debugprint(false) != c.after);
         CHECK(on({a, b})[0].to_doubles() == off({a, b})[0].to_doubles());
@@ -103,7 +103,7 @@ TEST_CASE("stabilize: log(sigmoid(x)), log(1 - sigmoid(x)) and log(1 + x)") {
     Tensor big = Tensor::from_vector<float>({4}, {-200, -20, 20, 200});
     {
         Variable e = log(sigmoid(x));
-        Function on = function({x}, {e});
+        Function on = function({x}, {e}, {}, {}, excluding({"fusion"}));
         Function off = function({x}, {e}, {}, {}, no_rewrites());
         CHECK(on.debugprint(false) ==
               "Elemwise{neg} [id A]\n |Elemwise{softplus} [id B]\n   |Elemwise{neg} [id C]\n     |x [id D]\n");
@@ -117,7 +117,7 @@ TEST_CASE("stabilize: log(sigmoid(x)), log(1 - sigmoid(x)) and log(1 + x)") {
     }
     {
         Variable e = log(1 - sigmoid(x));
-        Function on = function({x}, {e});
+        Function on = function({x}, {e}, {}, {}, excluding({"fusion"}));
         Function off = function({x}, {e}, {}, {}, no_rewrites());
         CHECK(on.debugprint(false) == "Elemwise{neg} [id A]\n |Elemwise{softplus} [id B]\n   |x [id C]\n");
         CHECK(std::isinf(off({big})[0].to_doubles()[3]));
@@ -126,8 +126,8 @@ TEST_CASE("stabilize: log(sigmoid(x)), log(1 - sigmoid(x)) and log(1 + x)") {
     }
     {
         Variable d = vector("d");
-        Function on = function({d}, {log(1 + d)});
-        Function off = function({d}, {log(1 + d)}, {}, {}, excluding({"stabilize"}));
+        Function on = function({d}, {log(1 + d)}, {}, {}, excluding({"fusion"}));
+        Function off = function({d}, {log(1 + d)}, {}, {}, excluding({"stabilize", "fusion"}));
         CHECK(on.debugprint(false) == "Elemwise{log1p} [id A]\n |d [id B]\n");
         Tensor tiny = T64({2}, {1e-18, 0.5});
         CHECK(on({tiny})[0].to_doubles()[0] == 1e-18);
@@ -158,4 +158,110 @@ TEST_CASE("verbose compilation says which rewrite replaced what") {
     CHECK(std::any_of(f.rewrite_log().begin(), f.rewrite_log().end(), [](const std::string& l) {
         return l == "rewrite local_log1p replaced Elemwise{log} by Elemwise{log1p}";
     }));
+}
+
+TEST_CASE("fusion: an elementwise chain becomes one Composite loop") {
+    Variable x = matrix("x"), b = vector("b"), t = matrix("t");
+    Variable z = sigmoid(x + b);
+    Variable ce = -(t * log(z) + (1 - t) * log(1 - z));
+    Function on = function({x, b, t}, {ce});
+    Function off = function({x, b, t}, {ce}, {}, {}, excluding({"fusion"}));
+    // One loop, plus the bias's DimShuffle (a view, no work).
+    auto names = on.op_names();
+    CHECK(names.size() == 2);
+    CHECK(std::count_if(names.begin(), names.end(), [](const std::string& n) { return n.rfind("Composite{", 0) == 0; }) == 1);
+    CHECK(std::count(names.begin(), names.end(), "DimShuffle{x,0}") == 1);
+    CHECK(off.n_steps() > 5);
+    Tensor xv = random_tensor({30, 700}, 1, -5, 5), bv = random_tensor({700}, 2), tv = random_tensor({30, 700}, 3, 0, 1);
+    CHECK(close(on({xv, bv, tv})[0].to_doubles(), off({xv, bv, tv})[0].to_doubles(), 1e-12));
+    // A value used twice outside the chain is not fused into it (it would be computed twice).
+    Variable e = exp(x);
+    Function two = function({x}, {e + 1.0, e * 2.0});
+    CHECK(count_op(two, "Elemwise{exp}") == 1);
+    // Mixed dtypes: a comparison, a cast and a multiply (the corruption mask) fuse.
+    Variable u = fmatrix("u"), xf = fmatrix("xf");
+    Function mask = function({u, xf}, {cast(lt(u, 0.7), DType::float32) * xf});
+    CHECK(mask.n_steps() == 1);
+    Tensor uv = Tensor::from_vector<float>({1, 3}, {0.5f, 0.9f, 0.7f}), xfv = Tensor::from_vector<float>({1, 3}, {2, 3, 4});
+    CHECK(mask({uv, xfv})[0].to_doubles() == std::vector<double>{2, 0, 0});
+}
+
+TEST_CASE("specialize: transposes move into products and updates accumulate with Gemm") {
+    Variable a = matrix("a"), b = matrix("b");
+    Function t = function({a, b}, {dot(a, b).T()}, {}, {}, excluding({"fusion"}));
+    CHECK(t.debugprint(false) == "Dot22{T,T} [id A]\n |b [id B]\n |a [id C]\n");
+    Tensor av = random_tensor({3, 4}, 1), bv = random_tensor({4, 5}, 2);
+    Function t0 = function({a, b}, {dot(a, b).T()}, {}, {}, no_rewrites());
+    CHECK(close(t({av, bv})[0].to_doubles(), t0({av, bv})[0].to_doubles(), 1e-14));
+
+    SharedVariable W = shared(random_tensor({4, 5}, 3), "W");
+    Variable x = matrix("x"), g = matrix("g");
+    Variable upd = W - 0.1 * (dot(x.T(), g) + dot(x.T(), g * 2.0));
+    Function train = function({x, g}, {}, {{W, upd}});
+    std::string graph = train.debugprint(false);
+    CHECK(graph.find("Gemm{T,N}") != std::string::npos);
+    CHECK(graph.find("Dot") == std::string::npos);  // no separate product or sum of products
+    Tensor W0 = W.get_value();
+    Tensor xv = random_tensor({6, 4}, 4), gv = random_tensor({6, 5}, 5);
+    train({xv, gv});
+    // W - 0.1 * 3 x^T g, by hand.
+    auto w0 = W0.to_doubles(), w1 = W.get_value().to_doubles();
+    double worst = 0;
+    for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 5; ++j) {
+            double s = 0;
+            for (int r = 0; r < 6; ++r) s += xv.at({r, i}) * gv.at({r, j});
+            worst = std::max(worst, std::abs(w1[i * 5 + j] - (w0[i * 5 + j] - 0.3 * s)));
+        }
+    }
+    CHECK(worst < 1e-14);
+}
+
+TEST_CASE("in-place: a Gemm update writes into the shared variable's own buffer") {
+    SharedVariable W = shared(random_tensor({64, 32}, 3), "W");
+    Variable x = matrix("x"), g = matrix("g");
+    Variable h = dot(x, W);  // W is read before it is overwritten
+    Function train = function({x, g}, {h.sum()}, {{W, W - 0.1 * dot(x.T(), g)}});
+    const void* before = W.get_value(true).raw_data();
+    Tensor xv = random_tensor({8, 64}, 4), gv = random_tensor({8, 32}, 5);
+    Tensor W0 = W.get_value();
+    double s = train.scalar({xv, gv});
+    CHECK(W.get_value(true).raw_data() == before);
+    // The output used the old W: sum(x W0).
+    double want = 0;
+    for (int r = 0; r < 8; ++r) {
+        for (int j = 0; j < 32; ++j) {
+            for (int k = 0; k < 64; ++k) want += xv.at({r, k}) * W0.at({k, j});
+        }
+    }
+    CHECK(s == doctest::Approx(want).epsilon(1e-12));
+    // Without the in-place grant (W also returned), the buffer changes hands instead.
+    Function keep = function({x, g}, {W * 1.0, h.sum()}, {{W, W - 0.1 * dot(x.T(), g)}});
+    Tensor before2 = W.get_value();
+    auto out = keep({xv, gv});
+    CHECK(out[0].to_doubles() == before2.to_doubles());
+}
+
+TEST_CASE("one and two threads give the same training step") {
+    auto run = [](int threads) {
+        set_num_threads(threads);
+        RandomState rs(3);
+        SharedVariable W = shared(rs.uniform(-0.1, 0.1, {300, 200}), "W");
+        SharedVariable data = shared(rs.uniform(0, 1, {40, 300}), "data");
+        Variable x = matrix("x");
+        Variable y = sigmoid(dot(x, W));
+        Variable z = sigmoid(dot(y, W.T()));
+        Variable cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), 1));
+        Variable gW = grad(cost, W);
+        Variable index = lscalar("i");
+        Function f = function({index}, {cost}, {{W, W - 0.1 * gW}}, {{x, subtensor(data, {slice(index * 20, (index + 1) * 20)})}});
+        double c = 0;
+        for (int i = 0; i < 4; ++i) c += f.scalar({i % 2});
+        set_num_threads(0);
+        return std::make_pair(c, W.get_value().to_doubles());
+    };
+    auto [c1, w1] = run(1);
+    auto [c2, w2] = run(2);
+    CHECK(c1 == doctest::Approx(c2).epsilon(1e-12));
+    CHECK(close(w1, w2, 1e-12));
 }

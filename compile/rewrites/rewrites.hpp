@@ -7,6 +7,11 @@ namespace theanine {
 
 void register_canonicalize(RewriteRegistry& r);
 void register_stabilize(RewriteRegistry& r);
+void register_specialize(RewriteRegistry& r);
+void register_fusion(RewriteRegistry& r);
+
+// The fusion pass, also usable alone.
+std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, RewriteLog& log);
 
 // Helpers for writing rewrites.
 namespace pattern {

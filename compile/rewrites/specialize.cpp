@@ -1,0 +1,135 @@
+// Specialisation: matrix products become BLAS-style calls that read transposed operands in
+// place and accumulate into their output, and transposes of products move inside.
+#include "compile/rewrites/rewrites.hpp"
+#include "ops/blas.hpp"
+#include "ops/elemwise.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+namespace {
+
+using pattern::op_as;
+
+bool is_transpose(const Variable& v) {
+    const auto* d = op_as<DimShuffle>(v);
+    return d && d->is_transpose();
+}
+
+bool is(const Variable& v, ScalarOp op) { return pattern::is_elemwise(v, static_cast<int>(op)); }
+
+// x^T: strips a transpose instead of stacking a second one.
+Variable transposed(const Variable& x) { return is_transpose(x) ? x.node().inputs[0] : x.T(); }
+
+// (x^T)^T -> x
+std::optional<std::vector<Variable>> local_transpose_of_transpose(const Node& n) {
+    Variable out = n.output(0);
+    if (!is_transpose(out) || !is_transpose(n.inputs[0])) return std::nullopt;
+    const Variable& x = n.inputs[0].node().inputs[0];
+    if (x.type() != out.type()) return std::nullopt;
+    return std::vector<Variable>{x};
+}
+
+// dot(A, B)^T -> dot(B^T, A^T), so a gradient that arrives transposed is produced in
+// row-major order instead of being read through a strided view.
+std::optional<std::vector<Variable>> local_transpose_of_dot(const Node& n) {
+    Variable out = n.output(0);
+    if (!is_transpose(out) || !op_as<Dot>(n.inputs[0])) return std::nullopt;
+    const auto& ab = n.inputs[0].node().inputs;
+    if (ab[0].ndim() != 2 || ab[1].ndim() != 2) return std::nullopt;
+    return std::vector<Variable>{dot(transposed(ab[1]), transposed(ab[0]))};
+}
+
+// dot(A^T, B) -> Dot22{T,N}(A, B) (and the other flag combinations)
+std::optional<std::vector<Variable>> local_dot22(const Node& n) {
+    Variable out = n.output(0);
+    if (!op_as<Dot>(out)) return std::nullopt;
+    const Variable& a = n.inputs[0];
+    const Variable& b = n.inputs[1];
+    if (a.ndim() != 2 || b.ndim() != 2) return std::nullopt;
+    const bool ta = is_transpose(a), tb = is_transpose(b);
+    return std::vector<Variable>{dot22(ta ? a.node().inputs[0] : a, tb ? b.node().inputs[0] : b, ta, tb)};
+}
+
+// A scalar hidden in a broadcastable tensor: a one-element constant, or a scalar under a
+// DimShuffle that only adds axes.
+std::optional<Variable> as_scalar(const Variable& v) {
+    for (bool b : v.broadcastable()) {
+        if (!b) return std::nullopt;
+    }
+    if (v.is_constant() && v.node().value.size() == 1) return constant(Tensor::full(v.dtype(), {}, v.node().value.item()));
+    if (const auto* d = op_as<DimShuffle>(v)) {
+        if (v.node().inputs[0].ndim() == 0) return v.node().inputs[0];
+        (void)d;
+    }
+    if (v.ndim() == 0) return v;
+    return std::nullopt;
+}
+
+// One product op(A) op(B) of a sum.
+struct Product {
+    Variable a, b;
+    bool ta, tb;
+};
+
+// The matrix products summed in x: Dot22 nodes added together, or already a Gemm that
+// adds a product to another sum with unit factors (what this rewrite makes of an inner
+// add first).
+bool collect_products(const Variable& x, std::vector<Product>& products) {
+    if (const auto* d = op_as<Dot22>(x)) {
+        products.push_back({x.node().inputs[0], x.node().inputs[1], d->trans_a(), d->trans_b()});
+        return true;
+    }
+    if (is(x, ScalarOp::add)) {
+        return collect_products(x.node().inputs[0], products) && collect_products(x.node().inputs[1], products);
+    }
+    if (const auto* g = op_as<Gemm>(x)) {
+        const auto& in = x.node().inputs;
+        if (!pattern::is_constant_value(in[1], 1.0) || !pattern::is_constant_value(in[4], 1.0)) return false;
+        if (!collect_products(in[0], products)) return false;
+        products.push_back({in[2], in[3], g->trans_a(), g->trans_b()});
+        return true;
+    }
+    return false;
+}
+
+// C - k * (A B + D E) -> Gemm(Gemm(C, -k, A, B, 1), -k, D, E, 1)   (and C + k * ..., C - A B)
+std::optional<std::vector<Variable>> local_gemm_update(const Node& n) {
+    Variable out = n.output(0);
+    const bool minus = is(out, ScalarOp::sub);
+    if (!minus && !is(out, ScalarOp::add)) return std::nullopt;
+    const Variable& c = n.inputs[0];
+    const Variable& rhs = n.inputs[1];
+    if (c.ndim() != 2 || c.type() != out.type()) return std::nullopt;
+    Variable k = constant(Tensor::full(c.dtype(), {}, 1.0));
+    Variable sum = rhs;
+    if (is(rhs, ScalarOp::mul)) {
+        const auto& f = rhs.node().inputs;
+        if (auto s = as_scalar(f[0])) {
+            k = *s;
+            sum = f[1];
+        } else if (auto s2 = as_scalar(f[1])) {
+            k = *s2;
+            sum = f[0];
+        }
+    }
+    std::vector<Product> products;
+    if (!collect_products(sum, products)) return std::nullopt;
+    Variable alpha = minus ? neg(k) : k;
+    Variable acc = c;
+    for (const Product& p : products) {
+        acc = gemm(acc, alpha, p.a, p.b, constant(Tensor::full(c.dtype(), {}, 1.0)), p.ta, p.tb);
+    }
+    return std::vector<Variable>{acc};
+}
+
+}  // namespace
+
+void register_specialize(RewriteRegistry& r) {
+    r.add(NodeRewriter{"local_transpose_of_transpose", "canonicalize", {"fast_run"}, local_transpose_of_transpose});
+    r.add(NodeRewriter{"local_transpose_of_dot", "canonicalize", {"fast_run"}, local_transpose_of_dot});
+    r.add(NodeRewriter{"local_dot22", "specialize", {"fast_run", "blas"}, local_dot22});
+    r.add(NodeRewriter{"local_gemm_update", "specialize", {"fast_run", "blas"}, local_gemm_update});
+}
+
+}  // namespace theanine
