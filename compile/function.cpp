@@ -59,6 +59,7 @@ struct Plan {
     std::vector<int> transient;  // slots released after each call
     std::vector<std::shared_ptr<const Node>> keepalive;
     std::vector<std::string> log;
+    std::vector<std::string> in_place;
 
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
     std::vector<Tensor> run();
@@ -197,6 +198,8 @@ std::vector<std::string> Function::op_names() const {
 }
 
 std::size_t Function::n_steps() const { return plan_->steps.size(); }
+
+const std::vector<std::string>& Function::in_place() const { return plan_->in_place; }
 
 Function function(const std::vector<In>& inputs, const std::vector<Variable>& outputs, const Updates& updates,
                   const Givens& givens, const CompileOptions& options) {
@@ -338,19 +341,19 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         for (const auto& v : all) returned[key(v)] = true;
         std::unordered_map<const SharedCell*, VarKey> update_of;
         for (std::size_t i = 0; i < all_updates.size(); ++i) update_of[all_updates[i].first.get()] = key(all[outputs.size() + i]);
-        std::unordered_set<int> destroyed;
+        VarMap<bool> destroyed;  // values some step overwrites
         for (const auto& n : applies) {
             std::vector<int> dm = n->op->destroy_map();
             for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
                 if (dm[o] < 0) continue;
                 const Variable& v = n->inputs[dm[o]];
-                if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(slot_of.at(key(v)))) continue;
+                if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(key(v))) continue;
                 if (v.is_apply()) {
                     auto vm = v.node().op->view_map();
                     if (v.index() < static_cast<int>(vm.size()) && vm[v.index()] >= 0) continue;
-                } else {
-                    auto u = update_of.find(v.node().cell.get());
-                    if (u == update_of.end() || !(u->second == VarKey{n.get(), o})) continue;
+                } else if (!update_of.count(v.node().cell.get())) {
+                    // A shared value may be overwritten only when this call replaces it anyway.
+                    continue;
                 }
                 // Every variable that shares v's storage (v and the views made of it).
                 std::vector<Variable> aliases = {v};
@@ -393,7 +396,8 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
                 if (!ok || reads_by_n != 1) continue;
                 for (const Node* r : readers) after.emplace_back(r, n.get());
                 slot_of[VarKey{n.get(), o}] = slot_of.at(key(v));
-                destroyed.insert(slot_of.at(key(v)));
+                p.in_place.push_back(fmt::format("{} writes output {} into input {} ({})", n->op->name(), o, dm[o], v.label()));
+                destroyed[key(v)] = true;
             }
         }
     }

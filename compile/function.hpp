@@ -83,6 +83,9 @@ public:
     // Names of the ops in execution order.
     std::vector<std::string> op_names() const;
     std::size_t n_steps() const;
+    // The steps the planner lets overwrite an input's buffer, e.g.
+    // "Gemm{T,N} writes output 0 into input 0 (W)".
+    const std::vector<std::string>& in_place() const;
 
     ~Function();
     Function(Function&&) noexcept;

@@ -17,6 +17,15 @@ using Arr = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using CArr = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
+// log1p(x) = log(u) + (x - (u - 1)) / u with u = 1 + x: the second term restores what
+// rounding 1 + x lost (and gives x where u == 1). Vectorised through Eigen's log, where the
+// library log1p is scalar; accurate to a few ulp.
+template <class T, class E>
+auto log1p_vec(const E& x) {
+    auto u = x + T(1);
+    return u.log() + (x - (u - T(1))) / u;
+}
+
 // dst[0..n) = op(args...) over a block.
 template <class T>
 void run_instr(const Composite::Instr& ins, std::vector<const T*>& reg, T* dst, std::int64_t n) {
@@ -35,9 +44,13 @@ void run_instr(const Composite::Instr& ins, std::vector<const T*>& reg, T* dst, 
     case ScalarOp::neg: d = -A(0); break;
     case ScalarOp::exp: d = A(0).exp(); break;
     case ScalarOp::log: d = A(0).log(); break;
-    case ScalarOp::log1p: d = A(0).log1p(); break;
+    case ScalarOp::log1p: d = log1p_vec<T>(A(0)); break;
     case ScalarOp::sigmoid: d = A(0).logistic(); break;
-    case ScalarOp::softplus: d = A(0).max(T(0)) + (-A(0).abs()).exp().log1p(); break;
+    case ScalarOp::softplus:
+        // max(a, 0) + log1p(exp(-|a|)), with exp(-|a|) stored once (d may alias nothing else).
+        d = (-A(0).abs()).exp();
+        d = A(0).max(T(0)) + log1p_vec<T>(CArr<T>(dst, n));
+        break;
     case ScalarOp::tanh: d = A(0).tanh(); break;
     case ScalarOp::abs: d = A(0).abs(); break;
     case ScalarOp::sgn: d = A(0).sign(); break;
@@ -117,7 +130,7 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
             T* outp = out_is_T ? out[0]->data<T>() : nullptr;
             bool* outb = out_is_T ? nullptr : out[0]->data<bool>();
             // Rows are independent: split them across threads when there is enough work.
-            const int nt = total >= 32768 && rows > 1 ? std::min<int>(num_threads(), static_cast<int>(rows)) : 1;
+            const int nt = total >= 8192 && rows > 1 ? std::min<int>(num_threads(), static_cast<int>(rows)) : 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
             {
                 thread_local Scratch<T> scratch;

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "ops/blas.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/shape.hpp"
 
@@ -311,10 +312,22 @@ void apply(const Mat& a, std::int64_t m, const std::int32_t* in, std::int32_t* o
 }  // namespace
 
 std::int32_t next(State& s) {
+    // Exact arithmetic modulo M1 = 2^31 - 1 and M2 = 2^31 - 21069 without division:
+    // 2^31 = 1 (mod M1) and 2^31 = 21069 (mod M2), so a product by 2^k splits into the low
+    // bits shifted up and the high bits folded back.
+    auto reduce = [](std::int64_t y, std::int64_t m) {
+        while (y >= m) y -= m;
+        return y;
+    };
+    const std::int64_t x12 = s[1], x13 = s[2], x21 = s[3], x23 = s[5];
     // Component 1: x_n = (2^22 x_{n-2} + (2^7 + 1) x_{n-3}) mod M1.
-    std::int64_t y1 = (4194304LL * s[1] + 129LL * s[2]) % M1;
+    std::int64_t y1 = ((x12 & 511) << 22) + (x12 >> 9) + ((x13 & 16777215) << 7) + (x13 >> 24);
+    y1 = reduce((y1 & M1) + (y1 >> 31), M1);
+    y1 = reduce(y1 + x13, M1);
     // Component 2: x_n = (2^15 x_{n-1} + (2^15 + 1) x_{n-3}) mod M2.
-    std::int64_t y2 = (32768LL * s[3] + 32769LL * s[5]) % M2;
+    std::int64_t y2 = reduce(((x21 & 65535) << 15) + 21069 * (x21 >> 16), M2);
+    std::int64_t y2b = reduce(((x23 & 65535) << 15) + 21069 * (x23 >> 16), M2);
+    y2 = reduce(reduce(y2 + x23, M2) + y2b, M2);
     s = {static_cast<std::int32_t>(y1), s[0], s[1], static_cast<std::int32_t>(y2), s[3], s[4]};
     return static_cast<std::int32_t>(y1 <= y2 ? y1 - y2 + M1 : y1 - y2);
 }
@@ -556,8 +569,10 @@ void MRGRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::s
     if (n_streams < 1 || rs.dim(1) != 6) {
         throw UsageError(fmt::format("{}: rstate has shape {}, expected (n_streams, 6)", name(), shape_string(rs.shape())));
     }
-    out[0]->ensure(DType::int32, rs.shape());
-    out[0]->copy_from(rs);
+    if (out[0] != in[0]) {  // not granted in place: advance a copy
+        out[0]->ensure(DType::int32, rs.shape());
+        out[0]->copy_from(rs);
+    }
     auto* st = out[0]->data<std::int32_t>();
     out[1]->ensure(dtype_, shape);
     // Uniforms needed: normal draws an even count (Box-Muller pairs).
@@ -565,16 +580,26 @@ void MRGRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::s
     dispatch(dtype_, [&]<class T>() {
         if constexpr (std::is_floating_point_v<T>) {
             T* o = out[1]->data<T>();
-            auto draw = [&](std::int64_t i) {
-                auto* row = reinterpret_cast<mrg::State*>(st + (i % n_streams) * 6);
+            std::int64_t stream = 0;  // element i uses stream i % n_streams, in order
+            auto draw = [&](std::int64_t) {
+                auto* row = reinterpret_cast<mrg::State*>(st + stream * 6);
+                if (++stream == n_streams) stream = 0;
                 return to_uniform<T>(mrg::next(*row));
             };
             if (dist_ == Dist::uniform) {
                 const T low = static_cast<T>(in[2]->item()), high = static_cast<T>(in[3]->item());
                 const bool unit = low == T(0) && high == T(1);
-                for (std::int64_t i = 0; i < n; ++i) {
-                    T u = draw(i);
-                    o[i] = unit ? u : static_cast<T>(u * (high - low) + low);
+                // Streams are independent: threads take disjoint sets of streams, each drawing
+                // its streams' elements in order, so the result does not depend on threads.
+                const std::int64_t used = std::min(n, n_streams);
+                const int nt = n >= 8192 ? std::min<int>(num_threads(), static_cast<int>(used)) : 1;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+                for (std::int64_t s0 = 0; s0 < used; ++s0) {
+                    auto* row = reinterpret_cast<mrg::State*>(st + s0 * 6);
+                    for (std::int64_t i = s0; i < n; i += n_streams) {
+                        const T u = to_uniform<T>(mrg::next(*row));
+                        o[i] = unit ? u : static_cast<T>(u * (high - low) + low);
+                    }
                 }
                 return;
             }

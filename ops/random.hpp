@@ -117,6 +117,7 @@ public:
     enum class Dist { uniform, normal };
     MRGRandomOp(Dist dist, DType dtype, int ndim) : dist_(dist), dtype_(dtype), ndim_(ndim) {}
     std::string name() const override;
+    std::vector<int> destroy_map() const override { return {0, -1}; }
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;

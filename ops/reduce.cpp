@@ -54,7 +54,15 @@ void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A
     const T* p = x.data<T>();
     const std::int64_t total = x.size();
     if (total > 0) {
-        if (x.is_contiguous() && nd == 2 && red[0] && !red[1]) {
+        if (x.is_contiguous() && nd >= 1 && red[nd - 1] && std::count(red.begin(), red.end(), true) == 1) {
+            // The last axis: one contiguous run per output element.
+            const std::int64_t len = x.dim(nd - 1);
+            for (std::int64_t o = 0; o < on; ++o) {
+                A a = init;
+                for (std::int64_t j = 0; j < len; ++j) a = combine(a, static_cast<A>(p[o * len + j]));
+                acc[o] = a;
+            }
+        } else if (x.is_contiguous() && nd == 2 && red[0] && !red[1]) {
             // Column sums of a row-major matrix: accumulate rows (vectorisable).
             const std::int64_t rows = x.dim(0), cols = x.dim(1);
             for (std::int64_t i = 0; i < rows; ++i) {
