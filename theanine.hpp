@@ -17,3 +17,4 @@
 #include "ops/random.hpp"
 #include "ops/shape.hpp"
 #include "models/dA.hpp"
+#include "models/mlp.hpp"

@@ -41,24 +41,38 @@ Variable dA::get_corrupted_input(const Variable& input, double corruption_level)
     return theano_rng_->binomial(input.shape(), 1, 1 - corruption_level, config().floatX) * input;
 }
 
+Variable dA::get_corrupted_input(const Variable& input, const Variable& corruption_level) {
+    return theano_rng_->binomial(input.shape(), 1, 1 - corruption_level, config().floatX) * input;
+}
+
 Variable dA::get_hidden_values(const Variable& input) const { return sigmoid(dot(input, W) + b); }
 
 Variable dA::get_reconstructed_input(const Variable& hidden) const { return sigmoid(dot(hidden, W.T()) + b_prime); }
 
-std::pair<Variable, Updates> dA::get_cost_updates(double corruption_level, double learning_rate) {
-    Variable tilde_x = get_corrupted_input(x, corruption_level);
-    Variable y = get_hidden_values(tilde_x);
-    Variable z = get_reconstructed_input(y);
-    Variable L = -sum(x * log(z) + (1 - x) * log(1 - z), 1);
+namespace {
+// The cost and updates from a corrupted input; lr is a number or a symbolic scalar.
+std::pair<Variable, Updates> cost_updates(dA& m, const Variable& tilde_x, const Operand& learning_rate) {
+    Variable y = m.get_hidden_values(tilde_x);
+    Variable z = m.get_reconstructed_input(y);
+    Variable L = -sum(m.x * log(z) + (1 - m.x) * log(1 - z), 1);
     Variable cost = mean(L);
-    std::vector<Variable> ps = {W, b, b_prime};
+    std::vector<Variable> ps = {m.W, m.b, m.b_prime};
     std::vector<Variable> gparams = grad(cost, ps);
     Updates updates;
     for (std::size_t i = 0; i < ps.size(); ++i) {
         SharedVariable p(ps[i]);
-        updates.emplace_back(p, p - learning_rate * gparams[i]);
+        updates.emplace_back(p, p - mul(learning_rate, gparams[i]));
     }
     return {cost, updates};
+}
+}  // namespace
+
+std::pair<Variable, Updates> dA::get_cost_updates(double corruption_level, double learning_rate) {
+    return cost_updates(*this, get_corrupted_input(x, corruption_level), learning_rate);
+}
+
+std::pair<Variable, Updates> dA::get_cost_updates(const Variable& corruption_level, const Variable& learning_rate) {
+    return cost_updates(*this, get_corrupted_input(x, corruption_level), learning_rate);
 }
 
 }  // namespace theanine::models

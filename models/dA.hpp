@@ -27,6 +27,8 @@ public:
 
     // binomial(size=input.shape, n=1, p=1-corruption_level, dtype=floatX) * input
     Variable get_corrupted_input(const Variable& input, double corruption_level);
+    // The same with a symbolic corruption level (a float scalar input).
+    Variable get_corrupted_input(const Variable& input, const Variable& corruption_level);
     // sigmoid(dot(input, W) + b)
     Variable get_hidden_values(const Variable& input) const;
     // sigmoid(dot(hidden, W^T) + b')
@@ -34,6 +36,9 @@ public:
     // cost = mean over the batch of the cross-entropy summed over each row; updates are
     // param - learning_rate * d cost / d param for W, b, b'.
     std::pair<Variable, Updates> get_cost_updates(double corruption_level, double learning_rate);
+    // The same with symbolic corruption level and learning rate (the stacked dA's
+    // pretraining functions take them as inputs with defaults).
+    std::pair<Variable, Updates> get_cost_updates(const Variable& corruption_level, const Variable& learning_rate);
 
     std::vector<SharedVariable> params() const { return {W, b, b_prime}; }
 

@@ -481,13 +481,13 @@ std::vector<Variable> NumpyRandomOp::pullback(const Node& node, const std::vecto
 
 RandomStreams::RandomStreams(std::uint32_t seed) : seedgen_(seed) {}
 
-Variable RandomStreams::make(NumpyRandomOp::Dist dist, const Size& size, std::vector<double> params, DType dtype) {
+Variable RandomStreams::make(NumpyRandomOp::Dist dist, const Size& size, Variable a, Variable b, DType dtype) {
     Variable sz = size_variable(size, nullptr);
     int nd = size_ndim(sz);
     RandomState rs(static_cast<std::uint32_t>(seedgen_.randint(1LL << 30)));
     SharedVariable state = shared(rs.to_blob(), fmt::format("random_state_{}", states_.size()));
     auto outs = apply(std::make_shared<NumpyRandomOp>(dist, dtype, nd),
-                      {state, sz, constant(params[0], DType::float64), constant(params[1], DType::float64)});
+                      {state, sz, cast(a, DType::float64), cast(b, DType::float64)});
     state.set_default_update(outs[0]);
     states_.push_back(state);
     return outs[1];
@@ -497,15 +497,27 @@ Variable RandomStreams::binomial(const Size& size, std::int64_t n, double p, std
     if (n < 0 || !(p >= 0 && p <= 1)) {
         throw UsageError(fmt::format("RandomStreams::binomial: needs n >= 0 and 0 <= p <= 1, got n={} p={}", n, p));
     }
-    return make(NumpyRandomOp::Dist::binomial, size, {static_cast<double>(n), as_floatx(p)}, dtype.value_or(DType::int64));
+    return make(NumpyRandomOp::Dist::binomial, size, constant(static_cast<double>(n), DType::float64),
+                constant(as_floatx(p), DType::float64), dtype.value_or(DType::int64));
+}
+
+Variable RandomStreams::binomial(const Size& size, std::int64_t n, const Variable& p, std::optional<DType> dtype) {
+    if (n < 0) throw UsageError(fmt::format("RandomStreams::binomial: needs n >= 0, got n={}", n));
+    if (p.ndim() != 0 || !is_float(p.dtype())) {
+        throw UsageError(fmt::format("RandomStreams::binomial: p must be a float scalar, got {}", p.type().str()));
+    }
+    return make(NumpyRandomOp::Dist::binomial, size, constant(static_cast<double>(n), DType::float64), p,
+                dtype.value_or(DType::int64));
 }
 
 Variable RandomStreams::uniform(const Size& size, double low, double high, std::optional<DType> dtype) {
-    return make(NumpyRandomOp::Dist::uniform, size, {as_floatx(low), as_floatx(high)}, dtype.value_or(config().floatX));
+    return make(NumpyRandomOp::Dist::uniform, size, constant(as_floatx(low), DType::float64),
+                constant(as_floatx(high), DType::float64), dtype.value_or(config().floatX));
 }
 
 Variable RandomStreams::normal(const Size& size, double avg, double std, std::optional<DType> dtype) {
-    return make(NumpyRandomOp::Dist::normal, size, {as_floatx(avg), as_floatx(std)}, dtype.value_or(config().floatX));
+    return make(NumpyRandomOp::Dist::normal, size, constant(as_floatx(avg), DType::float64),
+                constant(as_floatx(std), DType::float64), dtype.value_or(config().floatX));
 }
 
 void RandomStreams::seed(std::uint32_t s) {
@@ -658,6 +670,15 @@ Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, double p,
     if (!(p >= 0 && p <= 1)) throw UsageError(fmt::format("MRG_RandomStreams::binomial: p must be in [0, 1], got {}", p));
     Variable u = uniform(size, 0.0, 1.0, config().floatX);
     return cast(lt(u, constant(p, config().floatX)), dtype.value_or(DType::int64));
+}
+
+Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, const Variable& p, std::optional<DType> dtype) {
+    if (n != 1) throw UsageError(fmt::format("MRG_RandomStreams::binomial: only n=1 is supported, got n={}", n));
+    if (p.ndim() != 0 || !is_float(p.dtype())) {
+        throw UsageError(fmt::format("MRG_RandomStreams::binomial: p must be a float scalar, got {}", p.type().str()));
+    }
+    Variable u = uniform(size, 0.0, 1.0, config().floatX);
+    return cast(lt(u, cast(p, config().floatX)), dtype.value_or(DType::int64));
 }
 
 Variable MRG_RandomStreams::normal(const Size& size, double avg, double std, std::optional<DType> dtype) {

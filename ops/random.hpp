@@ -136,6 +136,9 @@ class RandomStreamsBase {
 public:
     virtual ~RandomStreamsBase() = default;
     virtual Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) = 0;
+    // binomial with a symbolic probability (a float scalar), e.g. 1 - corruption_level.
+    virtual Variable binomial(const Size& size, std::int64_t n, const Variable& p,
+                              std::optional<DType> dtype = std::nullopt) = 0;
     virtual Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
                              std::optional<DType> dtype = std::nullopt) = 0;
     virtual Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
@@ -149,6 +152,8 @@ public:
     // binomial(size, n, p): numpy's binomial cast to dtype (default int64, as in Theano).
     // Float arguments are rounded to floatX first, as Theano's constants are.
     Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
+    Variable binomial(const Size& size, std::int64_t n, const Variable& p,
+                      std::optional<DType> dtype = std::nullopt) override;
     Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
                      std::optional<DType> dtype = std::nullopt) override;
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
@@ -161,7 +166,7 @@ public:
     const std::vector<SharedVariable>& state_variables() const { return states_; }
 
 private:
-    Variable make(NumpyRandomOp::Dist dist, const Size& size, std::vector<double> params, DType dtype);
+    Variable make(NumpyRandomOp::Dist dist, const Size& size, Variable a, Variable b, DType dtype);
     RandomState seedgen_;
     std::vector<SharedVariable> states_;
 };
@@ -174,6 +179,8 @@ public:
                      std::optional<DType> dtype = std::nullopt) override;
     // cast(uniform(size) < p, dtype): uniforms in floatX, p a floatX constant (Theano's rule).
     Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
+    Variable binomial(const Size& size, std::int64_t n, const Variable& p,
+                      std::optional<DType> dtype = std::nullopt) override;
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
                     std::optional<DType> dtype = std::nullopt) override;
 

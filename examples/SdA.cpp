@@ -1,0 +1,130 @@
+// The tutorials' SdA.py: stacked denoising autoencoders, pretrained layer by layer (each
+// layer's function takes index, corruption and lr, the last two with defaults, called by
+// name), then fine-tuned as a whole with a logistic regression on top.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "examples/io/flags.hpp"
+#include "examples/io/training.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+
+int main(int argc, char** argv) {
+    int pretrain_epochs = 15, finetune_epochs = 1000, batch_size = 1, threads = 0;
+    std::int64_t seed = 89677;
+    double pretrain_lr = 0.001, finetune_lr = 0.1;
+    std::string hidden_text = "1000,1000,1000", corruption_text = "0.1,0.2,0.3", data = "data/mnist", save,
+                floatX = "float64", rng_kind = "numpy";
+    io::FlagParser flags("SdA", "Stacked denoising autoencoders on MNIST, as the tutorials' SdA.py.");
+    flags.add("pretrain-epochs", &pretrain_epochs, 0, "pretraining epochs per layer");
+    flags.add("finetune-epochs", &finetune_epochs, 1, "maximum fine-tuning epochs");
+    flags.add("batch-size", &batch_size, 1, "minibatch size");
+    flags.add("pretrain-lr", &pretrain_lr, 0, 1e6, "pretraining SGD step");
+    flags.add("learning-rate", &finetune_lr, 0, 1e6, "fine-tuning SGD step");
+    flags.add("hidden", &hidden_text, "hidden layer sizes, comma separated");
+    flags.add("corruption", &corruption_text, "corruption level per layer, comma separated");
+    flags.add("seed", &seed, 0, "seed of numpy_rng");
+    flags.add("rng", &rng_kind, "corruption streams: numpy (RandomStreams) or mrg", {"numpy", "mrg"});
+    flags.add("data", &data, "folder with the MNIST IDX files");
+    flags.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
+    flags.add("threads", &threads, 1, "threads for products");
+    flags.add("save-params", &save, "folder to write the parameters into");
+    flags.parse(argc, argv);
+    try {
+        config().floatX = dtype_from_name(floatX);
+        if (threads) set_num_threads(threads);
+        std::vector<int> hidden = io::parse_int_list("hidden", hidden_text);
+        std::vector<double> corruption;
+        for (std::size_t s = 0; s <= corruption_text.size();) {
+            std::size_t e = corruption_text.find(',', s);
+            if (e == std::string::npos) e = corruption_text.size();
+            corruption.push_back(std::stod(corruption_text.substr(s, e - s)));
+            s = e + 1;
+        }
+        if (corruption.size() != hidden.size()) {
+            throw UsageError(fmt::format("--corruption has {} levels for {} hidden layers", corruption.size(), hidden.size()));
+        }
+        io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
+        SharedVariable train_x = shared(d.train_x, "train_x", true), train_y = shared(d.train_y, "train_y", true);
+        SharedVariable valid_x = shared(d.valid_x, "valid_x", true), valid_y = shared(d.valid_y, "valid_y", true);
+        SharedVariable test_x = shared(d.test_x, "test_x", true), test_y = shared(d.test_y, "test_y", true);
+        const long bs = batch_size;
+        const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
+
+        RandomState numpy_rng(static_cast<std::uint32_t>(seed));
+        std::shared_ptr<RandomStreamsBase> theano_rng;
+        auto stream_seed = static_cast<std::uint32_t>(numpy_rng.randint(1LL << 30));
+        if (rng_kind == "mrg") {
+            theano_rng = std::make_shared<MRG_RandomStreams>(stream_seed);
+        } else {
+            theano_rng = std::make_shared<RandomStreams>(stream_seed);
+        }
+        std::printf("... building the model\n");
+        models::SdA sda(numpy_rng, theano_rng, 28 * 28, hidden, 10);
+
+        std::printf("... getting the pretraining functions\n");
+        auto pretraining_fns = sda.pretraining_functions(train_x, bs);
+        std::printf("... pre-training the model\n");
+        auto t0 = std::chrono::steady_clock::now();
+        for (std::size_t i = 0; i < sda.dA_layers.size(); ++i) {
+            for (int epoch = 0; epoch < pretrain_epochs; ++epoch) {
+                double c = 0;
+                for (std::int64_t b = 0; b < n_train; ++b) {
+                    c += pretraining_fns[i]
+                             .call_named({arg("index", static_cast<long>(b)), arg("corruption", corruption[i]),
+                                          arg("lr", pretrain_lr)})[0]
+                             .item();
+                }
+                std::printf("Pre-training layer %zu, epoch %d, cost %.10g\n", i, epoch, c / static_cast<double>(n_train));
+                std::fflush(stdout);
+            }
+        }
+        const double pretrain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("The pretraining code ran for %.2fm\n", pretrain_s / 60);
+
+        std::printf("... getting the finetuning functions\n");
+        Variable index = lscalar("index");
+        auto batch = [&](const SharedVariable& s) { return s[{slice(index * bs, (index + 1) * bs)}]; };
+        auto params = sda.params();
+        std::vector<Variable> pv(params.begin(), params.end());
+        auto g = grad(sda.finetune_cost, pv);
+        Updates updates;
+        for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - finetune_lr * g[i]);
+        Function train_fn = function({index}, {sda.finetune_cost}, updates, {{sda.x, batch(train_x)}, {sda.y, batch(train_y)}});
+        Function valid_fn = function({index}, {sda.errors}, {}, {{sda.x, batch(valid_x)}, {sda.y, batch(valid_y)}});
+        Function test_fn = function({index}, {sda.errors}, {}, {{sda.x, batch(test_x)}, {sda.y, batch(test_y)}});
+        auto mean_over = [](Function& f, std::int64_t n) {
+            double s = 0;
+            for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
+            return s / static_cast<double>(n);
+        };
+        std::printf("... finetuning the model\n");
+        io::EarlyStopping rule;
+        rule.n_epochs = finetune_epochs;
+        rule.patience = 10 * n_train;
+        auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_fn.scalar({static_cast<long>(i)}); },
+                                               n_train, [&] { return mean_over(valid_fn, n_valid); },
+                                               [&] { return mean_over(test_fn, n_test); }, rule);
+        std::printf("Optimization complete with best validation score of %f %%, on iteration %lld, with test "
+                    "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
+        std::printf("The training code ran for %.2fm (%d epochs)\n", r.seconds / 60, r.epochs);
+        if (!save.empty()) {
+            for (std::size_t i = 0; i < sda.sigmoid_layers.size(); ++i) {
+                io::save_params(sda.sigmoid_layers[i].params(), save, "sda_layer" + std::to_string(i) + "_");
+            }
+            io::save_params(sda.log_layer->params(), save, "sda_logistic_");
+        }
+        std::printf("test error: %f %%\n", r.test_score * 100);
+    } catch (const Error& e) {
+        std::cerr << "SdA: " << e.what() << "\n";
+        return 1;
+    } catch (const std::exception& e) {
+        std::cerr << "SdA: " << e.what() << "\n";
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,37 @@
+// A small command-line parser for the example programs: --name value or --name=value,
+// boolean switches, --help; a bad value exits with status 2 and a message naming the flag.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace theanine::io {
+
+class FlagParser {
+public:
+    FlagParser(std::string program, std::string summary) : program_(std::move(program)), summary_(std::move(summary)) {}
+    void add(const std::string& name, int* v, int min, const std::string& help);
+    void add(const std::string& name, std::int64_t* v, std::int64_t min, const std::string& help);
+    void add(const std::string& name, double* v, double min, double max, const std::string& help);
+    void add(const std::string& name, std::string* v, const std::string& help, std::vector<std::string> choices = {});
+    void add_switch(const std::string& name, bool* v, const std::string& help);
+    // Parses argv; prints help and exits on --help; exits with status 2 on a bad flag.
+    void parse(int argc, char** argv) const;
+    std::string help() const;
+
+private:
+    struct Flag {
+        std::string name, help, default_text;
+        bool is_switch = false;
+        std::function<std::string(const std::string&)> set;  // returns an error or ""
+    };
+    std::string program_, summary_;
+    std::vector<Flag> flags_;
+};
+
+// "1000,1000,1000" -> {1000, 1000, 1000}; throws UsageError naming the flag on a bad item.
+std::vector<int> parse_int_list(const std::string& flag, const std::string& text);
+
+}  // namespace theanine::io

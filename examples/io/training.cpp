@@ -1,0 +1,107 @@
+#include "examples/io/training.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "examples/io/mnist.hpp"
+#include "examples/io/npy.hpp"
+
+namespace theanine::io {
+
+MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size) {
+    Mnist m = load_mnist(dir);
+    if (m.train_images.dim(0) < 60000 && train_size == 50000) {
+        throw UsageError(fmt::format("MNIST in {} has {} training images, expected 60000", dir, m.train_images.dim(0)));
+    }
+    if (train_size < 1 || train_size > 50000) {
+        throw UsageError(fmt::format("train_size must be in [1, 50000], got {}", train_size));
+    }
+    auto labels = [](const Tensor& l, std::int64_t a, std::int64_t b) {
+        Tensor t = Tensor::empty(DType::int64, {b - a});
+        for (std::int64_t i = a; i < b; ++i) t.data<std::int64_t>()[i - a] = l.data<std::uint8_t>()[i];
+        return t;
+    };
+    const std::int64_t n = m.train_images.dim(0);
+    MnistSplits s;
+    s.train_x = mnist_pixels(m.train_images, 0, train_size, dtype);
+    s.train_y = labels(m.train_labels, 0, train_size);
+    s.valid_x = mnist_pixels(m.train_images, n - 10000, n, dtype);
+    s.valid_y = labels(m.train_labels, n - 10000, n);
+    s.test_x = mnist_pixels(m.test_images, 0, m.test_images.dim(0), dtype);
+    s.test_y = labels(m.test_labels, 0, m.test_labels.dim(0));
+    return s;
+}
+
+void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix) {
+    std::filesystem::create_directories(dir);
+    std::set<std::string> seen;
+    for (const auto& p : params) {
+        if (p.name().empty()) throw UsageError("save_params: a parameter has no name");
+        if (!seen.insert(p.name()).second) {
+            throw UsageError(fmt::format("save_params: two parameters are named '{}'; give the prefix per layer", p.name()));
+        }
+        save_npy(dir + "/" + prefix + p.name() + ".npy", p.get_value(true));
+    }
+}
+
+void load_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix) {
+    for (const auto& p : params) {
+        const std::string path = dir + "/" + prefix + p.name() + ".npy";
+        Tensor t = load_npy(path);
+        if (t.dtype() != p.dtype() || t.shape() != p.get_value(true).shape()) {
+            throw UsageError(fmt::format("load_params: {} holds {} {}, but '{}' is {} {}", path, dtype_name(t.dtype()),
+                                         shape_string(t.shape()), p.name(), dtype_name(p.dtype()),
+                                         shape_string(p.get_value(true).shape())));
+        }
+        p.set_value(t, true);
+    }
+}
+
+TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>& train_batch,
+                                      std::int64_t n_train_batches, const std::function<double()>& validation_error,
+                                      const std::function<double()>& test_error, const EarlyStopping& rule) {
+    auto start = std::chrono::steady_clock::now();
+    TrainResult r;
+    r.best_validation = std::numeric_limits<double>::infinity();
+    double patience = static_cast<double>(rule.patience);
+    const std::int64_t validation_frequency = std::max<std::int64_t>(1, std::min<std::int64_t>(n_train_batches, rule.patience / 2));
+    bool done = false;
+    int epoch = 0;
+    while (epoch < rule.n_epochs && !done) {
+        ++epoch;
+        for (std::int64_t b = 0; b < n_train_batches; ++b) {
+            train_batch(b);
+            const std::int64_t iter = (epoch - 1) * n_train_batches + b;
+            if ((iter + 1) % validation_frequency == 0) {
+                const double v = validation_error();
+                std::printf("epoch %d, minibatch %lld/%lld, validation error %f %%\n", epoch,
+                            static_cast<long long>(b + 1), static_cast<long long>(n_train_batches), v * 100);
+                if (v < r.best_validation) {
+                    if (v < r.best_validation * rule.improvement_threshold) {
+                        patience = std::max(patience, static_cast<double>(iter) * rule.patience_increase);
+                    }
+                    r.best_validation = v;
+                    r.best_iter = iter;
+                    r.test_score = test_error();
+                    std::printf("     epoch %d, minibatch %lld/%lld, test error of best model %f %%\n", epoch,
+                                static_cast<long long>(b + 1), static_cast<long long>(n_train_batches), r.test_score * 100);
+                }
+                std::fflush(stdout);
+            }
+            if (patience <= static_cast<double>(iter)) {
+                done = true;
+                break;
+            }
+        }
+    }
+    r.epochs = epoch;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return r;
+}
+
+}  // namespace theanine::io

@@ -1,0 +1,48 @@
+// What the supervised tutorial programs share: MNIST split as the tutorials split it,
+// parameter files, and minibatch SGD with the tutorials' early stopping.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "graph/graph.hpp"
+
+namespace theanine::io {
+
+// train = the first 50000 training images, valid = the last 10000, test = the t10k file;
+// pixels as float32(byte / 255) cast to dtype, labels as int64 vectors.
+struct MnistSplits {
+    Tensor train_x, train_y, valid_x, valid_y, test_x, test_y;
+};
+MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size = 50000);
+
+// Writes each shared variable to dir/<prefix><name>.npy (names must be unique).
+void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix);
+// Reads them back, checking dtype and shape against each variable.
+void load_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix);
+
+struct EarlyStopping {
+    int n_epochs = 1000;
+    std::int64_t patience = 5000;         // look at this many minibatches regardless
+    double patience_increase = 2;         // wait this much longer when a new best is found
+    double improvement_threshold = 0.995; // a relative improvement of this much is significant
+};
+
+struct TrainResult {
+    double best_validation = 0;  // error rate
+    double test_score = 0;       // error rate of the best model on the test set
+    int epochs = 0;
+    std::int64_t best_iter = 0;
+    double seconds = 0;
+};
+
+// Minibatch SGD as the tutorials run it: validation every min(n_train_batches, patience/2)
+// minibatches, the test error recomputed at each new best, stopping when patience runs out.
+// Prints the tutorials' progress lines.
+TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>& train_batch,
+                                      std::int64_t n_train_batches, const std::function<double()>& validation_error,
+                                      const std::function<double()>& test_error, const EarlyStopping& rule);
+
+}  // namespace theanine::io

@@ -1,0 +1,70 @@
+// The tutorials' logistic_sgd.py: multiclass logistic regression on MNIST, minibatch SGD
+// with early stopping on the validation error.
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "examples/io/flags.hpp"
+#include "examples/io/training.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+
+int main(int argc, char** argv) {
+    int epochs = 1000, batch_size = 600, threads = 0;
+    double learning_rate = 0.13;
+    std::string data = "data/mnist", save, floatX = "float64";
+    io::FlagParser flags("logistic_sgd", "Logistic regression on MNIST, as the tutorials' logistic_sgd.py.");
+    flags.add("epochs", &epochs, 1, "maximum training epochs");
+    flags.add("batch-size", &batch_size, 1, "minibatch size");
+    flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
+    flags.add("data", &data, "folder with the MNIST IDX files");
+    flags.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
+    flags.add("threads", &threads, 1, "threads for products");
+    flags.add("save-params", &save, "folder to write W.npy and b.npy into");
+    flags.parse(argc, argv);
+    try {
+        config().floatX = dtype_from_name(floatX);
+        if (threads) set_num_threads(threads);
+        io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
+        SharedVariable train_x = shared(d.train_x, "train_x", true), train_y = shared(d.train_y, "train_y", true);
+        SharedVariable valid_x = shared(d.valid_x, "valid_x", true), valid_y = shared(d.valid_y, "valid_y", true);
+        SharedVariable test_x = shared(d.test_x, "test_x", true), test_y = shared(d.test_y, "test_y", true);
+        const long bs = batch_size;
+        Variable index = lscalar("index");
+        Variable x = matrix("x");
+        Variable y = lvector("y");
+        models::LogisticRegression classifier(x, 28 * 28, 10);
+        Variable cost = classifier.negative_log_likelihood(y);
+        auto batch = [&](const SharedVariable& s) { return s[{slice(index * bs, (index + 1) * bs)}]; };
+        Function test_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(test_x)}, {y, batch(test_y)}});
+        Function validate_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(valid_x)}, {y, batch(valid_y)}});
+        auto g = grad(cost, std::vector<Variable>{classifier.W, classifier.b});
+        Function train_model = function({index}, {cost},
+                                        {{classifier.W, classifier.W - learning_rate * g[0]},
+                                         {classifier.b, classifier.b - learning_rate * g[1]}},
+                                        {{x, batch(train_x)}, {y, batch(train_y)}});
+        const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
+        auto mean_over = [](Function& f, std::int64_t n) {
+            double s = 0;
+            for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
+            return s / static_cast<double>(n);
+        };
+        io::EarlyStopping rule;
+        rule.n_epochs = epochs;
+        rule.patience = 5000;
+        auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_model.scalar({static_cast<long>(i)}); },
+                                               n_train, [&] { return mean_over(validate_model, n_valid); },
+                                               [&] { return mean_over(test_model, n_test); }, rule);
+        std::printf("Optimization complete with best validation score of %f %%, with test performance %f %%\n",
+                    r.best_validation * 100, r.test_score * 100);
+        std::printf("The code ran for %d epochs, with %f epochs/sec\n", r.epochs, r.epochs / r.seconds);
+        if (!save.empty()) io::save_params(classifier.params(), save, "logistic_");
+        std::printf("test error: %f %%\n", r.test_score * 100);
+    } catch (const Error& e) {
+        std::cerr << "logistic_sgd: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,78 @@
+// The tutorials' mlp.py: one tanh hidden layer and a logistic regression layer, with L1 and
+// L2 regularisation, minibatch SGD with early stopping.
+#include <cstdio>
+#include <iostream>
+
+#include "examples/io/flags.hpp"
+#include "examples/io/training.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+
+int main(int argc, char** argv) {
+    int epochs = 1000, batch_size = 20, hidden = 500, threads = 0;
+    std::int64_t seed = 1234;
+    double learning_rate = 0.01, L1_reg = 0.0, L2_reg = 0.0001;
+    std::string data = "data/mnist", save, floatX = "float64";
+    io::FlagParser flags("mlp", "A multilayer perceptron on MNIST, as the tutorials' mlp.py.");
+    flags.add("epochs", &epochs, 1, "maximum training epochs");
+    flags.add("batch-size", &batch_size, 1, "minibatch size");
+    flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
+    flags.add("hidden", &hidden, 1, "hidden units");
+    flags.add("L1", &L1_reg, 0, 1e6, "L1 weight");
+    flags.add("L2", &L2_reg, 0, 1e6, "L2 weight");
+    flags.add("seed", &seed, 0, "seed of the weight initialisation");
+    flags.add("data", &data, "folder with the MNIST IDX files");
+    flags.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
+    flags.add("threads", &threads, 1, "threads for products");
+    flags.add("save-params", &save, "folder to write the parameters into");
+    flags.parse(argc, argv);
+    try {
+        config().floatX = dtype_from_name(floatX);
+        if (threads) set_num_threads(threads);
+        io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
+        SharedVariable train_x = shared(d.train_x, "train_x", true), train_y = shared(d.train_y, "train_y", true);
+        SharedVariable valid_x = shared(d.valid_x, "valid_x", true), valid_y = shared(d.valid_y, "valid_y", true);
+        SharedVariable test_x = shared(d.test_x, "test_x", true), test_y = shared(d.test_y, "test_y", true);
+        const long bs = batch_size;
+        Variable index = lscalar("index");
+        Variable x = matrix("x");
+        Variable y = lvector("y");
+        RandomState rng(static_cast<std::uint32_t>(seed));
+        models::MLP classifier(rng, x, 28 * 28, hidden, 10);
+        Variable cost = classifier.negative_log_likelihood(y) + L1_reg * classifier.L1 + L2_reg * classifier.L2_sqr;
+        auto batch = [&](const SharedVariable& s) { return s[{slice(index * bs, (index + 1) * bs)}]; };
+        Function test_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(test_x)}, {y, batch(test_y)}});
+        Function validate_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(valid_x)}, {y, batch(valid_y)}});
+        auto params = classifier.params();
+        std::vector<Variable> pv(params.begin(), params.end());
+        auto g = grad(cost, pv);
+        Updates updates;
+        for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - learning_rate * g[i]);
+        Function train_model = function({index}, {cost}, updates, {{x, batch(train_x)}, {y, batch(train_y)}});
+        const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
+        auto mean_over = [](Function& f, std::int64_t n) {
+            double s = 0;
+            for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
+            return s / static_cast<double>(n);
+        };
+        io::EarlyStopping rule;
+        rule.n_epochs = epochs;
+        rule.patience = 10000;
+        auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_model.scalar({static_cast<long>(i)}); },
+                                               n_train, [&] { return mean_over(validate_model, n_valid); },
+                                               [&] { return mean_over(test_model, n_test); }, rule);
+        std::printf("Optimization complete. Best validation score of %f %% obtained at iteration %lld, with test "
+                    "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
+        std::printf("The code ran for %d epochs in %.1f s (%.2f s per epoch)\n", r.epochs, r.seconds, r.seconds / r.epochs);
+        if (!save.empty()) {
+            io::save_params({classifier.hidden.W, classifier.hidden.b}, save, "mlp_hidden_");
+            io::save_params(classifier.log_regression.params(), save, "mlp_logistic_");
+        }
+        std::printf("test error: %f %%\n", r.test_score * 100);
+    } catch (const Error& e) {
+        std::cerr << "mlp: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
