@@ -33,7 +33,6 @@ bool fusible(const Node& n, DType compute) {
 
 struct Group {
     std::vector<const Node*> members;  // topological order, root last
-    std::vector<Variable> inputs;      // boundary inputs
 };
 
 }  // namespace
@@ -112,13 +111,10 @@ std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, Rewrit
         if (r != root_of.end()) {
             Group& g = groups[n];
             const DType compute = is_float(n->types[0].dtype) ? n->types[0].dtype : n->inputs.back().dtype();
-            std::unordered_map<const Node*, int> reg_of;
+            // Boundary inputs get registers 0..n_in-1 in order of first use.
             VarMap<int> input_reg;
             std::vector<Variable> boundary;
-            std::vector<std::string> text;
             auto reg_for = [&](const Variable& v) -> int {
-                auto m = reg_of.find(v.node_ptr().get());
-                if (m != reg_of.end() && v.is_apply() && root_of.count(v.node_ptr().get())) return m->second;
                 auto b = input_reg.find(key(v));
                 if (b != input_reg.end()) return b->second;
                 int k = static_cast<int>(boundary.size());
@@ -126,16 +122,15 @@ std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, Rewrit
                 input_reg[key(v)] = k;
                 return k;
             };
-            // First pass: registers for boundary inputs in member order.
+            // Each member's arguments: (true, member index) or (false, boundary register).
             std::vector<Composite::Instr> program;
-            std::vector<std::vector<std::pair<bool, int>>> arg_src;  // (is member, index)
+            std::vector<std::vector<std::pair<bool, int>>> arg_src;
             for (const Node* m : g.members) {
                 std::vector<std::pair<bool, int>> srcs;
                 for (const auto& in : m->inputs) {
-                    const Node* p = in.node_ptr().get();
-                    bool member = std::find(g.members.begin(), g.members.end(), p) != g.members.end();
-                    if (member) {
-                        srcs.emplace_back(true, static_cast<int>(std::find(g.members.begin(), g.members.end(), p) - g.members.begin()));
+                    auto it = std::find(g.members.begin(), g.members.end(), in.node_ptr().get());
+                    if (it != g.members.end()) {
+                        srcs.emplace_back(true, static_cast<int>(it - g.members.begin()));
                     } else {
                         srcs.emplace_back(false, reg_for(in));
                     }
