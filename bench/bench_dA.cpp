@@ -6,7 +6,8 @@
 // preallocated, every elementwise pass fused into the loop that produces its input, the two
 // W-gradient products done as one GEMM with k = 2*batch ([x~; dz]^T [dy; y]) accumulated
 // straight into W with alpha = -lr, and two threads splitting the work by hidden and visible
-// columns, each running single-threaded GEMMs on its slice (3 barriers per step).
+// columns, each running single-threaded GEMMs on its slice (3 barriers per step, after
+// drawing the corruption with the same vectorised MRG generator theanine uses).
 //
 // Output: per configuration the median seconds per epoch (2500 steps) of each, GFLOP/s, and
 // the ratio theanine/hand-written; then the compile time of train_da and the per-call
@@ -62,6 +63,7 @@ struct HandDA {
     Mat dy_y;            // (40, 500): rows 0..19 dy, 20..39 y
     Mat z;               // (20, 784)
     std::vector<std::array<std::int32_t, 6>> streams;
+    std::vector<T> u = std::vector<T>(kBatch * kVisible);
     std::vector<double> cost_part;
     int threads;
 
@@ -88,28 +90,21 @@ struct HandDA {
         const T* x = data + index * kBatch * kVisible;
         const T p = static_cast<T>(1 - kCorruption);
         double cost = 0;
+        // The corruption draws: the same MRG31k3p substreams and vectorised generator theanine
+        // uses (stream e % 15360 for element e), split across the threads by stream.
+        mrg::uniform_fill<T>(reinterpret_cast<std::int32_t*>(streams.data()), 15360, kBatch * kVisible, u.data(), T(0),
+                             T(1), threads);
 #pragma omp parallel num_threads(threads)
         {
             const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-            // Corruption with the same MRG31k3p substreams theanine uses: element e draws from
-            // stream e % 15360, so each thread takes a range of streams and draws their
-            // elements in order (a stream's draws must stay in sequence).
-            auto [s0, s1] = part(15360, t, nt);
-            constexpr int n_elem = kBatch * kVisible;
-            for (int st = s0; st < s1; ++st) {
-                auto& state = *reinterpret_cast<mrg::State*>(streams[st].data());
-                for (int e = st; e < n_elem; e += 15360) {
-                    const std::int32_t zz = mrg::next(state);
-                    T u;
-                    if constexpr (std::is_same_v<T, float>) {
-                        u = static_cast<float>(zz) * 4.6566126e-10f;
-                    } else {
-                        u = zz * 4.656612873077392578125e-10;
-                    }
-                    xt_dz.data()[e] = u < p ? x[e] : T(0);
+            // Corruption: x~ = (u < 1 - level) * x for this thread's visible columns.
+            auto [v0, v1] = part(kVisible, t, nt);
+            for (int i = 0; i < kBatch; ++i) {
+                for (int j = v0; j < v1; ++j) {
+                    const int e = i * kVisible + j;
+                    xt_dz.data()[e] = u[e] < p ? x[e] : T(0);
                 }
             }
-            auto [v0, v1] = part(kVisible, t, nt);
 #pragma omp barrier
             // y = sigmoid(x~ W + b) for this thread's hidden columns (vectorised logistic).
             auto [h0, h1] = part(kHidden, t, nt);

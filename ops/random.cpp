@@ -314,20 +314,24 @@ void apply(const Mat& a, std::int64_t m, const std::int32_t* in, std::int32_t* o
 std::int32_t next(State& s) {
     // Exact arithmetic modulo M1 = 2^31 - 1 and M2 = 2^31 - 21069 without division:
     // 2^31 = 1 (mod M1) and 2^31 = 21069 (mod M2), so a product by 2^k splits into the low
-    // bits shifted up and the high bits folded back.
-    auto reduce = [](std::int64_t y, std::int64_t m) {
-        while (y >= m) y -= m;
-        return y;
-    };
+    // bits shifted up and the high bits folded back. Every partial sum stays below 2M, so
+    // one conditional subtraction (a branch-free select) reduces it.
     const std::int64_t x12 = s[1], x13 = s[2], x21 = s[3], x23 = s[5];
     // Component 1: x_n = (2^22 x_{n-2} + (2^7 + 1) x_{n-3}) mod M1.
     std::int64_t y1 = ((x12 & 511) << 22) + (x12 >> 9) + ((x13 & 16777215) << 7) + (x13 >> 24);
-    y1 = reduce((y1 & M1) + (y1 >> 31), M1);
-    y1 = reduce(y1 + x13, M1);
+    y1 = (y1 & M1) + (y1 >> 31);
+    y1 -= y1 >= M1 ? M1 : 0;
+    y1 += x13;
+    y1 -= y1 >= M1 ? M1 : 0;
     // Component 2: x_n = (2^15 x_{n-1} + (2^15 + 1) x_{n-3}) mod M2.
-    std::int64_t y2 = reduce(((x21 & 65535) << 15) + 21069 * (x21 >> 16), M2);
-    std::int64_t y2b = reduce(((x23 & 65535) << 15) + 21069 * (x23 >> 16), M2);
-    y2 = reduce(reduce(y2 + x23, M2) + y2b, M2);
+    std::int64_t y2 = ((x21 & 65535) << 15) + 21069 * (x21 >> 16);
+    y2 -= y2 >= M2 ? M2 : 0;
+    std::int64_t y2b = ((x23 & 65535) << 15) + 21069 * (x23 >> 16);
+    y2b -= y2b >= M2 ? M2 : 0;
+    y2 += x23;
+    y2 -= y2 >= M2 ? M2 : 0;
+    y2 += y2b;
+    y2 -= y2 >= M2 ? M2 : 0;
     s = {static_cast<std::int32_t>(y1), s[0], s[1], static_cast<std::int32_t>(y2), s[3], s[4]};
     return static_cast<std::int32_t>(y1 <= y2 ? y1 - y2 + M1 : y1 - y2);
 }
@@ -370,6 +374,89 @@ Tensor substreams(const State& base, std::int64_t n_streams) {
     }
     return t;
 }
+
+namespace {
+constexpr double kNorm64 = 4.656612873077392578125e-10;  // 2^-31
+constexpr float kNorm32 = 4.6566126e-10f;                 // largest float below 2^-31
+
+// One step of up to kBlock streams held column-wise (x[k][j] = component k of stream j),
+// writing their uniforms; the same arithmetic as next(), in a loop the compiler vectorises.
+constexpr int kBlock = 256;
+template <class T, bool Unit>
+void step_block(std::int32_t (&x)[6][kBlock], int count, T* __restrict out, T low, T high) {
+    std::int32_t* __restrict x11 = x[0];
+    std::int32_t* __restrict x12 = x[1];
+    std::int32_t* __restrict x13 = x[2];
+    std::int32_t* __restrict x21 = x[3];
+    std::int32_t* __restrict x22 = x[4];
+    std::int32_t* __restrict x23 = x[5];
+    const T norm = std::is_same_v<T, float> ? static_cast<T>(kNorm32) : static_cast<T>(kNorm64);
+#pragma omp simd
+    for (int j = 0; j < count; ++j) {
+        const std::int64_t a12 = x12[j], a13 = x13[j], a21 = x21[j], a23 = x23[j];
+        std::int64_t y1 = ((a12 & 511) << 22) + (a12 >> 9) + ((a13 & 16777215) << 7) + (a13 >> 24);
+        y1 = (y1 & M1) + (y1 >> 31);
+        y1 -= y1 >= M1 ? M1 : 0;
+        y1 += a13;
+        y1 -= y1 >= M1 ? M1 : 0;
+        std::int64_t y2 = ((a21 & 65535) << 15) + 21069 * (a21 >> 16);
+        y2 -= y2 >= M2 ? M2 : 0;
+        std::int64_t y2b = ((a23 & 65535) << 15) + 21069 * (a23 >> 16);
+        y2b -= y2b >= M2 ? M2 : 0;
+        y2 += a23;
+        y2 -= y2 >= M2 ? M2 : 0;
+        y2 += y2b;
+        y2 -= y2 >= M2 ? M2 : 0;
+        x13[j] = x12[j];
+        x12[j] = x11[j];
+        x11[j] = static_cast<std::int32_t>(y1);
+        x23[j] = x22[j];
+        x22[j] = x21[j];
+        x21[j] = static_cast<std::int32_t>(y2);
+        const std::int64_t z = y1 <= y2 ? y1 - y2 + M1 : y1 - y2;
+        // float: z rounded to float, then a float product (two roundings, as Theano's C code).
+        const T u = static_cast<T>(z) * norm;
+        if constexpr (Unit) {
+            out[j] = u;
+        } else {
+            out[j] = static_cast<T>(u * (high - low) + low);
+        }
+    }
+}
+}  // namespace
+
+template <class T>
+void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out, T low, T high, int threads) {
+    const bool unit = low == T(0) && high == T(1);
+    const std::int64_t used = std::min(n, n_streams);
+    const std::int64_t n_blocks = (used + kBlock - 1) / kBlock;
+    const int nt = static_cast<int>(std::min<std::int64_t>(threads, n_blocks));
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
+        const std::int64_t b0 = blk * kBlock;
+        const int nb = static_cast<int>(std::min<std::int64_t>(kBlock, used - b0));
+        std::int32_t x[6][kBlock];
+        for (int j = 0; j < nb; ++j) {
+            for (int k = 0; k < 6; ++k) x[k][j] = rows[(b0 + j) * 6 + k];
+        }
+        // Round r draws element b0 + j + r * n_streams for each stream j of the block.
+        for (std::int64_t first = b0; first < n; first += n_streams) {
+            const int count = static_cast<int>(std::min<std::int64_t>(nb, n - first));
+            // Streams past n do not draw in the last round.
+            if (unit) {
+                step_block<T, true>(x, count, out + first, low, high);
+            } else {
+                step_block<T, false>(x, count, out + first, low, high);
+            }
+        }
+        for (int j = 0; j < nb; ++j) {
+            for (int k = 0; k < 6; ++k) rows[(b0 + j) * 6 + k] = x[k][j];
+        }
+    }
+}
+
+template void uniform_fill<float>(std::int32_t*, std::int64_t, std::int64_t, float*, float, float, int);
+template void uniform_fill<double>(std::int32_t*, std::int64_t, std::int64_t, double*, double, double, int);
 
 }  // namespace mrg
 
@@ -560,15 +647,13 @@ std::vector<TensorType> MRGRandomOp::make_types(const std::vector<Variable>& inp
 }
 
 namespace {
-constexpr double kNorm64 = 4.656612873077392578125e-10;  // 2^-31
-constexpr float kNorm32 = 4.6566126e-10f;                 // largest float below 2^-31
-
+// z in [1, M1] as a uniform in (0, 1], converted as Theano's compiled code converts it.
 template <class T>
 T to_uniform(std::int32_t z) {
     if constexpr (std::is_same_v<T, float>) {
-        return static_cast<float>(z) * kNorm32;
+        return static_cast<float>(z) * mrg::kNorm32;
     } else {
-        return static_cast<double>(z) * kNorm64;
+        return static_cast<double>(z) * mrg::kNorm64;
     }
 }
 }  // namespace
@@ -599,20 +684,8 @@ void MRGRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::s
                 return to_uniform<T>(mrg::next(*row));
             };
             if (dist_ == Dist::uniform) {
-                const T low = static_cast<T>(in[2]->item()), high = static_cast<T>(in[3]->item());
-                const bool unit = low == T(0) && high == T(1);
-                // Streams are independent: threads take disjoint sets of streams, each drawing
-                // its streams' elements in order, so the result does not depend on threads.
-                const std::int64_t used = std::min(n, n_streams);
-                const int nt = n >= 8192 ? std::min<int>(num_threads(), static_cast<int>(used)) : 1;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-                for (std::int64_t s0 = 0; s0 < used; ++s0) {
-                    auto* row = reinterpret_cast<mrg::State*>(st + s0 * 6);
-                    for (std::int64_t i = s0; i < n; i += n_streams) {
-                        const T u = to_uniform<T>(mrg::next(*row));
-                        o[i] = unit ? u : static_cast<T>(u * (high - low) + low);
-                    }
-                }
+                const int nt = n >= 8192 ? num_threads() : 1;
+                mrg::uniform_fill<T>(st, n_streams, n, o, static_cast<T>(in[2]->item()), static_cast<T>(in[3]->item()), nt);
                 return;
             }
             const T avg = static_cast<T>(in[2]->item()), sd = static_cast<T>(in[3]->item());

@@ -85,6 +85,14 @@ State jump(const State& s, int e);
 std::int64_t guess_n_streams(std::optional<std::int64_t> n_elements);
 // (n_streams, 6) int32 matrix: row 0 = base, row i = row i-1 jumped by 2^72.
 Tensor substreams(const State& base, std::int64_t n_streams);
+// Draws n uniforms from the streams' rows (n_streams x 6 int32, advanced in place): element i
+// comes from stream i % n_streams, each stream's draws in order. Converted as Theano's
+// compiled code does: z * 2^-31 in double, float(z) * float(2^-31 - ulp) in single; then
+// low + u * (high - low) unless the range is [0, 1). Vectorised across streams, and split
+// across threads by stream when threads > 1.
+template <class T>
+void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out, T low = T(0), T high = T(1),
+                  int threads = 1);
 }  // namespace mrg
 
 // A size argument: constant dimensions, or a symbolic int64 vector such as x.shape().
