@@ -49,9 +49,9 @@ int main(int argc, char** argv) {
             throw UsageError(fmt::format("--corruption has {} levels for {} hidden layers", corruption.size(), hidden.size()));
         }
         io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
-        SharedVariable train_x = shared(d.train_x, "train_x", true), train_y = shared(d.train_y, "train_y", true);
-        SharedVariable valid_x = shared(d.valid_x, "valid_x", true), valid_y = shared(d.valid_y, "valid_y", true);
-        SharedVariable test_x = shared(d.test_x, "test_x", true), test_y = shared(d.test_y, "test_y", true);
+        io::SharedSplits sets(d);
+        const SharedVariable &train_x = sets.train_x, &train_y = sets.train_y, &valid_x = sets.valid_x,
+                             &valid_y = sets.valid_y, &test_x = sets.test_x, &test_y = sets.test_y;
         const long bs = batch_size;
         const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
 
@@ -97,18 +97,13 @@ int main(int argc, char** argv) {
         Function train_fn = function({index}, {sda.finetune_cost}, updates, {{sda.x, batch(train_x)}, {sda.y, batch(train_y)}});
         Function valid_fn = function({index}, {sda.errors}, {}, {{sda.x, batch(valid_x)}, {sda.y, batch(valid_y)}});
         Function test_fn = function({index}, {sda.errors}, {}, {{sda.x, batch(test_x)}, {sda.y, batch(test_y)}});
-        auto mean_over = [](Function& f, std::int64_t n) {
-            double s = 0;
-            for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
-            return s / static_cast<double>(n);
-        };
         std::printf("... finetuning the model\n");
         io::EarlyStopping rule;
         rule.n_epochs = finetune_epochs;
         rule.patience = 10 * n_train;
         auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_fn.scalar({static_cast<long>(i)}); },
-                                               n_train, [&] { return mean_over(valid_fn, n_valid); },
-                                               [&] { return mean_over(test_fn, n_test); }, rule);
+                                               n_train, [&] { return io::mean_over_batches(valid_fn, n_valid); },
+                                               [&] { return io::mean_over_batches(test_fn, n_test); }, rule);
         std::printf("Optimization complete with best validation score of %f %%, on iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::printf("The training code ran for %.2fm (%d epochs)\n", r.seconds / 60, r.epochs);

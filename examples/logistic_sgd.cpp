@@ -28,9 +28,9 @@ int main(int argc, char** argv) {
         config().floatX = dtype_from_name(floatX);
         if (threads) set_num_threads(threads);
         io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
-        SharedVariable train_x = shared(d.train_x, "train_x", true), train_y = shared(d.train_y, "train_y", true);
-        SharedVariable valid_x = shared(d.valid_x, "valid_x", true), valid_y = shared(d.valid_y, "valid_y", true);
-        SharedVariable test_x = shared(d.test_x, "test_x", true), test_y = shared(d.test_y, "test_y", true);
+        io::SharedSplits sets(d);
+        const SharedVariable &train_x = sets.train_x, &train_y = sets.train_y, &valid_x = sets.valid_x,
+                             &valid_y = sets.valid_y, &test_x = sets.test_x, &test_y = sets.test_y;
         const long bs = batch_size;
         Variable index = lscalar("index");
         Variable x = matrix("x");
@@ -46,17 +46,12 @@ int main(int argc, char** argv) {
                                          {classifier.b, classifier.b - learning_rate * g[1]}},
                                         {{x, batch(train_x)}, {y, batch(train_y)}});
         const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
-        auto mean_over = [](Function& f, std::int64_t n) {
-            double s = 0;
-            for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
-            return s / static_cast<double>(n);
-        };
         io::EarlyStopping rule;
         rule.n_epochs = epochs;
         rule.patience = 5000;
         auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_model.scalar({static_cast<long>(i)}); },
-                                               n_train, [&] { return mean_over(validate_model, n_valid); },
-                                               [&] { return mean_over(test_model, n_test); }, rule);
+                                               n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
+                                               [&] { return io::mean_over_batches(test_model, n_test); }, rule);
         std::printf("Optimization complete with best validation score of %f %%, with test performance %f %%\n",
                     r.best_validation * 100, r.test_score * 100);
         std::printf("The code ran for %d epochs, with %f epochs/sec\n", r.epochs, r.epochs / r.seconds);

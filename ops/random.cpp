@@ -311,20 +311,19 @@ void apply(const Mat& a, std::int64_t m, const std::int32_t* in, std::int32_t* o
 }
 }  // namespace
 
-std::int32_t next(State& s) {
-    // Exact arithmetic modulo M1 = 2^31 - 1 and M2 = 2^31 - 21069 without division:
-    // 2^31 = 1 (mod M1) and 2^31 = 21069 (mod M2), so a product by 2^k splits into the low
-    // bits shifted up and the high bits folded back. Every partial sum stays below 2M, so
-    // one conditional subtraction (a branch-free select) reduces it.
-    const std::int64_t x12 = s[1], x13 = s[2], x21 = s[3], x23 = s[5];
-    // Component 1: x_n = (2^22 x_{n-2} + (2^7 + 1) x_{n-3}) mod M1.
-    std::int64_t y1 = ((x12 & 511) << 22) + (x12 >> 9) + ((x13 & 16777215) << 7) + (x13 >> 24);
+// One step of both components from the state words they read: y1 = (2^22 x12 + (2^7 + 1) x13)
+// mod M1 and y2 = (2^15 x21 + (2^15 + 1) x23) mod M2, in exact arithmetic without division:
+// 2^31 = 1 (mod M1) and 2^31 = 21069 (mod M2), so a product by 2^k splits into the low bits
+// shifted up and the high bits folded back. Every partial sum stays below 2M, so one
+// conditional subtraction (a select, vectorisable) reduces it.
+inline void step_components(std::int64_t x12, std::int64_t x13, std::int64_t x21, std::int64_t x23, std::int64_t& y1,
+                            std::int64_t& y2) {
+    y1 = ((x12 & 511) << 22) + (x12 >> 9) + ((x13 & 16777215) << 7) + (x13 >> 24);
     y1 = (y1 & M1) + (y1 >> 31);
     y1 -= y1 >= M1 ? M1 : 0;
     y1 += x13;
     y1 -= y1 >= M1 ? M1 : 0;
-    // Component 2: x_n = (2^15 x_{n-1} + (2^15 + 1) x_{n-3}) mod M2.
-    std::int64_t y2 = ((x21 & 65535) << 15) + 21069 * (x21 >> 16);
+    y2 = ((x21 & 65535) << 15) + 21069 * (x21 >> 16);
     y2 -= y2 >= M2 ? M2 : 0;
     std::int64_t y2b = ((x23 & 65535) << 15) + 21069 * (x23 >> 16);
     y2b -= y2b >= M2 ? M2 : 0;
@@ -332,6 +331,11 @@ std::int32_t next(State& s) {
     y2 -= y2 >= M2 ? M2 : 0;
     y2 += y2b;
     y2 -= y2 >= M2 ? M2 : 0;
+}
+
+std::int32_t next(State& s) {
+    std::int64_t y1, y2;
+    step_components(s[1], s[2], s[3], s[5], y1, y2);
     s = {static_cast<std::int32_t>(y1), s[0], s[1], static_cast<std::int32_t>(y2), s[3], s[4]};
     return static_cast<std::int32_t>(y1 <= y2 ? y1 - y2 + M1 : y1 - y2);
 }
@@ -380,7 +384,7 @@ constexpr double kNorm64 = 4.656612873077392578125e-10;  // 2^-31
 constexpr float kNorm32 = 4.6566126e-10f;                 // largest float below 2^-31
 
 // One step of up to kBlock streams held column-wise (x[k][j] = component k of stream j),
-// writing their uniforms; the same arithmetic as next(), in a loop the compiler vectorises.
+// writing their uniforms: next() in a loop the compiler vectorises.
 constexpr int kBlock = 256;
 template <class T, bool Unit>
 void step_block(std::int32_t (&x)[6][kBlock], int count, T* __restrict out, T low, T high) {
@@ -393,20 +397,8 @@ void step_block(std::int32_t (&x)[6][kBlock], int count, T* __restrict out, T lo
     const T norm = std::is_same_v<T, float> ? static_cast<T>(kNorm32) : static_cast<T>(kNorm64);
 #pragma omp simd
     for (int j = 0; j < count; ++j) {
-        const std::int64_t a12 = x12[j], a13 = x13[j], a21 = x21[j], a23 = x23[j];
-        std::int64_t y1 = ((a12 & 511) << 22) + (a12 >> 9) + ((a13 & 16777215) << 7) + (a13 >> 24);
-        y1 = (y1 & M1) + (y1 >> 31);
-        y1 -= y1 >= M1 ? M1 : 0;
-        y1 += a13;
-        y1 -= y1 >= M1 ? M1 : 0;
-        std::int64_t y2 = ((a21 & 65535) << 15) + 21069 * (a21 >> 16);
-        y2 -= y2 >= M2 ? M2 : 0;
-        std::int64_t y2b = ((a23 & 65535) << 15) + 21069 * (a23 >> 16);
-        y2b -= y2b >= M2 ? M2 : 0;
-        y2 += a23;
-        y2 -= y2 >= M2 ? M2 : 0;
-        y2 += y2b;
-        y2 -= y2 >= M2 ? M2 : 0;
+        std::int64_t y1, y2;
+        step_components(x12[j], x13[j], x21[j], x23[j], y1, y2);
         x13[j] = x12[j];
         x12[j] = x11[j];
         x11[j] = static_cast<std::int32_t>(y1);

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "examples/io/mnist.hpp"
+#include "compile/function.hpp"
 #include "examples/io/npy.hpp"
 
 namespace theanine::io {
@@ -35,6 +36,17 @@ MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t 
     s.test_x = mnist_pixels(m.test_images, 0, m.test_images.dim(0), dtype);
     s.test_y = labels(m.test_labels, 0, m.test_labels.dim(0));
     return s;
+}
+
+SharedSplits::SharedSplits(const MnistSplits& d)
+    : train_x(shared(d.train_x, "train_x", true)), train_y(shared(d.train_y, "train_y", true)),
+      valid_x(shared(d.valid_x, "valid_x", true)), valid_y(shared(d.valid_y, "valid_y", true)),
+      test_x(shared(d.test_x, "test_x", true)), test_y(shared(d.test_y, "test_y", true)) {}
+
+double mean_over_batches(Function& f, std::int64_t n) {
+    double s = 0;
+    for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
+    return s / static_cast<double>(n);
 }
 
 void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "compile/function.hpp"
 #include "graph/graph.hpp"
 
 namespace theanine::io {
@@ -17,6 +18,15 @@ struct MnistSplits {
     Tensor train_x, train_y, valid_x, valid_y, test_x, test_y;
 };
 MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size = 50000);
+
+// The splits as shared variables (borrowing the tensors), as the tutorials' shared_dataset.
+struct SharedSplits {
+    SharedVariable train_x, train_y, valid_x, valid_y, test_x, test_y;
+    explicit SharedSplits(const MnistSplits& d);
+};
+
+// The mean of f(i) over batches i = 0 .. n-1 (a scalar-output compiled function).
+double mean_over_batches(Function& f, std::int64_t n);
 
 // Writes each shared variable to dir/<prefix><name>.npy (names must be unique).
 void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix);
