@@ -24,7 +24,6 @@ VerifyGradReport verify_grad(const std::function<Variable(const std::vector<Vari
     }
     Variable out = fn(inputs);
     // A fixed random projection makes the cost sensitive to every output element.
-    std::vector<Tensor> probe_args(points.begin(), points.end());
     Function probe = function(std::vector<In>(inputs.begin(), inputs.end()), {out});
     std::vector<Arg> args(points.begin(), points.end());
     Tensor value = probe(args)[0];

@@ -46,7 +46,7 @@ struct SharedCell;
 class Variable;
 struct Idx;  // ops/shape.hpp
 
-// Index of a slice/index argument: none, a fixed integer, or a symbolic integer scalar.
+// A handle on one output of a node (see the file comment).
 class Variable {
 public:
     Variable() = default;

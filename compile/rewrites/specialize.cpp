@@ -58,10 +58,7 @@ std::optional<Variable> as_scalar(const Variable& v) {
         if (!b) return std::nullopt;
     }
     if (v.is_constant() && v.node().value.size() == 1) return constant(Tensor::full(v.dtype(), {}, v.node().value.item()));
-    if (const auto* d = op_as<DimShuffle>(v)) {
-        if (v.node().inputs[0].ndim() == 0) return v.node().inputs[0];
-        (void)d;
-    }
+    if (op_as<DimShuffle>(v) && v.node().inputs[0].ndim() == 0) return v.node().inputs[0];
     if (v.ndim() == 0) return v;
     return std::nullopt;
 }
