@@ -119,7 +119,8 @@ private:
 };
 
 // MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
-// std (scalars of the output dtype). Outputs: new rstate, sample.
+// std (scalars of the output dtype). Outputs: new rstate, sample. The state advances in place
+// when the planner allows it (destroy_map {0}).
 class MRGRandomOp final : public Op {
 public:
     enum class Dist { uniform, normal };
