@@ -14,11 +14,11 @@
 using namespace theanine;
 
 int main(int argc, char** argv) {
-    int pretrain_epochs = 15, finetune_epochs = 1000, batch_size = 1, threads = 0;
+    int pretrain_epochs = 15, finetune_epochs = 1000, batch_size = 1;
     std::int64_t seed = 89677;
     double pretrain_lr = 0.001, finetune_lr = 0.1;
-    std::string hidden_text = "1000,1000,1000", corruption_text = "0.1,0.2,0.3", data = "data/mnist", save,
-                floatX = "float64", rng_kind = "numpy";
+    std::string hidden_text = "1000,1000,1000", corruption_text = "0.1,0.2,0.3", rng_kind = "numpy";
+    io::CommonFlags common;
     io::FlagParser flags("SdA", "Stacked denoising autoencoders on MNIST, as the tutorials' SdA.py.");
     flags.add("pretrain-epochs", &pretrain_epochs, 0, "pretraining epochs per layer");
     flags.add("finetune-epochs", &finetune_epochs, 1, "maximum fine-tuning epochs");
@@ -29,14 +29,10 @@ int main(int argc, char** argv) {
     flags.add("corruption", &corruption_text, "corruption level per layer, comma separated");
     flags.add("seed", &seed, 0, "seed of numpy_rng");
     flags.add("rng", &rng_kind, "corruption streams: numpy (RandomStreams) or mrg", {"numpy", "mrg"});
-    flags.add("data", &data, "folder with the MNIST IDX files");
-    flags.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
-    flags.add("threads", &threads, 1, "threads for products");
-    flags.add("save-params", &save, "folder to write the parameters into");
+    common.add_to(flags, "folder to write the parameters into");
     flags.parse(argc, argv);
     try {
-        config().floatX = dtype_from_name(floatX);
-        if (threads) set_num_threads(threads);
+        common.apply();
         std::vector<int> hidden = io::parse_int_list("hidden", hidden_text);
         std::vector<double> corruption;
         for (std::size_t s = 0; s <= corruption_text.size();) {
@@ -48,10 +44,8 @@ int main(int argc, char** argv) {
         if (corruption.size() != hidden.size()) {
             throw UsageError(fmt::format("--corruption has {} levels for {} hidden layers", corruption.size(), hidden.size()));
         }
-        io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
         io::SharedSplits sets(d);
-        const SharedVariable &train_x = sets.train_x, &train_y = sets.train_y, &valid_x = sets.valid_x,
-                             &valid_y = sets.valid_y, &test_x = sets.test_x, &test_y = sets.test_y;
         const long bs = batch_size;
         const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
 
@@ -67,7 +61,7 @@ int main(int argc, char** argv) {
         models::SdA sda(numpy_rng, theano_rng, 28 * 28, hidden, 10);
 
         std::printf("... getting the pretraining functions\n");
-        auto pretraining_fns = sda.pretraining_functions(train_x, bs);
+        auto pretraining_fns = sda.pretraining_functions(sets.train_x, bs);
         std::printf("... pre-training the model\n");
         auto t0 = std::chrono::steady_clock::now();
         for (std::size_t i = 0; i < sda.dA_layers.size(); ++i) {
@@ -88,15 +82,15 @@ int main(int argc, char** argv) {
 
         std::printf("... getting the finetuning functions\n");
         Variable index = lscalar("index");
-        auto batch = [&](const SharedVariable& s) { return s[{slice(index * bs, (index + 1) * bs)}]; };
         auto params = sda.params();
         std::vector<Variable> pv(params.begin(), params.end());
         auto g = grad(sda.finetune_cost, pv);
         Updates updates;
         for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - finetune_lr * g[i]);
-        Function train_fn = function({index}, {sda.finetune_cost}, updates, {{sda.x, batch(train_x)}, {sda.y, batch(train_y)}});
-        Function valid_fn = function({index}, {sda.errors}, {}, {{sda.x, batch(valid_x)}, {sda.y, batch(valid_y)}});
-        Function test_fn = function({index}, {sda.errors}, {}, {{sda.x, batch(test_x)}, {sda.y, batch(test_y)}});
+        Function train_fn =
+            io::minibatch_function(index, {sda.finetune_cost}, updates, sda.x, sda.y, sets.train_x, sets.train_y, bs);
+        Function valid_fn = io::minibatch_function(index, {sda.errors}, {}, sda.x, sda.y, sets.valid_x, sets.valid_y, bs);
+        Function test_fn = io::minibatch_function(index, {sda.errors}, {}, sda.x, sda.y, sets.test_x, sets.test_y, bs);
         std::printf("... finetuning the model\n");
         io::EarlyStopping rule;
         rule.n_epochs = finetune_epochs;
@@ -107,11 +101,11 @@ int main(int argc, char** argv) {
         std::printf("Optimization complete with best validation score of %f %%, on iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::printf("The training code ran for %.2fm (%d epochs)\n", r.seconds / 60, r.epochs);
-        if (!save.empty()) {
+        if (!common.save.empty()) {
             for (std::size_t i = 0; i < sda.sigmoid_layers.size(); ++i) {
-                io::save_params(sda.sigmoid_layers[i].params(), save, "sda_layer" + std::to_string(i) + "_");
+                io::save_params(sda.sigmoid_layers[i].params(), common.save, "sda_layer" + std::to_string(i) + "_");
             }
-            io::save_params(sda.log_layer->params(), save, "sda_logistic_");
+            io::save_params(sda.log_layer->params(), common.save, "sda_logistic_");
         }
         std::printf("test error: %f %%\n", r.test_score * 100);
     } catch (const Error& e) {

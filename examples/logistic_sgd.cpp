@@ -12,39 +12,32 @@
 using namespace theanine;
 
 int main(int argc, char** argv) {
-    int epochs = 1000, batch_size = 600, threads = 0;
+    int epochs = 1000, batch_size = 600;
     double learning_rate = 0.13;
-    std::string data = "data/mnist", save, floatX = "float64";
+    io::CommonFlags common;
     io::FlagParser flags("logistic_sgd", "Logistic regression on MNIST, as the tutorials' logistic_sgd.py.");
     flags.add("epochs", &epochs, 1, "maximum training epochs");
     flags.add("batch-size", &batch_size, 1, "minibatch size");
     flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
-    flags.add("data", &data, "folder with the MNIST IDX files");
-    flags.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
-    flags.add("threads", &threads, 1, "threads for products");
-    flags.add("save-params", &save, "folder to write W.npy and b.npy into");
+    common.add_to(flags, "folder to write logistic_W.npy and logistic_b.npy into");
     flags.parse(argc, argv);
     try {
-        config().floatX = dtype_from_name(floatX);
-        if (threads) set_num_threads(threads);
-        io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
+        common.apply();
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
         io::SharedSplits sets(d);
-        const SharedVariable &train_x = sets.train_x, &train_y = sets.train_y, &valid_x = sets.valid_x,
-                             &valid_y = sets.valid_y, &test_x = sets.test_x, &test_y = sets.test_y;
         const long bs = batch_size;
         Variable index = lscalar("index");
         Variable x = matrix("x");
         Variable y = lvector("y");
         models::LogisticRegression classifier(x, 28 * 28, 10);
         Variable cost = classifier.negative_log_likelihood(y);
-        auto batch = [&](const SharedVariable& s) { return s[{slice(index * bs, (index + 1) * bs)}]; };
-        Function test_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(test_x)}, {y, batch(test_y)}});
-        Function validate_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(valid_x)}, {y, batch(valid_y)}});
+        Function test_model = io::minibatch_function(index, {classifier.errors(y)}, {}, x, y, sets.test_x, sets.test_y, bs);
+        Function validate_model =
+            io::minibatch_function(index, {classifier.errors(y)}, {}, x, y, sets.valid_x, sets.valid_y, bs);
         auto g = grad(cost, std::vector<Variable>{classifier.W, classifier.b});
-        Function train_model = function({index}, {cost},
-                                        {{classifier.W, classifier.W - learning_rate * g[0]},
-                                         {classifier.b, classifier.b - learning_rate * g[1]}},
-                                        {{x, batch(train_x)}, {y, batch(train_y)}});
+        Function train_model = io::minibatch_function(
+            index, {cost}, {{classifier.W, classifier.W - learning_rate * g[0]}, {classifier.b, classifier.b - learning_rate * g[1]}},
+            x, y, sets.train_x, sets.train_y, bs);
         const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
         io::EarlyStopping rule;
         rule.n_epochs = epochs;
@@ -55,7 +48,7 @@ int main(int argc, char** argv) {
         std::printf("Optimization complete with best validation score of %f %%, with test performance %f %%\n",
                     r.best_validation * 100, r.test_score * 100);
         std::printf("The code ran for %d epochs, with %f epochs/sec\n", r.epochs, r.epochs / r.seconds);
-        if (!save.empty()) io::save_params(classifier.params(), save, "logistic_");
+        if (!common.save.empty()) io::save_params(classifier.params(), common.save, "logistic_");
         std::printf("test error: %f %%\n", r.test_score * 100);
     } catch (const Error& e) {
         std::cerr << "logistic_sgd: " << e.what() << "\n";

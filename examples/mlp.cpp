@@ -10,10 +10,10 @@
 using namespace theanine;
 
 int main(int argc, char** argv) {
-    int epochs = 1000, batch_size = 20, hidden = 500, threads = 0;
+    int epochs = 1000, batch_size = 20, hidden = 500;
     std::int64_t seed = 1234;
     double learning_rate = 0.01, L1_reg = 0.0, L2_reg = 0.0001;
-    std::string data = "data/mnist", save, floatX = "float64";
+    io::CommonFlags common;
     io::FlagParser flags("mlp", "A multilayer perceptron on MNIST, as the tutorials' mlp.py.");
     flags.add("epochs", &epochs, 1, "maximum training epochs");
     flags.add("batch-size", &batch_size, 1, "minibatch size");
@@ -22,18 +22,12 @@ int main(int argc, char** argv) {
     flags.add("L1", &L1_reg, 0, 1e6, "L1 weight");
     flags.add("L2", &L2_reg, 0, 1e6, "L2 weight");
     flags.add("seed", &seed, 0, "seed of the weight initialisation");
-    flags.add("data", &data, "folder with the MNIST IDX files");
-    flags.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
-    flags.add("threads", &threads, 1, "threads for products");
-    flags.add("save-params", &save, "folder to write the parameters into");
+    common.add_to(flags, "folder to write the parameters into");
     flags.parse(argc, argv);
     try {
-        config().floatX = dtype_from_name(floatX);
-        if (threads) set_num_threads(threads);
-        io::MnistSplits d = io::load_mnist_splits(data, config().floatX);
+        common.apply();
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
         io::SharedSplits sets(d);
-        const SharedVariable &train_x = sets.train_x, &train_y = sets.train_y, &valid_x = sets.valid_x,
-                             &valid_y = sets.valid_y, &test_x = sets.test_x, &test_y = sets.test_y;
         const long bs = batch_size;
         Variable index = lscalar("index");
         Variable x = matrix("x");
@@ -41,15 +35,15 @@ int main(int argc, char** argv) {
         RandomState rng(static_cast<std::uint32_t>(seed));
         models::MLP classifier(rng, x, 28 * 28, hidden, 10);
         Variable cost = classifier.negative_log_likelihood(y) + L1_reg * classifier.L1 + L2_reg * classifier.L2_sqr;
-        auto batch = [&](const SharedVariable& s) { return s[{slice(index * bs, (index + 1) * bs)}]; };
-        Function test_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(test_x)}, {y, batch(test_y)}});
-        Function validate_model = function({index}, {classifier.errors(y)}, {}, {{x, batch(valid_x)}, {y, batch(valid_y)}});
+        Function test_model = io::minibatch_function(index, {classifier.errors(y)}, {}, x, y, sets.test_x, sets.test_y, bs);
+        Function validate_model =
+            io::minibatch_function(index, {classifier.errors(y)}, {}, x, y, sets.valid_x, sets.valid_y, bs);
         auto params = classifier.params();
         std::vector<Variable> pv(params.begin(), params.end());
         auto g = grad(cost, pv);
         Updates updates;
         for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - learning_rate * g[i]);
-        Function train_model = function({index}, {cost}, updates, {{x, batch(train_x)}, {y, batch(train_y)}});
+        Function train_model = io::minibatch_function(index, {cost}, updates, x, y, sets.train_x, sets.train_y, bs);
         const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
         io::EarlyStopping rule;
         rule.n_epochs = epochs;
@@ -60,9 +54,9 @@ int main(int argc, char** argv) {
         std::printf("Optimization complete. Best validation score of %f %% obtained at iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::printf("The code ran for %d epochs in %.1f s (%.2f s per epoch)\n", r.epochs, r.seconds, r.seconds / r.epochs);
-        if (!save.empty()) {
-            io::save_params({classifier.hidden.W, classifier.hidden.b}, save, "mlp_hidden_");
-            io::save_params(classifier.log_regression.params(), save, "mlp_logistic_");
+        if (!common.save.empty()) {
+            io::save_params({classifier.hidden.W, classifier.hidden.b}, common.save, "mlp_hidden_");
+            io::save_params(classifier.log_regression.params(), common.save, "mlp_logistic_");
         }
         std::printf("test error: %f %%\n", r.test_score * 100);
     } catch (const Error& e) {

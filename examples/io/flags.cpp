@@ -5,7 +5,9 @@
 
 #include <fmt/format.h>
 
+#include "graph/config.hpp"
 #include "graph/error.hpp"
+#include "ops/blas.hpp"
 
 namespace theanine::io {
 
@@ -121,6 +123,18 @@ void FlagParser::parse(int argc, char** argv) const {
         std::string err = f->set(value);
         if (!err.empty()) fail(err);
     }
+}
+
+void CommonFlags::add_to(FlagParser& parser, const std::string& save_help) {
+    parser.add("data", &data, "folder with the MNIST IDX files");
+    parser.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
+    parser.add("threads", &threads, 0, "threads for products, 0 for all cores");
+    parser.add("save-params", &save, save_help);
+}
+
+void CommonFlags::apply() const {
+    config().floatX = dtype_from_name(floatX);
+    if (threads > 0) set_num_threads(threads);
 }
 
 std::vector<int> parse_int_list(const std::string& flag, const std::string& text) {

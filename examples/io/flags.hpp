@@ -31,6 +31,17 @@ private:
     std::vector<Flag> flags_;
 };
 
+// The flags every MNIST program takes: --data, --floatX, --threads, --save-params.
+struct CommonFlags {
+    std::string data = "data/mnist";
+    std::string floatX = "float64";
+    std::string save;  // folder for parameter files; empty: do not save
+    int threads = 0;
+    void add_to(FlagParser& parser, const std::string& save_help);
+    // Sets config().floatX and the thread count.
+    void apply() const;
+};
+
 // "1000,1000,1000" -> {1000, 1000, 1000}; throws UsageError naming the flag on a bad item.
 std::vector<int> parse_int_list(const std::string& flag, const std::string& text);
 

@@ -10,6 +10,8 @@
 
 #include "examples/io/mnist.hpp"
 #include "compile/function.hpp"
+#include "ops/elemwise.hpp"
+#include "ops/shape.hpp"
 #include "examples/io/npy.hpp"
 
 namespace theanine::io {
@@ -42,6 +44,14 @@ SharedSplits::SharedSplits(const MnistSplits& d)
     : train_x(shared(d.train_x, "train_x", true)), train_y(shared(d.train_y, "train_y", true)),
       valid_x(shared(d.valid_x, "valid_x", true)), valid_y(shared(d.valid_y, "valid_y", true)),
       test_x(shared(d.test_x, "test_x", true)), test_y(shared(d.test_y, "test_y", true)) {}
+
+Function minibatch_function(const Variable& index, const std::vector<Variable>& outputs, const Updates& updates,
+                            const Variable& x, const Variable& y, const SharedVariable& set_x,
+                            const SharedVariable& set_y, long batch_size) {
+    const long bs = batch_size;
+    return function({index}, outputs, updates,
+                    {{x, set_x[{slice(index * bs, (index + 1) * bs)}]}, {y, set_y[{slice(index * bs, (index + 1) * bs)}]}});
+}
 
 double mean_over_batches(Function& f, std::int64_t n) {
     double s = 0;

@@ -25,6 +25,11 @@ struct SharedSplits {
     explicit SharedSplits(const MnistSplits& d);
 };
 
+// function({index}, outputs, updates) over minibatch `index` of (set_x, set_y) given as x, y.
+Function minibatch_function(const Variable& index, const std::vector<Variable>& outputs, const Updates& updates,
+                            const Variable& x, const Variable& y, const SharedVariable& set_x,
+                            const SharedVariable& set_y, long batch_size);
+
 // The mean of f(i) over batches i = 0 .. n-1 (a scalar-output compiled function).
 double mean_over_batches(Function& f, std::int64_t n);
 
