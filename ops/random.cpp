@@ -226,32 +226,31 @@ double RandomState::gauss() {
     return f * x2;
 }
 
-Tensor RandomState::random_sample(const Shape& size) {
-    Tensor t = Tensor::empty(DType::float64, size);
-    double* d = t.data<double>();
-    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = next_double();
+namespace {
+// A tensor of dtype T filled in C order by draw().
+template <class T, class F>
+Tensor fill_with(const Shape& size, F&& draw) {
+    Tensor t = Tensor::empty(dtype_of<T>(), size);
+    T* d = t.data<T>();
+    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = draw();
     return t;
+}
+}  // namespace
+
+Tensor RandomState::random_sample(const Shape& size) {
+    return fill_with<double>(size, [&] { return next_double(); });
 }
 
 Tensor RandomState::uniform(double low, double high, const Shape& size) {
-    Tensor t = Tensor::empty(DType::float64, size);
-    double* d = t.data<double>();
-    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = uniform(low, high);
-    return t;
+    return fill_with<double>(size, [&] { return uniform(low, high); });
 }
 
 Tensor RandomState::binomial(std::int64_t n, double p, const Shape& size) {
-    Tensor t = Tensor::empty(DType::int64, size);
-    auto* d = t.data<std::int64_t>();
-    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = binomial(n, p);
-    return t;
+    return fill_with<std::int64_t>(size, [&] { return binomial(n, p); });
 }
 
 Tensor RandomState::normal(double loc, double scale, const Shape& size) {
-    Tensor t = Tensor::empty(DType::float64, size);
-    double* d = t.data<double>();
-    for (std::int64_t i = 0; i < t.size(); ++i) d[i] = normal(loc, scale);
-    return t;
+    return fill_with<double>(size, [&] { return normal(loc, scale); });
 }
 
 Tensor RandomState::to_blob() const {
