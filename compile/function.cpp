@@ -1,6 +1,9 @@
 #include "compile/function.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <map>
 #include <iostream>
 #include <queue>
 #include <unordered_set>
@@ -17,6 +20,7 @@ CompileOptions::CompileOptions() {
     rewrites.excluding = c.optimizer_excluding;
     rewrites.including = c.optimizer_including;
     verbose = c.optimizer_verbose;
+    profile = c.profile;
 }
 
 In::In(const Variable& v, double default_value, std::string n)
@@ -60,6 +64,9 @@ struct Plan {
     std::vector<std::shared_ptr<const Node>> keepalive;
     std::vector<std::string> log;
     std::vector<std::string> in_place;
+    bool profile = false;
+    std::int64_t calls = 0;
+    std::vector<double> step_seconds;  // with profile: per step, summed over the calls
 
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
     std::vector<Tensor> run();
@@ -107,7 +114,17 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
 
 std::vector<Tensor> Plan::run() {
     for (auto& [slot, cell] : shared) slots[slot] = cell->value;
-    for (Step& s : steps) s.op->perform(*s.node, s.in, s.out);
+    if (profile) {
+        step_seconds.resize(steps.size(), 0.0);
+        for (std::size_t i = 0; i < steps.size(); ++i) {
+            auto t0 = std::chrono::steady_clock::now();
+            steps[i].op->perform(*steps[i].node, steps[i].in, steps[i].out);
+            step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        ++calls;
+    } else {
+        for (Step& s : steps) s.op->perform(*s.node, s.in, s.out);
+    }
     std::vector<Tensor> result;
     result.reserve(output_slots.size());
     for (int s : output_slots) result.push_back(slots[s]);
@@ -201,6 +218,38 @@ std::size_t Function::n_steps() const { return plan_->steps.size(); }
 
 const std::vector<std::string>& Function::in_place() const { return plan_->in_place; }
 
+std::string Function::profile_summary() const {
+    const Plan& p = *plan_;
+    if (!p.profile) return "profile: not enabled (CompileOptions::profile or THEANINE_FLAGS=profile=True)\n";
+    double total = 0;
+    for (double t : p.step_seconds) total += t;
+    const double calls = static_cast<double>(std::max<std::int64_t>(p.calls, 1));
+    std::string s = fmt::format("profile: {} calls, {:.1f} us per call in the steps\n", p.calls, total / calls * 1e6);
+    // Per op class: the name up to its first '{' (Dot22{N,T} and Dot22{N,N} are one class).
+    std::map<std::string, std::pair<double, int>> by_class;
+    for (std::size_t i = 0; i < p.step_seconds.size(); ++i) {
+        std::string name = p.steps[i].op->name();
+        auto& e = by_class[name.substr(0, name.find('{'))];
+        e.first += p.step_seconds[i];
+        e.second += 1;
+    }
+    std::vector<std::pair<std::string, std::pair<double, int>>> classes(by_class.begin(), by_class.end());
+    std::sort(classes.begin(), classes.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    s += "  op class             us/call      %  steps\n";
+    for (const auto& [name, e] : classes) {
+        s += fmt::format("  {:<18} {:>9.2f} {:>6.1f}  {:>5}\n", name, e.first / calls * 1e6,
+                         total > 0 ? 100 * e.first / total : 0.0, e.second);
+    }
+    s += "  step  op                                        us/call      %\n";
+    for (std::size_t i = 0; i < p.step_seconds.size(); ++i) {
+        std::string name = p.steps[i].op->name();
+        if (name.size() > 40) name = name.substr(0, 37) + "...";
+        s += fmt::format("  {:>4}  {:<40} {:>9.2f} {:>6.1f}\n", i, name, p.step_seconds[i] / calls * 1e6,
+                         total > 0 ? 100 * p.step_seconds[i] / total : 0.0);
+    }
+    return s;
+}
+
 Function function(const std::vector<In>& inputs, const std::vector<Variable>& outputs, const Updates& updates,
                   const Givens& givens, const CompileOptions& options) {
     // 1. Check the inputs and updates.
@@ -279,6 +328,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
     f.plan_ = std::make_unique<Plan>();
     Plan& p = *f.plan_;
     p.log = log.lines;
+    p.profile = options.profile;
     p.outputs.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(outputs.size()));
     for (std::size_t i = 0; i < all_updates.size(); ++i) {
         p.update_values.emplace_back(update_names[i], all[outputs.size() + i]);

@@ -25,6 +25,7 @@ namespace theanine {
 struct CompileOptions {
     RewriteSelection rewrites;   // starts from config(): optimizer, optimizer_excluding, ...
     bool verbose = false;        // print "rewrite X replaced A by B" while compiling
+    bool profile = false;        // time every step of every call (profile_summary())
     CompileOptions();
 };
 
@@ -86,6 +87,9 @@ public:
     // The steps the planner lets overwrite an input's buffer, e.g.
     // "Gemm{T,N} writes output 0 into input 0 (W)".
     const std::vector<std::string>& in_place() const;
+    // With CompileOptions::profile: the calls so far, the time of each step summed over
+    // them, and the time per op class, largest first (as Theano's profile=True prints).
+    std::string profile_summary() const;
 
     ~Function();
     Function(Function&&) noexcept;

@@ -53,10 +53,12 @@ void apply_flags(std::string_view flags, Config& cfg) {
             for (auto& n : split(value, ':')) cfg.optimizer_including.push_back(n);
         } else if (key == "optimizer_verbose") {
             cfg.optimizer_verbose = parse_bool(key, value);
+        } else if (key == "profile") {
+            cfg.profile = parse_bool(key, value);
         } else {
             throw UsageError(fmt::format(
                 "THEANINE_FLAGS: unknown key '{}' (known: floatX, optimizer, optimizer_excluding, "
-                "optimizer_including, optimizer_verbose)", key));
+                "optimizer_including, optimizer_verbose, profile)", key));
         }
     }
 }

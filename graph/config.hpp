@@ -9,6 +9,8 @@
 //   optimizer_excluding=a:b           rewrite names or tags to leave out (':' separated)
 //   optimizer_including=a:b           rewrite names or tags to add back
 //   optimizer_verbose=True            print "rewrite X replaced A by B" while compiling
+//   profile=True                      time every step of compiled functions
+//                                     (Function::profile_summary())
 //
 // This is the only place environment variables are read. function() takes a
 // CompileOptions (compile/function.hpp) that starts from config() and can be changed in code.
@@ -28,6 +30,7 @@ struct Config {
     std::vector<std::string> optimizer_excluding;
     std::vector<std::string> optimizer_including;
     bool optimizer_verbose = false;
+    bool profile = false;
 };
 
 // The process-wide configuration (THEANINE_FLAGS applied on first call).

@@ -87,10 +87,7 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
     if (nt > 1 && m * n * k >= 100000 && n >= 16 * nt) {
 #pragma omp parallel num_threads(nt)
         {
-            const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-            // Column slices aligned to 16 so each thread writes whole cache lines.
-            std::int64_t per = ((n + tn - 1) / tn + 15) / 16 * 16;
-            std::int64_t c0 = std::min<std::int64_t>(n, t * per), c1 = std::min<std::int64_t>(n, (t + 1) * per);
+            auto [c0, c1] = column_slice(n, omp_get_thread_num(), omp_get_num_threads());
             if (c1 > c0) gemm_columns(out, m, n, c0, c1, alpha, a, ta, b, tb, beta);
         }
         return;
@@ -116,6 +113,11 @@ void check_dot_dtype(const std::string& op, const std::vector<Variable>& inputs,
 }
 
 }  // namespace
+
+std::pair<std::int64_t, std::int64_t> column_slice(std::int64_t n, int t, int nt) {
+    const std::int64_t per = ((n + nt - 1) / nt + 15) / 16 * 16;
+    return {std::min<std::int64_t>(n, t * per), std::min<std::int64_t>(n, (t + 1) * per)};
+}
 
 void set_num_threads(int n) {
     g_threads = n < 0 ? 0 : n;

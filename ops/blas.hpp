@@ -68,6 +68,11 @@ Variable outer(const Variable& u, const Variable& v);
 void set_num_threads(int n);
 int num_threads();
 
+// The columns [first, second) of n that thread t of nt works on: equal slices rounded up to
+// 16 columns (whole cache lines). Products split their output columns and fused loops their
+// inner axis with this one rule, so a thread reads back the columns it wrote itself.
+std::pair<std::int64_t, std::int64_t> column_slice(std::int64_t n, int t, int nt);
+
 Variable dot22(const Variable& a, const Variable& b, bool trans_a, bool trans_b);
 Variable gemm(const Variable& c, const Variable& alpha, const Variable& a, const Variable& b,
               const Variable& beta, bool trans_a = false, bool trans_b = false);

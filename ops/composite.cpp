@@ -1,16 +1,22 @@
 #include "ops/composite.hpp"
 
-#include "ops/blas.hpp"
-
 #include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <tuple>
 
 #include <Eigen/Core>
 #include <fmt/format.h>
+
+#include "ops/blas.hpp"
 
 namespace theanine {
 
 namespace {
 constexpr std::int64_t kBlock = 512;
+constexpr int kMaxThreads = 64;
 
 template <class T>
 using Arr = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
@@ -26,15 +32,54 @@ auto log1p_vec(const E& x) {
     return u.log() + (x - (u - T(1))) / u;
 }
 
+// log1p(t) for t in [0, 1] as 2 atanh(s) with s = t / (2 + t) <= 1/3: the odd series
+// 2 (s + s^3/3 + s^5/5 + ...) converges by a factor s^2 <= 1/9 per term, so 7 terms reach
+// float precision and 16 double precision. One division and a polynomial: several times
+// cheaper than a general vectorised log, which needs a range reduction.
+template <class T>
+void log1p_unit(T* d, std::int64_t n) {
+    constexpr int terms = std::is_same_v<T, float> ? 7 : 16;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T t = d[j];
+        const T s = t / (T(2) + t);
+        const T z = s * s;
+        T p = T(1) / T(2 * terms - 1);
+#pragma GCC unroll 16
+        for (int k = terms - 2; k >= 0; --k) p = p * z + T(1) / T(2 * k + 1);
+        d[j] = T(2) * s * p;
+    }
+}
+
+template <class T, class F>
+void compare(T* d, const T* a, const T* b, std::int64_t n, F f) {
+    for (std::int64_t j = 0; j < n; ++j) d[j] = f(a[j], b[j]) ? T(1) : T(0);
+}
+
 // dst[0..n) = op(args...) over a block.
 template <class T>
-void run_instr(const Composite::Instr& ins, std::vector<const T*>& reg, T* dst, std::int64_t n) {
+void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T* dst, std::int64_t n) {
     Arr<T> d(dst, n);
     auto A = [&](int k) { return CArr<T>(reg[ins.args[k]], n); };
+    auto P = [&](int k) { return reg[ins.args[k]]; };
     using K = Composite::Instr::Kind;
-    if (ins.kind == K::cast_bool) {
-        d = (A(0) != T(0)).template cast<T>();
+    switch (ins.kind) {
+    case K::cast_bool: {
+        const T* a = P(0);
+        for (std::int64_t j = 0; j < n; ++j) dst[j] = a[j] != T(0) ? T(1) : T(0);
         return;
+    }
+    case K::softplus_tail:
+        d = (-A(0).abs()).exp();
+        log1p_unit(dst, n);
+        return;
+    case K::relu_add:
+        d = A(0).max(T(0)) + A(1);
+        return;
+    case K::cast_identity:
+        d = A(0);
+        return;
+    case K::scalar:
+        break;
     }
     switch (ins.op) {
     case ScalarOp::add: d = A(0) + A(1); break;
@@ -46,10 +91,8 @@ void run_instr(const Composite::Instr& ins, std::vector<const T*>& reg, T* dst, 
     case ScalarOp::log: d = A(0).log(); break;
     case ScalarOp::log1p: d = log1p_vec<T>(A(0)); break;
     case ScalarOp::sigmoid: d = A(0).logistic(); break;
-    case ScalarOp::softplus:
-        // max(a, 0) + log1p(exp(-|a|)), with exp(-|a|) stored once (d may alias nothing else).
-        d = (-A(0).abs()).exp();
-        d = A(0).max(T(0)) + log1p_vec<T>(CArr<T>(dst, n));
+    case ScalarOp::softplus:  // simplify() lowers it to softplus_tail and relu_add
+        internal_check(false, "Composite: softplus not lowered");
         break;
     case ScalarOp::tanh: d = A(0).tanh(); break;
     case ScalarOp::abs: d = A(0).abs(); break;
@@ -60,13 +103,23 @@ void run_instr(const Composite::Instr& ins, std::vector<const T*>& reg, T* dst, 
     case ScalarOp::maximum: d = A(0).max(A(1)); break;
     case ScalarOp::minimum: d = A(0).min(A(1)); break;
     case ScalarOp::switch_: d = (A(0) != T(0)).select(A(1), A(2)); break;
-    case ScalarOp::eq: d = (A(0) == A(1)).template cast<T>(); break;
-    case ScalarOp::neq: d = (A(0) != A(1)).template cast<T>(); break;
-    case ScalarOp::lt: d = (A(0) < A(1)).template cast<T>(); break;
-    case ScalarOp::le: d = (A(0) <= A(1)).template cast<T>(); break;
-    case ScalarOp::gt: d = (A(0) > A(1)).template cast<T>(); break;
-    case ScalarOp::ge: d = (A(0) >= A(1)).template cast<T>(); break;
+    case ScalarOp::eq: compare(dst, P(0), P(1), n, [](T x, T y) { return x == y; }); break;
+    case ScalarOp::neq: compare(dst, P(0), P(1), n, [](T x, T y) { return x != y; }); break;
+    case ScalarOp::lt: compare(dst, P(0), P(1), n, [](T x, T y) { return x < y; }); break;
+    case ScalarOp::le: compare(dst, P(0), P(1), n, [](T x, T y) { return x <= y; }); break;
+    case ScalarOp::gt: compare(dst, P(0), P(1), n, [](T x, T y) { return x > y; }); break;
+    case ScalarOp::ge: compare(dst, P(0), P(1), n, [](T x, T y) { return x >= y; }); break;
     case ScalarOp::second: d = A(1); break;
+    }
+}
+
+bool commutative(ScalarOp op) {
+    switch (op) {
+    case ScalarOp::add: case ScalarOp::mul: case ScalarOp::maximum: case ScalarOp::minimum:
+    case ScalarOp::eq: case ScalarOp::neq:
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -82,28 +135,99 @@ struct Scratch {
 }  // namespace
 
 Composite::Composite(int n_inputs, std::vector<Instr> program, DType compute, TensorType out_type, std::string expr)
-    : n_inputs_(n_inputs), program_(std::move(program)), compute_(compute), out_type_(std::move(out_type)),
-      expr_(std::move(expr)), used_(static_cast<std::size_t>(n_inputs), false) {
-    internal_check(!program_.empty(), "Composite with an empty program");
+    : Composite(n_inputs, std::move(program), compute,
+                std::vector<Output>{{n_inputs + static_cast<int>(program.size()) - 1, {}, std::move(out_type)}},
+                std::move(expr)) {}
+
+Composite::Composite(int n_inputs, std::vector<Instr> program, DType compute, std::vector<Output> outputs, std::string expr)
+    : n_inputs_(n_inputs), program_(std::move(program)), compute_(compute), outputs_(std::move(outputs)),
+      expr_(std::move(expr)) {
+    internal_check(!outputs_.empty(), "Composite without outputs");
     internal_check(is_float(compute_), "Composite computes in a float dtype");
+    for (const auto& o : outputs_) {
+        internal_check(o.reg >= 0 && o.reg < n_inputs_ + static_cast<int>(program_.size()), "Composite output register");
+    }
+    simplify();
+    used_.assign(static_cast<std::size_t>(n_inputs_), false);
     for (const auto& ins : program_) {
         for (int a : ins.args) {
             if (a < n_inputs_) used_[a] = true;
         }
     }
+    for (const auto& o : outputs_) {
+        if (o.reg < n_inputs_) used_[o.reg] = true;
+    }
+}
+
+// Lowering of softplus, merging of identical instructions, removal of unused ones.
+void Composite::simplify() {
+    using K = Instr::Kind;
+    std::vector<Instr> prog;
+    std::vector<int> map(static_cast<std::size_t>(n_inputs_));  // old register -> new register
+    for (int i = 0; i < n_inputs_; ++i) map[i] = i;
+    std::map<std::tuple<int, int, std::vector<int>>, int> seen;  // (kind, op, args) -> register
+    auto producer = [&](int reg) -> const Instr* { return reg >= n_inputs_ ? &prog[reg - n_inputs_] : nullptr; };
+    auto emit = [&](Instr ins) {
+        if (ins.kind == K::scalar && commutative(ins.op)) std::sort(ins.args.begin(), ins.args.end());
+        auto k = std::make_tuple(static_cast<int>(ins.kind), static_cast<int>(ins.op), ins.args);
+        auto it = seen.find(k);
+        if (it != seen.end()) return it->second;
+        prog.push_back(ins);
+        int r = n_inputs_ + static_cast<int>(prog.size()) - 1;
+        seen[k] = r;
+        return r;
+    };
+    for (const Instr& old : program_) {
+        Instr ins = old;
+        for (int& a : ins.args) a = map[a];
+        int r;
+        if (ins.kind == K::scalar && ins.op == ScalarOp::softplus) {
+            // softplus(v) = max(v, 0) + log1p(exp(-|v|)); the tail is even in v.
+            int v = ins.args[0];
+            int even = v;
+            if (const Instr* p = producer(v); p && p->kind == K::scalar && p->op == ScalarOp::neg) even = p->args[0];
+            int tail = emit(Instr{K::softplus_tail, ScalarOp::add, {even}});
+            r = emit(Instr{K::relu_add, ScalarOp::add, {v, tail}});
+        } else {
+            r = emit(std::move(ins));
+        }
+        map.push_back(r);
+    }
+    for (auto& o : outputs_) o.reg = map[o.reg];
+    // Remove instructions no output depends on.
+    const int n = static_cast<int>(prog.size());
+    std::vector<bool> live(static_cast<std::size_t>(n_inputs_ + n), false);
+    for (const auto& o : outputs_) live[o.reg] = true;
+    for (int i = n - 1; i >= 0; --i) {
+        if (!live[n_inputs_ + i]) continue;
+        for (int a : prog[i].args) live[a] = true;
+    }
+    std::vector<int> renum(static_cast<std::size_t>(n_inputs_ + n), -1);
+    for (int i = 0; i < n_inputs_; ++i) renum[i] = i;
+    program_.clear();
+    for (int i = 0; i < n; ++i) {
+        if (!live[n_inputs_ + i]) continue;
+        Instr ins = prog[i];
+        for (int& a : ins.args) a = renum[a];
+        renum[n_inputs_ + i] = n_inputs_ + static_cast<int>(program_.size());
+        program_.push_back(std::move(ins));
+    }
+    for (auto& o : outputs_) o.reg = renum[o.reg];
 }
 
 std::vector<TensorType> Composite::make_types(const std::vector<Variable>& inputs) const {
     if (static_cast<int>(inputs.size()) != n_inputs_) {
         throw UsageError(fmt::format("{}: takes {} inputs, got {}", name(), n_inputs_, inputs.size()));
     }
+    const int nd = static_cast<int>(outputs_[0].type.ndim() + outputs_[0].sum.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-        if (inputs[i].ndim() != out_type_.ndim()) {
-            throw UsageError(fmt::format("{}: input {} is {}, expected {} dimensions", name(), i, inputs[i].type().str(),
-                                         out_type_.ndim()));
+        if (inputs[i].ndim() != nd) {
+            throw UsageError(fmt::format("{}: input {} is {}, expected {} dimensions", name(), i, inputs[i].type().str(), nd));
         }
     }
-    return {out_type_};
+    std::vector<TensorType> types;
+    for (const auto& o : outputs_) types.push_back(o.type);
+    return types;
 }
 
 void Composite::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
@@ -111,48 +235,112 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
     std::vector<std::vector<bool>> bcs;
     for (const auto& v : node.inputs) bcs.push_back(v.broadcastable());
     const Shape os = broadcast_shapes(name(), ins, bcs);
-    out[0]->ensure(out_type_.dtype, os);
     const int nd = static_cast<int>(os.size());
+    const int n_out = static_cast<int>(outputs_.size());
+    // Output shapes; for a sum, the strides of its accumulator over the loop shape's axes
+    // (0 on summed axes).
+    std::vector<Shape> acc_stride(static_cast<std::size_t>(n_out));
+    std::vector<std::int64_t> acc_size(static_cast<std::size_t>(n_out), 0);
+    for (int o = 0; o < n_out; ++o) {
+        const Output& spec = outputs_[o];
+        if (spec.sum.empty()) {
+            out[o]->ensure(spec.type.dtype, os);
+            continue;
+        }
+        Shape rs;
+        acc_stride[o].assign(static_cast<std::size_t>(nd), 0);
+        std::int64_t stride = 1;
+        for (int d = nd - 1; d >= 0; --d) {
+            if (std::find(spec.sum.begin(), spec.sum.end(), d) != spec.sum.end()) continue;
+            acc_stride[o][d] = stride;
+            stride *= os[d];
+        }
+        for (int d = 0; d < nd; ++d) {
+            if (std::find(spec.sum.begin(), spec.sum.end(), d) == spec.sum.end()) rs.push_back(os[d]);
+        }
+        out[o]->ensure(spec.type.dtype, rs);
+        acc_size[o] = stride;
+    }
     const std::int64_t inner = nd ? os[nd - 1] : 1;
     const std::int64_t total = shape_size(os);
-    if (total == 0) return;
-    const std::int64_t rows = total / inner;
     const int n_regs = n_inputs_ + static_cast<int>(program_.size());
 
     dispatch(compute_, [&]<class T>() {
         if constexpr (std::is_floating_point_v<T>) {
-            // Per input: broadcast strides over the output's axes.
+            for (int o = 0; o < n_out; ++o) {
+                if (!outputs_[o].sum.empty()) {
+                    dispatch(out[o]->dtype(), [&]<class O>() { std::fill_n(out[o]->data<O>(), out[o]->size(), O(0)); });
+                }
+            }
+            if (total == 0) return;
+            const std::int64_t rows = total / inner;
+            // Per input: broadcast strides over the loop shape's axes.
             std::vector<Shape> st(static_cast<std::size_t>(n_inputs_), Shape(static_cast<std::size_t>(nd), 0));
             for (int k = 0; k < n_inputs_; ++k) {
                 for (int d = 0; d < nd; ++d) st[k][d] = (in[k]->dim(d) == 1 && os[d] != 1) ? 0 : in[k]->strides()[d];
             }
-            const bool out_is_T = out_type_.dtype == compute_;
-            T* outp = out_is_T ? out[0]->data<T>() : nullptr;
-            bool* outb = out_is_T ? nullptr : out[0]->data<bool>();
-            // Rows are independent: split them across threads when there is enough work.
-            const int nt = total >= 8192 && rows > 1 ? std::min<int>(num_threads(), static_cast<int>(rows)) : 1;
+            // The instruction whose register an elementwise output of dtype T stores writes
+            // straight into that output.
+            std::vector<int> direct(program_.size(), -1);
+            for (int o = 0; o < n_out; ++o) {
+                const Output& spec = outputs_[o];
+                if (spec.sum.empty() && spec.type.dtype == compute_ && spec.reg >= n_inputs_ &&
+                    direct[spec.reg - n_inputs_] < 0 && program_[spec.reg - n_inputs_].kind != Instr::Kind::cast_identity) {
+                    direct[spec.reg - n_inputs_] = o;
+                }
+            }
+            // Rows and columns are independent: split them across threads when there is
+            // enough work. Few long rows (a minibatch) split by columns, with the rule the
+            // products use, so each thread reads the columns a product wrote on its core.
+            int nt = total >= 8192 ? std::min(num_threads(), kMaxThreads) : 1;
+            const bool by_columns = nt > 1 && inner >= 64 * nt && rows < 8 * nt;
+            if (!by_columns) nt = static_cast<int>(std::min<std::int64_t>(nt, rows));
+            std::array<double*, kMaxThreads> parts{};  // per thread: the sums' accumulators
+            std::int64_t acc_total = 0;
+            std::vector<std::int64_t> acc_base(static_cast<std::size_t>(n_out), 0);
+            for (int o = 0; o < n_out; ++o) {
+                acc_base[o] = acc_total;
+                acc_total += acc_size[o];
+            }
 #pragma omp parallel num_threads(nt) if (nt > 1)
             {
                 thread_local Scratch<T> scratch;
+                thread_local Scratch<double> acc_scratch;
                 thread_local std::vector<const T*> reg;
-                thread_local std::vector<std::int64_t> off;
+                thread_local std::vector<std::int64_t> off, acc_off;
+                thread_local std::vector<const void*> filled;  // broadcast block last filled from
                 T* buffers = scratch.get(static_cast<std::size_t>(n_regs * kBlock));
+                const int t = nt > 1 ? omp_get_thread_num() : 0;
+                double* acc = acc_total ? acc_scratch.get(static_cast<std::size_t>(acc_total)) : nullptr;
+                if (acc) std::fill_n(acc, acc_total, 0.0);
+                parts[t] = acc;
                 reg.assign(static_cast<std::size_t>(n_regs), nullptr);
                 off.assign(static_cast<std::size_t>(n_inputs_), 0);
-                const int t = nt > 1 ? omp_get_thread_num() : 0;
-                const std::int64_t per = (rows + nt - 1) / nt;
-                const std::int64_t r0 = std::min(rows, t * per), r1 = std::min(rows, (t + 1) * per);
+                acc_off.assign(static_cast<std::size_t>(n_out), 0);
+                filled.assign(static_cast<std::size_t>(n_inputs_), nullptr);
+                std::int64_t r0 = 0, r1 = rows, c0 = 0, c1 = inner;
+                if (by_columns) {
+                    std::tie(c0, c1) = column_slice(inner, t, nt);
+                } else {
+                    const std::int64_t per = (rows + nt - 1) / nt;
+                    r0 = std::min(rows, t * per);
+                    r1 = std::min(rows, (t + 1) * per);
+                }
                 for (std::int64_t r = r0; r < r1; ++r) {
                     // Input offsets of row r (its index over the leading axes).
                     std::int64_t rem = r;
                     std::fill(off.begin(), off.end(), 0);
+                    std::fill(acc_off.begin(), acc_off.end(), 0);
                     for (int d = nd - 2; d >= 0; --d) {
                         const std::int64_t i = rem % os[d];
                         rem /= os[d];
                         for (int k = 0; k < n_inputs_; ++k) off[k] += i * st[k][d];
+                        for (int o = 0; o < n_out; ++o) {
+                            if (!outputs_[o].sum.empty()) acc_off[o] += i * acc_stride[o][d];
+                        }
                     }
-                    for (std::int64_t j0 = 0; j0 < inner; j0 += kBlock) {
-                        const std::int64_t len = std::min(kBlock, inner - j0);
+                    for (std::int64_t j0 = c0; j0 < c1; j0 += kBlock) {
+                        const std::int64_t len = std::min(kBlock, c1 - j0);
                         for (int k = 0; k < n_inputs_; ++k) {
                             if (!used_[k]) continue;
                             const Tensor& tk = *in[k];
@@ -163,35 +351,69 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
                                 continue;
                             }
                             T* b = buffers + static_cast<std::int64_t>(k) * kBlock;
+                            reg[k] = b;
                             dispatch(tk.dtype(), [&]<class S>() {
                                 const S* p = tk.data<S>() + base;
                                 if (s == 0) {
-                                    std::fill(b, b + len, static_cast<T>(p[0]));
+                                    // A value broadcast along the row: fill the block once
+                                    // per distinct source element.
+                                    if (filled[k] == p) return;
+                                    std::fill(b, b + kBlock, static_cast<T>(p[0]));
+                                    filled[k] = p;
                                 } else {
                                     for (std::int64_t j = 0; j < len; ++j) b[j] = static_cast<T>(p[j * s]);
                                 }
                             });
-                            reg[k] = b;
                         }
                         for (std::size_t i = 0; i < program_.size(); ++i) {
                             const int dst = n_inputs_ + static_cast<int>(i);
                             const Instr& ins = program_[i];
-                            const bool last = i + 1 == program_.size();
                             if (ins.kind == Instr::Kind::cast_identity) {
                                 reg[dst] = reg[ins.args[0]];
-                                if (last && outp) std::copy(reg[dst], reg[dst] + len, outp + r * inner + j0);
                                 continue;
                             }
-                            T* d = (last && outp) ? outp + r * inner + j0 : buffers + static_cast<std::int64_t>(dst) * kBlock;
+                            T* d = direct[i] >= 0 ? out[direct[i]]->data<T>() + r * inner + j0
+                                                  : buffers + static_cast<std::int64_t>(dst) * kBlock;
                             run_instr<T>(ins, reg, d, len);
                             reg[dst] = d;
                         }
-                        if (outb) {
-                            const T* res = reg[n_regs - 1];
-                            for (std::int64_t j = 0; j < len; ++j) outb[r * inner + j0 + j] = res[j] != T(0);
+                        for (int o = 0; o < n_out; ++o) {
+                            const Output& spec = outputs_[o];
+                            const T* res = reg[spec.reg];
+                            if (!spec.sum.empty()) {
+                                double* a = acc + acc_base[o] + acc_off[o];
+                                if (acc_stride[o][nd - 1] == 0) {
+                                    a[0] += static_cast<double>(CArr<T>(res, len).sum());
+                                } else {
+                                    for (std::int64_t j = 0; j < len; ++j) a[j0 + j] += static_cast<double>(res[j]);
+                                }
+                            } else if (spec.reg < n_inputs_ || direct[spec.reg - n_inputs_] != o) {
+                                dispatch(out[o]->dtype(), [&]<class O>() {
+                                    O* p = out[o]->data<O>() + r * inner + j0;
+                                    for (std::int64_t j = 0; j < len; ++j) {
+                                        if constexpr (std::is_same_v<O, bool>) {
+                                            p[j] = res[j] != T(0);
+                                        } else {
+                                            p[j] = static_cast<O>(res[j]);
+                                        }
+                                    }
+                                });
+                            }
                         }
                     }
                 }
+            }
+            // Sums: add the threads' accumulators in thread order.
+            for (int o = 0; o < n_out; ++o) {
+                if (outputs_[o].sum.empty()) continue;
+                dispatch(out[o]->dtype(), [&]<class O>() {
+                    O* p = out[o]->data<O>();
+                    for (std::int64_t i = 0; i < acc_size[o]; ++i) {
+                        double s = 0;
+                        for (int t = 0; t < nt; ++t) s += parts[t][acc_base[o] + i];
+                        p[i] = static_cast<O>(s);
+                    }
+                });
             }
         }
     });
@@ -206,7 +428,7 @@ std::vector<Variable> Composite::pullback(const Node& node, const std::vector<Va
 
 bool Composite::props_equal(const Op& other) const {
     const auto& o = static_cast<const Composite&>(other);
-    return o.n_inputs_ == n_inputs_ && o.program_ == program_ && o.compute_ == compute_ && o.out_type_ == out_type_;
+    return o.n_inputs_ == n_inputs_ && o.program_ == program_ && o.compute_ == compute_ && o.outputs_ == outputs_;
 }
 
 std::size_t Composite::props_hash() const { return std::hash<std::string>()(expr_) ^ static_cast<std::size_t>(n_inputs_); }

@@ -1,13 +1,20 @@
 // Composite: a chain of elementwise ops run as one loop over memory (what the fusion
-// rewrite produces).
+// rewrite produces), optionally summing some of its values over axes in the same loop.
 //
 // A Composite holds a small program over registers: registers 0..n_inputs-1 are the inputs
 // (broadcast like Elemwise inputs, converted to the compute dtype T as they are loaded),
-// each instruction applies a scalar op to earlier registers and writes the next register,
-// and the last register is the output. The kernel walks the output row by row in blocks;
-// each instruction runs as a tight loop over a block (vectorised: transcendental functions
-// go through Eigen's SIMD versions), so intermediate values never go to memory. Inputs that
-// are contiguous along the last axis are read in place; comparisons produce 0/1 in T.
+// each instruction applies a scalar op to earlier registers and writes the next register.
+// Each output names a register and either stores it elementwise (the loop shape) or sums it
+// over some axes (a fused Sum: the summed values never go to memory). The kernel walks the
+// loop shape row by row in blocks; each instruction runs as a tight loop over a block
+// (vectorised: transcendental functions go through Eigen's SIMD versions), so intermediate
+// values stay in cache. Inputs that are contiguous along the last axis are read in place;
+// comparisons produce 0/1 in T.
+//
+// The constructor simplifies the program: softplus(v) is lowered to
+// max(v, 0) + log1p(exp(-|v|)), whose second term is even in v, so softplus(v) and
+// softplus(-v) in one program share their transcendental part; then identical instructions
+// are merged and unused ones dropped.
 #pragma once
 
 #include "graph/graph.hpp"
@@ -18,15 +25,28 @@ namespace theanine {
 class Composite final : public Op {
 public:
     struct Instr {
-        enum class Kind { scalar, cast_bool, cast_identity } kind = Kind::scalar;
+        // Made by lowering softplus: softplus_tail is log1p(exp(-|x|)), the even part of
+        // softplus; relu_add is max(x, 0) + y.
+        enum class Kind { scalar, cast_bool, cast_identity, softplus_tail, relu_add } kind = Kind::scalar;
         ScalarOp op = ScalarOp::add;
         std::vector<int> args;  // register indices
         bool operator==(const Instr&) const = default;
     };
+    struct Output {
+        int reg;                // register stored
+        std::vector<int> sum;   // axes of the loop shape summed over (sorted); empty: elementwise
+        TensorType type;
+        bool operator==(const Output&) const = default;
+    };
 
+    // One elementwise output: the last register.
     Composite(int n_inputs, std::vector<Instr> program, DType compute, TensorType out_type, std::string expr);
+    Composite(int n_inputs, std::vector<Instr> program, DType compute, std::vector<Output> outputs, std::string expr);
     const std::vector<Instr>& program() const { return program_; }
+    const std::vector<Output>& outputs() const { return outputs_; }
     int n_inputs() const { return n_inputs_; }
+    DType compute_dtype() const { return compute_; }
+    const std::string& expr() const { return expr_; }
 
     std::string name() const override { return "Composite{" + expr_ + "}"; }
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
@@ -36,12 +56,14 @@ public:
     std::size_t props_hash() const override;
 
 private:
+    void simplify();
+
     int n_inputs_;
     std::vector<Instr> program_;
     DType compute_;
-    TensorType out_type_;
+    std::vector<Output> outputs_;
     std::string expr_;
-    std::vector<bool> used_;  // inputs some instruction reads
+    std::vector<bool> used_;  // inputs some instruction or output reads
 };
 
 }  // namespace theanine

@@ -148,3 +148,21 @@ TEST_CASE("logistic regression's negative log-likelihood matches a hand computat
     CHECK(out[0].item() == doctest::Approx(want).epsilon(1e-14));
     CHECK(out[1].item() == doctest::Approx(wrong / 3.0));
 }
+
+TEST_CASE("profile=True times every step and sums by op class") {
+    Variable x = matrix("x"), W = matrix("W");
+    CompileOptions o;
+    o.profile = true;
+    o.rewrites.excluding = {"fusion"};
+    Function f = function({x, W}, {sigmoid(dot(x, W)).sum()}, {}, {}, o);
+    Function plain = function({x, W}, {sigmoid(dot(x, W)).sum()});
+    CHECK(plain.profile_summary().find("not enabled") != std::string::npos);
+    Tensor xv = Tensor::full(DType::float64, {4, 3}, 0.5), Wv = Tensor::full(DType::float64, {3, 2}, 1.0);
+    for (int i = 0; i < 3; ++i) CHECK(f.scalar({xv, Wv}) == doctest::Approx(8 / (1 + std::exp(-1.5))));
+    std::string s = f.profile_summary();
+    CHECK(s.rfind("profile: 3 calls", 0) == 0);
+    // Each op class once, and each step by name.
+    for (const char* name : {"Dot22 ", "Elemwise ", "Sum ", "Dot22{N,N}", "Elemwise{sigmoid}", "Sum{axes=[0,1]}"}) {
+        CHECK_MESSAGE(s.find(name) != std::string::npos, name);
+    }
+}

@@ -29,7 +29,7 @@ TEST_CASE("debugprint of a compiled function shows the graph after rewrites and 
     SharedVariable s = shared(T64({2}, {0, 0}), "s");
     Function f = function({x}, {log(1 + x) * 1.0}, {{s, s + x}});
     CHECK(f.debugprint() ==
-          "Elemwise{log1p} [id A] <float64 vector>\n"
+          "Composite{log1p(i0)} [id A] <float64 vector>\n"
           " |x [id B] <float64 vector>\n"
           "update s:\n"
           "Elemwise{add} [id A] <float64 vector>\n"

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/composite.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -174,10 +175,12 @@ TEST_CASE("fusion: an elementwise chain becomes one Composite loop") {
     CHECK(off.n_steps() > 5);
     Tensor xv = random_tensor({30, 700}, 1, -5, 5), bv = random_tensor({700}, 2), tv = random_tensor({30, 700}, 3, 0, 1);
     CHECK(close(on({xv, bv, tv})[0].to_doubles(), off({xv, bv, tv})[0].to_doubles(), 1e-12));
-    // A value used twice outside the chain is not fused into it (it would be computed twice).
+    // A value used twice outside the chain is not fused into it (it would be computed twice);
+    // alone, a transcendental op still runs as a (vectorised) one-instruction loop.
     Variable e = exp(x);
     Function two = function({x}, {e + 1.0, e * 2.0});
-    CHECK(count_op(two, "Elemwise{exp}") == 1);
+    CHECK(count_op(two, "Composite{exp(i0)}") == 1);
+    CHECK(two.n_steps() == 3);
     // Mixed dtypes: a comparison, a cast and a multiply (the corruption mask) fuse.
     Variable u = fmatrix("u"), xf = fmatrix("xf");
     Function mask = function({u, xf}, {cast(lt(u, 0.7), DType::float32) * xf});
@@ -264,4 +267,99 @@ TEST_CASE("one and two threads give the same training step") {
     auto [c2, w2] = run(2);
     CHECK(c1 == doctest::Approx(c2).epsilon(1e-12));
     CHECK(close(w1, w2, 1e-12));
+}
+
+TEST_CASE("fusion: softplus(a) and softplus(-a) in one loop share log1p(exp(-|a|))") {
+    using K = Composite::Instr::Kind;
+    // Program: r1 = neg(i0), r2 = softplus(r1), r3 = softplus(i0), r4 = add(r2, r3).
+    std::vector<Composite::Instr> prog = {
+        {K::scalar, ScalarOp::neg, {0}}, {K::scalar, ScalarOp::softplus, {1}},
+        {K::scalar, ScalarOp::softplus, {0}}, {K::scalar, ScalarOp::add, {2, 3}}};
+    for (DType dt : {DType::float64, DType::float32}) {
+        Composite c(1, prog, dt, TensorType{dt, {false}}, "test");
+        auto tails = std::count_if(c.program().begin(), c.program().end(),
+                                   [](const Composite::Instr& i) { return i.kind == K::softplus_tail; });
+        CHECK(tails == 1);
+        Variable a = vector("a", dt);
+        Variable out = apply1(std::make_shared<Composite>(c), {a});
+        Function f = function({a}, {out}, {}, {}, no_rewrites());
+        std::vector<double> grid;
+        for (double v = -60; v <= 60; v += 0.37) grid.push_back(v);
+        grid.push_back(0);
+        grid.push_back(1e-9);
+        Tensor av = Tensor::from_vector<double>({static_cast<std::int64_t>(grid.size())}, grid).astype(dt);
+        auto got = f({av})[0].to_doubles();
+        auto in = av.to_doubles();
+        // softplus(-a) + softplus(a) = |a| + 2 log1p(exp(-|a|)), in long double.
+        const double ulp = dt == DType::float32 ? 0x1p-23 : 0x1p-52;
+        double worst = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            long double v = in[i];
+            long double want = std::fabs(v) + 2 * std::log1p(std::exp(-std::fabs(v)));
+            worst = std::max(worst, static_cast<double>(std::fabs((got[i] - want) / want)));
+        }
+        CHECK(worst < 4 * ulp);
+    }
+}
+
+TEST_CASE("fusion: sums run inside the loop, beside the elementwise result when it has other users") {
+    Variable x = matrix("x"), y = matrix("y"), b = vector("b");
+    Variable e = sigmoid(x + b) * y;
+    Variable rows = sum(e, 1), cols = sum(e, 0);
+    Function on = function({x, y, b}, {rows, cols, dot(e, y.T())});
+    Function off = function({x, y, b}, {rows, cols, dot(e, y.T())}, {}, {}, excluding({"fusion"}));
+    // One loop makes e and both its sums; no Sum op is left.
+    std::string ops;
+    for (const auto& n : on.op_names()) ops += n + ";";
+    CHECK(ops.find("Sum{") == std::string::npos);
+    CHECK(ops.find("Composite{mul(sigmoid(add(i0, i1)), i2), sum[1], sum[0]}") != std::string::npos);
+    for (auto [r, c] : {std::pair{20, 784}, std::pair{300, 7}, std::pair{3, 2000}}) {
+        Tensor xv = random_tensor({r, c}, 1, -4, 4), yv = random_tensor({r, c}, 2), bv = random_tensor({c}, 3);
+        auto a = on({xv, yv, bv}), z = off({xv, yv, bv});
+        for (int k = 0; k < 3; ++k) CHECK(close(a[k].to_doubles(), z[k].to_doubles(), 1e-12));
+        // The first row's sum by hand.
+        double s00 = 0;
+        for (int j = 0; j < c; ++j) {
+            double bj = bv.at({j}), xj = xv.at({0, j});
+            s00 += yv.at({0, j}) / (1 + std::exp(-(xj + bj)));
+        }
+        CHECK(a[0].to_doubles()[0] == doctest::Approx(s00).epsilon(1e-12));
+    }
+    // The same results with one and two threads (rows or columns split).
+    Tensor xv = random_tensor({20, 784}, 4, -4, 4), yv = random_tensor({20, 784}, 5), bv = random_tensor({784}, 6);
+    set_num_threads(1);
+    auto one = on({xv, yv, bv});
+    set_num_threads(2);
+    auto two = on({xv, yv, bv});
+    set_num_threads(0);
+    for (int k = 0; k < 2; ++k) CHECK(close(one[k].to_doubles(), two[k].to_doubles(), 1e-13));
+}
+
+TEST_CASE("fusion: a cheap value read by two loops is recomputed in each, not stored") {
+    Variable x = matrix("x"), b = vector("b"), t = matrix("t");
+    Variable a = x + b;  // read by the cost's loop and the gradient's loop
+    Variable cost = sum(t * softplus(-a) + (1 - t) * softplus(a));
+    Variable g = grad(cost, x);
+    Function on = function({x, b, t}, {cost, g});
+    Function off = function({x, b, t}, {cost, g}, {}, {}, excluding({"fusion"}));
+    CHECK(count_op(on, "Elemwise{add}") == 0);
+    CHECK(count_op(on, "Elemwise{sub}") == 0);
+    auto names = on.op_names();
+    CHECK(std::count_if(names.begin(), names.end(), [](const std::string& n) { return n.rfind("Composite{", 0) == 0; }) == 2);
+    Tensor xv = random_tensor({20, 50}, 1, -3, 3), bv = random_tensor({50}, 2), tv = random_tensor({20, 50}, 3, 0, 1);
+    auto p = on({xv, bv, tv}), q = off({xv, bv, tv});
+    CHECK(p[0].item() == doctest::Approx(q[0].item()).epsilon(1e-12));
+    CHECK(close(p[1].to_doubles(), q[1].to_doubles(), 1e-12));
+}
+
+TEST_CASE("canonicalize: second(x, y) takes x's shape from an input of the same type") {
+    Variable x = matrix("x"), y = matrix("y");
+    Variable s = second(exp(x) * 2.0, y);
+    Function on = function({x, y}, {s}, {}, {}, excluding({"fusion"}));
+    Function off = function({x, y}, {s}, {}, {}, excluding({"local_fill_shape_source", "fusion"}));
+    CHECK(on.debugprint(false) == "Elemwise{second} [id A]\n |x [id B]\n |y [id C]\n");
+    CHECK(off.debugprint(false).find("Elemwise{exp}") != std::string::npos);
+    Tensor xv = random_tensor({3, 4}, 1), yv = random_tensor({3, 4}, 2);
+    CHECK(on({xv, yv})[0].to_doubles() == off({xv, yv})[0].to_doubles());
+    CHECK(on({xv, yv})[0].to_doubles() == yv.to_doubles());
 }

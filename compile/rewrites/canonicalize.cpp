@@ -28,6 +28,7 @@ namespace {
 
 using pattern::is_constant_value;
 using pattern::is_elemwise;
+using pattern::op_as;
 
 bool is(const Variable& v, ScalarOp op) { return is_elemwise(v, static_cast<int>(op)); }
 
@@ -71,6 +72,29 @@ std::optional<std::vector<Variable>> local_neg_of_sub(const Node& n) {
     return if_same_type(out, sub(ab[1], ab[0]));
 }
 
+// second(x, y) reads only x's shape. When x is an elementwise result, an input of it with
+// x's type has that same shape (only broadcastable axes stretch), so x may be replaced by
+// that input, and so on up the chain: the value x then need not be computed just for its
+// shape (the gradient of a sum reads its argument only this way).
+std::optional<std::vector<Variable>> local_fill_shape_source(const Node& n) {
+    Variable out = n.output(0);
+    if (!is(out, ScalarOp::second)) return std::nullopt;
+    Variable x = n.inputs[0];
+    for (bool moved = true; moved;) {
+        moved = false;
+        if (!x.is_apply() || !op_as<Elemwise>(x)) break;
+        for (const auto& in : x.node().inputs) {
+            if (in.type() == x.type()) {
+                x = in;
+                moved = true;
+                break;
+            }
+        }
+    }
+    if (x.same(n.inputs[0])) return std::nullopt;
+    return if_same_type(out, second(x, n.inputs[1]));
+}
+
 }  // namespace
 
 void register_canonicalize(RewriteRegistry& r) {
@@ -78,6 +102,7 @@ void register_canonicalize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_add_zero", "canonicalize", {"fast_run"}, local_add_zero});
     r.add(NodeRewriter{"local_double_neg", "canonicalize", {"fast_run"}, local_double_neg});
     r.add(NodeRewriter{"local_neg_of_sub", "canonicalize", {"fast_run"}, local_neg_of_sub});
+    r.add(NodeRewriter{"local_fill_shape_source", "canonicalize", {"fast_run"}, local_fill_shape_source});
 }
 
 }  // namespace theanine

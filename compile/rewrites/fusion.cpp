@@ -3,6 +3,14 @@
 //
 //   sigmoid(add(dot(x, W), b))        -> Composite{sigmoid(add(i0, i1))}(dot(x, W), b)
 //   x * -softplus(-a) + (1 - x) * ... -> one loop
+//
+// Three refinements:
+// - a cheap arithmetic node (add, sub, mul, neg of at most two inputs) whose users are all
+//   fusible is copied into each user's group instead of being stored once and read back
+//   (a bias add read by both the cost and its gradient);
+// - a Sum over the group's result becomes an output of the loop (summed as it is computed),
+//   beside the elementwise result when that has other users (a gradient and its column sums);
+// - a single transcendental op becomes a one-instruction Composite, for the vectorised kernel.
 #include <algorithm>
 #include <functional>
 #include <unordered_map>
@@ -13,6 +21,7 @@
 #include "compile/rewrites/rewrites.hpp"
 #include "ops/composite.hpp"
 #include "ops/elemwise.hpp"
+#include "ops/reduce.hpp"
 
 namespace theanine {
 
@@ -31,8 +40,36 @@ bool fusible(const Node& n, DType compute) {
     return false;
 }
 
+bool cheap(const Node& n) {
+    const auto* e = dynamic_cast<const Elemwise*>(n.op.get());
+    if (!e || n.inputs.size() > 2) return false;
+    switch (e->scalar_op()) {
+    case ScalarOp::add: case ScalarOp::sub: case ScalarOp::mul: case ScalarOp::neg: return true;
+    default: return false;
+    }
+}
+
+bool transcendental(const Node& n) {
+    const auto* e = dynamic_cast<const Elemwise*>(n.op.get());
+    if (!e) return false;
+    switch (e->scalar_op()) {
+    case ScalarOp::exp: case ScalarOp::log: case ScalarOp::log1p: case ScalarOp::sigmoid: case ScalarOp::softplus:
+    case ScalarOp::tanh: case ScalarOp::sqrt: case ScalarOp::pow:
+        return true;
+    default:
+        return false;
+    }
+}
+
+const Reduce* as_sum(const Node* n) {
+    const auto* r = dynamic_cast<const Reduce*>(n->op.get());
+    return r && r->kind() == ReduceKind::sum && !r->axes().empty() ? r : nullptr;
+}
+
 struct Group {
     std::vector<const Node*> members;  // topological order, root last
+    std::vector<const Node*> sums;     // Sum nodes over the root computed by the loop
+    bool keep_root = true;             // the elementwise result is also stored
 };
 
 }  // namespace
@@ -55,6 +92,8 @@ std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, Rewrit
 
     std::unordered_map<const Node*, const Node*> root_of;  // member -> its group's root
     std::unordered_map<const Node*, Group> groups;
+    std::unordered_set<const Node*> copied;    // cheap nodes recomputed in their users' loops
+    std::unordered_set<const Node*> absorbed;  // Sum nodes computed by a group's loop
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
         const Node* n = it->get();
         if (root_of.count(n) || n->kind != NodeKind::apply || n->n_outputs() != 1) continue;
@@ -70,29 +109,49 @@ std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, Rewrit
         if (!fusible(*n, compute)) continue;
         // Grow the group upward through fusible producers all of whose users are already in
         // the group (a value used outside would have to be stored anyway), to a fixed point.
-        std::unordered_set<const Node*> members = {n};
+        if (copied.count(n)) continue;  // only ever recomputed inside its users' loops
+        std::unordered_set<const Node*> members = {n}, copies;
         for (bool grew = true; grew;) {
             grew = false;
             std::vector<const Node*> current(members.begin(), members.end());
             for (const Node* m : current) {
+                if (copies.count(m)) continue;  // a copy's inputs stay outside the loop
                 for (const auto& in : m->inputs) {
                     const Node* p = in.node_ptr().get();
                     if (members.count(p) || root_of.count(p) || !fusible(*p, compute)) continue;
                     const auto& users = consumers[key(in)];
                     if (static_cast<int>(users.size()) != clients[key(in)]) continue;  // also a function output
                     bool inside = std::all_of(users.begin(), users.end(), [&](const Node* u) { return members.count(u) > 0; });
-                    if (!inside) continue;
+                    if (!inside) {
+                        // Every user is an elementwise node, so its loop can recompute p too;
+                        // a user whose loop reads p stored instead gets p built on its own.
+                        bool all_fusible = std::all_of(users.begin(), users.end(), [&](const Node* u) {
+                            return fusible(*u, compute);
+                        });
+                        if (!cheap(*p) || !all_fusible) continue;
+                        copies.insert(p);
+                        copied.insert(p);
+                    }
                     members.insert(p);
                     grew = true;
                 }
             }
         }
-        if (members.size() < 2) continue;
+        // Sums of the root's result, computed by the loop.
         Group g;
+        const auto& root_users = consumers[VarKey{n, 0}];
+        for (const Node* u : root_users) {
+            if (as_sum(u) && u->types[0].dtype == compute && n->types[0].dtype == compute) g.sums.push_back(u);
+        }
+        g.keep_root = clients[VarKey{n, 0}] > static_cast<int>(g.sums.size());
+        if (members.size() < 2 && g.sums.empty() && !transcendental(*n)) continue;
         for (const auto& node : order) {
             if (members.count(node.get())) g.members.push_back(node.get());
         }
-        for (const Node* m : g.members) root_of[m] = n;
+        for (const Node* m : g.members) {
+            if (!copies.count(m)) root_of[m] = n;
+        }
+        for (const Node* u : g.sums) absorbed.insert(u);
         groups[n] = std::move(g);
     }
     if (groups.empty()) return outputs;
@@ -106,6 +165,7 @@ std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, Rewrit
     for (const auto& node : order) {
         const Node* n = node.get();
         if (n->kind != NodeKind::apply) continue;
+        if (absorbed.count(n)) continue;  // a loop's output, mapped when its group was built
         auto r = root_of.find(n);
         if (r != root_of.end() && r->second != n) continue;  // a non-root member
         if (r != root_of.end()) {
@@ -161,10 +221,29 @@ std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, Rewrit
             }
             std::vector<Variable> ins;
             for (const auto& b : boundary) ins.push_back(mapped(b));
-            auto op = std::make_shared<Composite>(n_in, std::move(program), compute, n->types[0], expr.back());
-            Variable fused = apply1(op, ins, n->where);
-            log.note("fusion", Variable(node, 0), fused);
-            memo[VarKey{n, 0}] = fused;
+            const int root_reg = n_in + static_cast<int>(program.size()) - 1;
+            std::vector<Composite::Output> outs;
+            std::string text = expr.back();
+            if (g.keep_root) outs.push_back({root_reg, {}, n->types[0]});
+            for (const Node* sn : g.sums) {
+                const auto* red = as_sum(sn);
+                outs.push_back({root_reg, red->axes(), sn->types[0]});
+                std::string axes;
+                for (int a : red->axes()) axes += (axes.empty() ? "" : ",") + std::to_string(a);
+                text += fmt::format(", sum[{}]", axes);
+            }
+            auto op = std::make_shared<Composite>(n_in, std::move(program), compute, std::move(outs), text);
+            auto results = apply(op, ins, n->where);
+            std::size_t k = 0;
+            if (g.keep_root) {
+                log.note("fusion", Variable(node, 0), results[k]);
+                memo[VarKey{n, 0}] = results[k++];
+            }
+            for (const Node* sn : g.sums) {
+                Variable sv(std::const_pointer_cast<Node>(sn->shared_from_this()), 0);
+                log.note("fusion", sv, results[k]);
+                memo[VarKey{sn, 0}] = results[k++];
+            }
             continue;
         }
         bool changed = false;
