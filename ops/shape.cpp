@@ -165,6 +165,84 @@ Variable make_vector(const std::vector<Variable>& scalars) {
     return apply1(std::make_shared<MakeVector>(), scalars);
 }
 
+// ---------------------------------------------------------------- Join
+
+std::string Join::name() const { return fmt::format("Join{{axis={}}}", axis_); }
+
+std::vector<TensorType> Join::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.empty()) throw UsageError(name() + ": needs at least one input");
+    const Variable& first = inputs[0];
+    if (axis_ < 0 || axis_ >= first.ndim()) {
+        throw UsageError(fmt::format("{}: axis out of range for input 0 of type {}", name(), first.type().str()));
+    }
+    std::vector<bool> bc(static_cast<std::size_t>(first.ndim()), true);
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        const Variable& v = inputs[i];
+        if (v.dtype() != first.dtype() || v.ndim() != first.ndim()) {
+            throw UsageError(fmt::format("{}: input {} is {} but input 0 is {} (dtype and rank must agree)", name(), i,
+                                         v.type().str(), first.type().str()));
+        }
+        for (int d = 0; d < v.ndim(); ++d) bc[d] = bc[d] && v.broadcastable()[d];
+    }
+    bc[axis_] = false;
+    return {TensorType{first.dtype(), bc}};
+}
+
+std::optional<std::vector<Shape>> Join::infer_shape(const std::vector<Shape>& in) const {
+    Shape s = in[0];
+    for (std::size_t i = 1; i < in.size(); ++i) s[axis_] += in[i][axis_];
+    return std::vector<Shape>{s};
+}
+
+void Join::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Shape& s0 = in[0]->shape();
+    for (std::size_t i = 1; i < in.size(); ++i) {
+        const Shape& si = in[i]->shape();
+        for (int d = 0; d < static_cast<int>(s0.size()); ++d) {
+            if (d != axis_ && si[d] != s0[d]) {
+                throw UsageError(fmt::format("{}: input {} has shape {} and input 0 has shape {}: all sizes but axis {} "
+                                             "must agree", name(), i, shape_string(si), shape_string(s0), axis_));
+            }
+        }
+    }
+    std::vector<Shape> shapes;
+    for (const Tensor* t : in) shapes.push_back(t->shape());
+    out[0]->ensure(in[0]->dtype(), (*infer_shape(shapes))[0]);
+    std::int64_t at = 0;
+    for (const Tensor* t : in) {
+        const std::int64_t n = t->dim(axis_);
+        out[0]->slice(axis_, at, at + n, 1).copy_from(*t);
+        at += n;
+    }
+}
+
+std::vector<Variable> Join::pullback(const Node& node, const std::vector<Variable>& g) const {
+    std::vector<Variable> grads;
+    Variable at = constant(Tensor::full(DType::int64, {}, 0));
+    for (const auto& x : node.inputs) {
+        if (!is_float(x.dtype())) {
+            grads.emplace_back();
+            continue;
+        }
+        Variable next = at + x.shape(axis_);
+        std::vector<Idx> idx(static_cast<std::size_t>(axis_), Idx::all());
+        idx.push_back(slice(at, next));
+        grads.push_back(subtensor(g[0], idx));  // grad() fits it to x's broadcastable axes
+        at = next;
+    }
+    return grads;
+}
+
+Variable concatenate(const std::vector<Variable>& xs, int axis, std::source_location where) {
+    if (xs.empty()) throw UsageError("concatenate: needs at least one input");
+    DType dt = xs[0].dtype();
+    for (const auto& x : xs) dt = promote(dt, x.dtype());
+    std::vector<Variable> ins;
+    for (const auto& x : xs) ins.push_back(x.dtype() == dt ? x : cast(x, dt));
+    const int nd = xs[0].ndim();
+    return apply1(std::make_shared<Join>(axis < 0 ? axis + nd : axis), ins, where);
+}
+
 // ---------------------------------------------------------------- Reshape
 
 std::string Reshape::name() const { return fmt::format("Reshape{{{}}}", ndim_); }

@@ -75,6 +75,24 @@ public:
     std::size_t props_hash() const override { return 1; }
 };
 
+// Join{axis}(x0, x1, ...): numpy's concatenate along a static axis. The inputs share dtype
+// and rank, and every size but the axis's; a gradient is the matching slice of the output's.
+class Join final : public Op {
+public:
+    explicit Join(int axis) : axis_(axis) {}
+    int axis() const { return axis_; }
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op& o) const override { return static_cast<const Join&>(o).axis_ == axis_; }
+    std::size_t props_hash() const override { return static_cast<std::size_t>(axis_) + 101; }
+
+private:
+    int axis_;
+};
+
 // reshape(x, shape): shape is an int64 vector of length ndim; one entry may be -1.
 class Reshape final : public Op {
 public:
@@ -215,6 +233,9 @@ public:
 Variable dimshuffle(const Variable& x, const std::vector<int>& order);
 Variable transpose(const Variable& x);
 Variable make_vector(const std::vector<Variable>& scalars);
+// numpy.concatenate(xs, axis); axis counts from the end when negative. Dtypes are upcast.
+Variable concatenate(const std::vector<Variable>& xs, int axis = 0,
+                     std::source_location where = std::source_location::current());
 Variable reshape(const Variable& x, const std::vector<Variable>& shape);
 Variable reshape(const Variable& x, const std::vector<std::int64_t>& shape);
 Variable subtensor(const Variable& x, const std::vector<Idx>& index,

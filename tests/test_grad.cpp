@@ -64,6 +64,8 @@ TEST_CASE("verify_grad: reductions over each axis, dot with transposed operands,
     check_grad("max axis 1", [](auto x) { return x[0].max(1); }, {m});
     check_grad("max axis 0", [](auto x) { return x[0].max(0); }, {m});
     check_grad("dot mm", [](auto x) { return dot(x[0], x[1]); }, {m, n});
+    check_grad("concatenate axis 0", [](auto x) { return concatenate({x[0], x[1] * 2.0}, 0); }, {m, rt({2, 4}, 18)});
+    check_grad("concatenate axis 1", [](auto x) { return concatenate({x[0], x[1]}, 1); }, {m, rt({3, 2}, 19)});
     check_grad("dot A^T", [](auto x) { return dot(x[0].T(), x[1]); }, {rt({4, 3}, 16), n});
     check_grad("dot B^T", [](auto x) { return dot(x[0], x[1].T()); }, {m, rt({5, 4}, 17)});
     check_grad("dot mv", [](auto x) { return dot(x[0], x[1]); }, {m, v});

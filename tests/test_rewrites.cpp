@@ -363,3 +363,37 @@ TEST_CASE("canonicalize: second(x, y) takes x's shape from an input of the same 
     CHECK(on({xv, yv})[0].to_doubles() == off({xv, yv})[0].to_doubles());
     CHECK(on({xv, yv})[0].to_doubles() == yv.to_doubles());
 }
+
+TEST_CASE("specialize: two Gemm updates with one factor become one Gemm over joined operands") {
+    SharedVariable W = shared(random_tensor({7, 5}, 3), "W");
+    Variable x = matrix("x"), g = matrix("g"), d = matrix("d"), y = matrix("y");
+    Variable upd = W - 0.1 * (dot(x.T(), g) + dot(d.T(), y));
+    Function on = function({x, g, d, y}, {}, {{W, upd}});
+    Function off = function({x, g, d, y}, {}, {{W, upd}}, {}, excluding({"local_gemm_merge"}));
+    CHECK(count_op(on, "Gemm{T,N}") == 1);
+    CHECK(count_op(on, "Join{axis=0}") == 2);
+    CHECK(count_op(off, "Gemm{T,N}") == 2);
+    CHECK(on.debugprint(false) == "update W:\n"
+                                  "Gemm{T,N} [id A]\n"
+                                  " |W [id B]\n"
+                                  " |TensorConstant{-0.1} [id C]\n"
+                                  " |Join{axis=0} [id D]\n"
+                                  " | |x [id E]\n"
+                                  " | |d [id F]\n"
+                                  " |Join{axis=0} [id G]\n"
+                                  " | |g [id H]\n"
+                                  " | |y [id I]\n"
+                                  " |TensorConstant{1} [id J]\n");
+    Tensor W0 = W.get_value();
+    Tensor xv = random_tensor({4, 7}, 4), gv = random_tensor({4, 5}, 5), dv = random_tensor({3, 7}, 6), yv = random_tensor({3, 5}, 7);
+    on({xv, gv, dv, yv});
+    Tensor w_on = W.get_value();
+    W.set_value(W0);
+    off({xv, gv, dv, yv});
+    CHECK(close(w_on.to_doubles(), W.get_value().to_doubles(), 1e-14));
+    // By hand: W0 - 0.1 (x^T g + d^T y).
+    double want = W0.at({2, 3});
+    for (int r = 0; r < 4; ++r) want -= 0.1 * xv.at({r, 2}) * gv.at({r, 3});
+    for (int r = 0; r < 3; ++r) want -= 0.1 * dv.at({r, 2}) * yv.at({r, 3});
+    CHECK(w_on.at({2, 3}) == doctest::Approx(want).epsilon(1e-14));
+}

@@ -1,6 +1,8 @@
 // Shape ops: dimshuffle, reshape, flatten, basic and advanced indexing, arange.
 #include <doctest/doctest.h>
 
+#include <fmt/format.h>
+
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -96,4 +98,22 @@ TEST_CASE("arange") {
     CHECK(eval1({n}, arange(n), {4}).to_doubles() == std::vector<double>{0, 1, 2, 3});
     CHECK(eval1({n}, arange(1, n, 2), {6}).to_doubles() == std::vector<double>{1, 3, 5});
     CHECK(eval1({n}, arange(n, 0, -2), {5}).to_doubles() == std::vector<double>{5, 3, 1});
+}
+
+TEST_CASE("concatenate joins along an axis, checks the other sizes, and upcasts") {
+    Variable a = matrix("a"), b = matrix("b");
+    Tensor av = iota({2, 3}), bv = T64({1, 3}, {10, 11, 12}), cv = T64({2, 1}, {7, 8});
+    CHECK(eval1({a, b}, concatenate({a, b}, 0), {av, bv}).to_doubles() == std::vector<double>{0, 1, 2, 3, 4, 5, 10, 11, 12});
+    CHECK(eval1({a, b}, concatenate({a, b}, -1), {av, cv}).to_doubles() == std::vector<double>{0, 1, 2, 7, 3, 4, 5, 8});
+    CHECK(eval1({a, b}, concatenate({a, b}, 0), {av, bv}).shape() == Shape{3, 3});
+    Function f = function({a, b}, {concatenate({a, b}, 0)});
+    CHECK_THROWS_WITH_AS(f({av, cv}), "Join{axis=0}: input 1 has shape (2, 1) and input 0 has shape (2, 3): all sizes "
+                                       "but axis 0 must agree", UsageError);
+    Variable i = matrix("i", DType::int32);
+    CHECK(concatenate({i, a}, 0).dtype() == DType::float64);
+    const int line = __LINE__ + 1;
+    CHECK_THROWS_WITH_AS(concatenate({a, vector("v")}, 0),
+                         fmt::format("Join{{axis=0}}: input 1 is float64 vector but input 0 is float64 matrix (dtype and "
+                                     "rank must agree) (node built at test_shape.cpp:{})", line).c_str(),
+                         UsageError);
 }

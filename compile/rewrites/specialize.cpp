@@ -120,6 +120,31 @@ std::optional<std::vector<Variable>> local_gemm_update(const Node& n) {
     return std::vector<Variable>{acc};
 }
 
+bool same_scalar(const Variable& a, const Variable& b) {
+    if (a.same(b)) return true;
+    return a.is_constant() && b.is_constant() && a.node().value.size() == 1 && b.node().value.size() == 1 &&
+           a.dtype() == b.dtype() && a.node().value.item() == b.node().value.item();
+}
+
+// Gemm(Gemm(C, a, A1, B1, b), a, A2, B2, 1) -> Gemm(C, a, [A1 A2], [B1; B2], b): two products
+// with the same factor become one with the inner dimensions joined, so C is read and written
+// once and the kernel runs with k1 + k2 (the dA's two W-gradient products, k = 20 each, make
+// one with k = 40). The joined operands cost a copy of A and B, much smaller than C. (The
+// inner Gemm is assumed to have no other reader, as local_gemm_update builds it.)
+std::optional<std::vector<Variable>> local_gemm_merge(const Node& n) {
+    const auto* outer = op_as<Gemm>(n.output(0));
+    if (!outer) return std::nullopt;
+    const Variable& c2 = n.inputs[0];
+    const auto* inner = op_as<Gemm>(c2);
+    if (!inner || inner->trans_a() != outer->trans_a() || inner->trans_b() != outer->trans_b()) return std::nullopt;
+    const auto& in1 = c2.node().inputs;
+    if (!pattern::is_constant_value(n.inputs[4], 1.0) || !same_scalar(in1[1], n.inputs[1])) return std::nullopt;
+    const bool ta = outer->trans_a(), tb = outer->trans_b();
+    Variable a = concatenate({in1[2], n.inputs[2]}, ta ? 0 : 1);
+    Variable b = concatenate({in1[3], n.inputs[3]}, tb ? 1 : 0);
+    return std::vector<Variable>{gemm(in1[0], in1[1], a, b, in1[4], ta, tb)};
+}
+
 }  // namespace
 
 void register_specialize(RewriteRegistry& r) {
@@ -127,6 +152,7 @@ void register_specialize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_transpose_of_dot", "canonicalize", {"fast_run"}, local_transpose_of_dot});
     r.add(NodeRewriter{"local_dot22", "specialize", {"fast_run", "blas"}, local_dot22});
     r.add(NodeRewriter{"local_gemm_update", "specialize", {"fast_run", "blas"}, local_gemm_update});
+    r.add(NodeRewriter{"local_gemm_merge", "specialize", {"fast_run", "blas"}, local_gemm_merge});
 }
 
 }  // namespace theanine
