@@ -6,10 +6,12 @@
 // each instruction applies a scalar op to earlier registers and writes the next register.
 // Each output names a register and either stores it elementwise (the loop shape) or sums it
 // over some axes (a fused Sum: the summed values never go to memory). The kernel walks the
-// loop shape row by row in blocks; each instruction runs as a tight loop over a block
-// (vectorised: transcendental functions go through Eigen's SIMD versions), so intermediate
-// values stay in cache. Inputs that are contiguous along the last axis are read in place;
-// comparisons produce 0/1 in T.
+// loop shape in tiles of up to 1024 elements (whole rows when they fit); each instruction
+// runs as a tight loop over a tile (vectorised: transcendental functions go through Eigen's
+// SIMD versions), so intermediate values stay in cache. Inputs laid out like the loop shape
+// are read in place, others (broadcast, strided, other dtypes) are gathered into the tile;
+// comparisons produce 0/1 in T. Rows, or for a few long rows the columns (with the
+// products' column_slice rule), are split across threads when the program is big enough.
 //
 // The constructor simplifies the program: softplus(v) is lowered to
 // max(v, 0) + log1p(exp(-|v|)), whose second term is even in v, so softplus(v) and
@@ -64,6 +66,7 @@ private:
     std::vector<Output> outputs_;
     std::string expr_;
     std::vector<bool> used_;  // inputs some instruction or output reads
+    std::int64_t work_ = 1;   // relative cost of the program per element
 };
 
 }  // namespace theanine

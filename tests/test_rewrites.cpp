@@ -397,3 +397,51 @@ TEST_CASE("specialize: two Gemm updates with one factor become one Gemm over joi
     for (int r = 0; r < 3; ++r) want -= 0.1 * dv.at({r, 2}) * yv.at({r, 3});
     CHECK(w_on.at({2, 3}) == doctest::Approx(want).epsilon(1e-14));
 }
+
+TEST_CASE("canonicalize: a factor in a product's numerator and denominator cancels") {
+    Variable a = matrix("a"), s = matrix("s"), b = matrix("b");
+    Variable e = (a * s) / (s * b);
+    Function on = function({a, s, b}, {e}, {}, {}, excluding({"fusion"}));
+    Function off = function({a, s, b}, {e}, {}, {}, excluding({"local_mul_div_cancel", "fusion"}));
+    CHECK(on.debugprint(false) == "Elemwise{true_div} [id A]\n |a [id B]\n |b [id C]\n");
+    Tensor av = random_tensor({2, 3}, 1), sv = random_tensor({2, 3}, 2, 0.5, 2), bv = random_tensor({2, 3}, 3, 0.5, 2);
+    CHECK(close(on({av, sv, bv})[0].to_doubles(), off({av, sv, bv})[0].to_doubles(), 1e-15));
+    // Where s is 0 the product is NaN without the rewrite, a / b with it.
+    Tensor zero = Tensor::full(DType::float64, {2, 3}, 0.0);
+    CHECK(std::isnan(off({av, zero, bv})[0].to_doubles()[0]));
+    CHECK(on({av, zero, bv})[0].to_doubles()[0] == av.to_doubles()[0] / bv.to_doubles()[0]);
+}
+
+TEST_CASE("canonicalize: the cross-entropy's gradient through the sigmoid becomes division-free") {
+    Variable x = fmatrix("x"), a = fmatrix("a");
+    Variable z = sigmoid(a);
+    Variable cost = mean(-sum(x * log(z) + (1 - x) * log(1 - z), 1));
+    Variable g = grad(cost, a);
+    Function on = function({x, a}, {g});
+    Function off = function({x, a}, {g}, {}, {}, excluding({"local_distribute_for_cancel"}));
+    std::string graph = on.debugprint(false);
+    CHECK(graph.find("true_div(mul") == std::string::npos);  // no division by z or 1 - z left
+    CHECK(off.debugprint(false).find("true_div") != std::string::npos);
+    // z saturates to exactly 1 and 0 in float32: the gradient stays (z - x) / n.
+    Tensor xv = Tensor::from_vector<float>({2, 3}, {1, 0, 1, 0, 1, 0.5f});
+    Tensor av = Tensor::from_vector<float>({2, 3}, {120, -120, -120, 120, 0.5f, 3});
+    auto got = on({xv, av})[0].to_doubles();
+    auto bad = off({xv, av})[0].to_doubles();
+    CHECK(std::any_of(bad.begin(), bad.end(), [](double v) { return !std::isfinite(v); }));
+    auto xs = xv.to_doubles(), as = av.to_doubles();
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double want = (1 / (1 + std::exp(-as[i])) - xs[i]) / 2;
+        CHECK(got[i] == doctest::Approx(want).epsilon(1e-6));
+    }
+}
+
+TEST_CASE("canonicalize: a fill inside an elementwise op whose other input has the shape is dropped") {
+    Variable x = matrix("x"), z = matrix("z");
+    Variable e = second(x, 1.0) * z;
+    Function on = function({x, z}, {e}, {}, {}, excluding({"fusion"}));
+    Function off = function({x, z}, {e}, {}, {}, excluding({"local_fill_sink", "fusion"}));
+    CHECK(on.debugprint(false) == "z [id A]\n");
+    CHECK(off.debugprint(false).find("Elemwise{second}") != std::string::npos);
+    Tensor xv = random_tensor({2, 3}, 1), zv = random_tensor({2, 3}, 2);
+    CHECK(on({xv, zv})[0].to_doubles() == off({xv, zv})[0].to_doubles());
+}

@@ -1,4 +1,6 @@
 // Canonicalisation: simple algebra that puts graphs in one form for the later phases.
+#include <algorithm>
+
 #include "compile/rewrites/rewrites.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/shape.hpp"
@@ -95,6 +97,115 @@ std::optional<std::vector<Variable>> local_fill_shape_source(const Node& n) {
     return if_same_type(out, second(x, n.inputs[1]));
 }
 
+// op(second(x, y), z) -> op(y, z) for an elementwise op when z already has the result's
+// type: the fill only supplied a shape that z supplies too (what the gradient of a sum leaves
+// inside the chain rule: second(x, 1) * dz).
+std::optional<std::vector<Variable>> local_fill_sink(const Node& n) {
+    Variable out = n.output(0);
+    const auto* e = op_as<Elemwise>(out);
+    if (!e || e->scalar_op() == ScalarOp::second) return std::nullopt;
+    for (std::size_t i = 0; i < n.inputs.size(); ++i) {
+        if (!is(n.inputs[i], ScalarOp::second)) continue;
+        bool shaped = false;
+        for (std::size_t j = 0; j < n.inputs.size(); ++j) {
+            shaped = shaped || (j != i && n.inputs[j].broadcastable() == out.broadcastable());
+        }
+        if (!shaped) continue;
+        std::vector<Variable> ins = n.inputs;
+        ins[i] = n.inputs[i].node().inputs[1];
+        return if_same_type(out, apply1(n.op, ins, n.where));
+    }
+    return std::nullopt;
+}
+
+// A product as its factors: numerator and denominator terms and a sign, read through nested
+// mul, true_div and neg nodes.
+struct Factors {
+    std::vector<Variable> num, den;
+    bool negate = false;
+};
+
+void flatten(const Variable& v, bool in_den, Factors& f) {
+    if (is(v, ScalarOp::mul)) {
+        flatten(v.node().inputs[0], in_den, f);
+        flatten(v.node().inputs[1], in_den, f);
+    } else if (is(v, ScalarOp::true_div)) {
+        flatten(v.node().inputs[0], in_den, f);
+        flatten(v.node().inputs[1], !in_den, f);
+    } else if (is(v, ScalarOp::neg)) {
+        f.negate = !f.negate;
+        flatten(v.node().inputs[0], in_den, f);
+    } else {
+        (in_den ? f.den : f.num).push_back(v);
+    }
+}
+
+// Removes every denominator term that is also a numerator term; true if any was.
+bool cancel(Factors& f) {
+    bool any = false;
+    for (auto d = f.den.begin(); d != f.den.end();) {
+        auto n = std::find_if(f.num.begin(), f.num.end(), [&](const Variable& v) { return v.same(*d); });
+        if (n == f.num.end()) {
+            ++d;
+            continue;
+        }
+        f.num.erase(n);
+        d = f.den.erase(d);
+        any = true;
+    }
+    return any;
+}
+
+Variable rebuild(const Factors& f, DType dt) {
+    Variable r;
+    for (const auto& v : f.num) r = r.defined() ? mul(r, v) : v;
+    if (!r.defined()) r = constant(Tensor::full(dt, {}, 1.0));
+    for (const auto& v : f.den) r = true_div(r, v);
+    return f.negate ? neg(r) : r;
+}
+
+// (a * s) / (s * b) -> a / b: a term in both the numerator and the denominator of one
+// product cancels (exact where s != 0, and finite where s == 0, e.g. a saturated sigmoid).
+std::optional<std::vector<Variable>> local_mul_div_cancel(const Node& n) {
+    Variable out = n.output(0);
+    if (!is(out, ScalarOp::mul) && !is(out, ScalarOp::true_div)) return std::nullopt;
+    Factors f;
+    flatten(out, false, f);
+    if (!cancel(f)) return std::nullopt;
+    return if_same_type(out, rebuild(f, out.dtype()));
+}
+
+// (p / s + q) * s * r -> p * r + q * s * r when a term of a sum inside a product divides by
+// another factor of that product: distributing lets the division cancel. Only done when it
+// enables a cancellation (the gradient of log(sigmoid(a)) + log(1 - sigmoid(a)) through the
+// sigmoid's s (1 - s) becomes division-free).
+std::optional<std::vector<Variable>> local_distribute_for_cancel(const Node& n) {
+    Variable out = n.output(0);
+    if (!is(out, ScalarOp::mul)) return std::nullopt;
+    Factors f;
+    flatten(out, false, f);
+    for (std::size_t i = 0; i < f.num.size(); ++i) {
+        const Variable& sum = f.num[i];
+        const bool plus = is(sum, ScalarOp::add);
+        if (!plus && !is(sum, ScalarOp::sub)) continue;
+        Factors rest = f;
+        rest.num.erase(rest.num.begin() + static_cast<std::ptrdiff_t>(i));
+        bool helps = false;
+        for (const auto& term : sum.node().inputs) {
+            Factors t;
+            flatten(term, false, t);
+            for (const auto& d : t.den) {
+                helps = helps || std::any_of(rest.num.begin(), rest.num.end(), [&](const Variable& v) { return v.same(d); });
+            }
+        }
+        if (!helps) continue;
+        Variable r = rebuild(rest, out.dtype());
+        Variable a = mul(sum.node().inputs[0], r), b = mul(sum.node().inputs[1], r);
+        return if_same_type(out, plus ? add(a, b) : sub(a, b));
+    }
+    return std::nullopt;
+}
+
 }  // namespace
 
 void register_canonicalize(RewriteRegistry& r) {
@@ -103,6 +214,9 @@ void register_canonicalize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_double_neg", "canonicalize", {"fast_run"}, local_double_neg});
     r.add(NodeRewriter{"local_neg_of_sub", "canonicalize", {"fast_run"}, local_neg_of_sub});
     r.add(NodeRewriter{"local_fill_shape_source", "canonicalize", {"fast_run"}, local_fill_shape_source});
+    r.add(NodeRewriter{"local_fill_sink", "canonicalize", {"fast_run"}, local_fill_sink});
+    r.add(NodeRewriter{"local_mul_div_cancel", "canonicalize", {"fast_run"}, local_mul_div_cancel});
+    r.add(NodeRewriter{"local_distribute_for_cancel", "canonicalize", {"fast_run"}, local_distribute_for_cancel});
 }
 
 }  // namespace theanine
