@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "graph/printing.hpp"
+#include "ops/shape.hpp"
 
 namespace theanine {
 
@@ -35,7 +36,22 @@ struct Step {
     const Node* node;
     std::vector<const Tensor*> in;
     std::vector<Tensor*> out;
+    std::vector<Tensor*> place;  // a Join's input slots, to be placed in its output
 };
+
+// After a Join along axis 0 has run, its inputs' slots become views of the matching rows of
+// its output, so on the next call their producers write there and the Join copies nothing.
+void place_join_inputs(Step& s) {
+    Tensor& o = *s.out[0];
+    if (!o.defined() || !o.is_contiguous()) return;
+    std::int64_t at = 0;
+    for (Tensor* slot : s.place) {
+        if (!slot->defined() || slot->ndim() != o.ndim()) return;
+        const std::int64_t n = slot->dim(0);
+        *slot = o.slice(0, at, at + n, 1).placed();
+        at += n;
+    }
+}
 
 struct InputBinding {
     int slot;
@@ -119,11 +135,15 @@ std::vector<Tensor> Plan::run() {
         for (std::size_t i = 0; i < steps.size(); ++i) {
             auto t0 = std::chrono::steady_clock::now();
             steps[i].op->perform(*steps[i].node, steps[i].in, steps[i].out);
+            if (!steps[i].place.empty()) place_join_inputs(steps[i]);
             step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
         ++calls;
     } else {
-        for (Step& s : steps) s.op->perform(*s.node, s.in, s.out);
+        for (Step& s : steps) {
+            s.op->perform(*s.node, s.in, s.out);
+            if (!s.place.empty()) place_join_inputs(s);
+        }
     }
     std::vector<Tensor> result;
     result.reserve(output_slots.size());
@@ -488,6 +508,44 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
             for (int o = 0; o < node->n_outputs(); ++o) s.out.push_back(&p.slots[slot_of.at(VarKey{node.get(), o})]);
             p.steps.push_back(std::move(s));
+        }
+    }
+    // 8. Placement: the inputs of a Join along axis 0 are written straight into its output
+    // when each is a plain computed value in a slot of its own that nothing returns or
+    // overwrites, and the Join's output is neither returned nor overwritten.
+    {
+        VarMap<bool> returned;
+        for (const auto& v : all) returned[key(v)] = true;
+        std::unordered_map<int, int> slot_users;
+        for (const auto& [k, slot] : slot_of) slot_users[slot]++;
+        std::unordered_set<int> destroyed_slots;
+        for (const Step& st : p.steps) {
+            std::vector<int> dm = st.op->destroy_map();
+            for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
+                if (dm[o] >= 0) destroyed_slots.insert(static_cast<int>(st.in[dm[o]] - p.slots.data()));
+            }
+        }
+        for (Step& st : p.steps) {
+            const auto* join = dynamic_cast<const Join*>(st.op);
+            if (!join || join->axis() != 0 || returned.count(VarKey{st.node, 0})) continue;
+            if (destroyed_slots.count(static_cast<int>(st.out[0] - p.slots.data()))) continue;
+            std::vector<Tensor*> place;
+            std::unordered_set<const Tensor*> seen;
+            bool ok = true;
+            for (std::size_t i = 0; i < st.node->inputs.size() && ok; ++i) {
+                const Variable& v = st.node->inputs[i];
+                const int slot = slot_of.at(key(v));
+                ok = v.is_apply() && !returned.count(key(v)) && slot_users[slot] == 1 && !destroyed_slots.count(slot) &&
+                     seen.insert(&p.slots[slot]).second;
+                if (ok) {
+                    auto vm = v.node().op->view_map();
+                    ok = !(v.index() < static_cast<int>(vm.size()) && vm[v.index()] >= 0);
+                }
+                place.push_back(&p.slots[slot]);
+            }
+            if (!ok) continue;
+            st.place = std::move(place);
+            p.in_place.push_back(fmt::format("{}'s inputs are written into its output", st.op->name()));
         }
     }
     for (const auto& o : p.outputs) p.output_slots.push_back(slot_of.at(key(o)));

@@ -85,7 +85,8 @@ public:
     std::vector<std::string> op_names() const;
     std::size_t n_steps() const;
     // The steps the planner lets overwrite an input's buffer, e.g.
-    // "Gemm{T,N} writes output 0 into input 0 (W)".
+    // "Gemm{T,N} writes output 0 into input 0 (W)", and the Joins whose inputs are computed
+    // in place ("Join{axis=0}'s inputs are written into its output").
     const std::vector<std::string>& in_place() const;
     // With CompileOptions::profile: the calls so far, the time of each step summed over
     // them, and the time per op class, largest first (as Theano's profile=True prints).

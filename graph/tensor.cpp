@@ -231,6 +231,7 @@ std::vector<double> Tensor::to_doubles() const {
 
 Tensor Tensor::dimshuffle(const std::vector<int>& order) const {
     Tensor t = *this;
+    t.placed_ = false;  // a view of a placed value is an ordinary view
     t.shape_.clear();
     t.strides_.clear();
     std::vector<bool> used(shape_.size(), false);
@@ -260,6 +261,7 @@ Tensor Tensor::transpose() const {
 
 Tensor Tensor::slice(int axis, std::int64_t start, std::int64_t stop, std::int64_t step) const {
     Tensor t = *this;
+    t.placed_ = false;  // a view of a placed value is an ordinary view
     std::int64_t n = 0;
     if (step > 0 && stop > start) n = (stop - start + step - 1) / step;
     if (step < 0 && stop < start) n = (start - stop + (-step) - 1) / (-step);
@@ -271,6 +273,7 @@ Tensor Tensor::slice(int axis, std::int64_t start, std::int64_t stop, std::int64
 
 Tensor Tensor::index(int axis, std::int64_t i) const {
     Tensor t = *this;
+    t.placed_ = false;  // a view of a placed value is an ordinary view
     t.offset_ += i * strides_[axis];
     t.shape_.erase(t.shape_.begin() + axis);
     t.strides_.erase(t.strides_.begin() + axis);
@@ -281,6 +284,7 @@ Tensor Tensor::reshape_view(const Shape& shape) const {
     internal_check(is_contiguous(), "reshape_view of a non-contiguous tensor");
     internal_check(shape_size(shape) == size(), "reshape_view changes the size");
     Tensor t = *this;
+    t.placed_ = false;  // a view of a placed value is an ordinary view
     t.shape_ = shape;
     t.strides_ = contiguous_strides(shape);
     return t;
@@ -325,6 +329,7 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 void Tensor::ensure(DType dt, const Shape& shape) {
+    if (placed_ && storage_ && dtype_ == dt && shape_ == shape && is_contiguous()) return;
     const std::size_t need = static_cast<std::size_t>(shape_size(shape)) * dtype_size(dt);
     if (storage_ && storage_.use_count() == 1 && storage_->bytes() >= need &&
         storage_->bytes() <= 2 * need + 64) {

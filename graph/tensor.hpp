@@ -137,8 +137,16 @@ public:
     long storage_use_count() const { return storage_.use_count(); }
 
     // Makes this tensor a contiguous dt/shape tensor, reusing its storage when nothing else
-    // refers to it and it is large enough. Contents are unspecified afterwards.
+    // refers to it and it is large enough. Contents are unspecified afterwards. A placed
+    // view (place_in) of that dtype and shape is kept as it is.
     void ensure(DType dt, const Shape& shape);
+    // The compiler's placement of a value inside another buffer (a Join's output): ensure()
+    // then writes into the view instead of allocating. Any reassignment drops the mark.
+    Tensor placed() const {
+        Tensor t = *this;
+        t.placed_ = true;
+        return t;
+    }
 
     std::string str() const;  // numpy-like text, for messages and tests
 
@@ -149,6 +157,7 @@ private:
     DType dtype_ = DType::float64;
     Shape shape_;
     Shape strides_;
+    bool placed_ = false;
 };
 
 Shape contiguous_strides(const Shape& shape);

@@ -302,9 +302,9 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
             // Rows and columns are independent: split them across threads when there is
             // enough work. Few long rows (a minibatch) split by columns, with the rule the
             // products use, so each thread reads the columns a product wrote on its core.
-            // Threads pay off from about 100k instruction-elements (measured on 20x784 loops:
+            // Threads pay off from about 30k instruction-elements (measured on 20x784 loops:
             // a lone sigmoid runs faster on one core, the cross-entropy on two).
-            int nt = total * work_ >= 100000 ? std::min(num_threads(), kMaxThreads) : 1;
+            int nt = total * work_ >= 30000 ? std::min(num_threads(), kMaxThreads) : 1;
             const bool by_columns = nt > 1 && inner >= 64 * nt && rows < 8 * nt;
             if (!by_columns) nt = static_cast<int>(std::min<std::int64_t>(nt, rows));
             std::array<double*, kMaxThreads> parts{};  // per thread: the sums' accumulators

@@ -207,7 +207,21 @@ void Join::perform(const Node&, std::span<const Tensor* const> in, std::span<Ten
     }
     std::vector<Shape> shapes;
     for (const Tensor* t : in) shapes.push_back(t->shape());
-    out[0]->ensure(in[0]->dtype(), (*infer_shape(shapes))[0]);
+    const Shape os = (*infer_shape(shapes))[0];
+    // The inputs may already sit in place, where the compiler asked their producers to write
+    // them (Tensor::placed): then there is nothing to copy.
+    Tensor& o = *out[0];
+    if (axis_ == 0 && o.defined() && o.dtype() == in[0]->dtype() && o.shape() == os && o.is_contiguous()) {
+        const auto* base = static_cast<const char*>(o.raw_data());
+        std::size_t at = 0;
+        bool in_place = true;
+        for (const Tensor* t : in) {
+            in_place = in_place && t->is_contiguous() && static_cast<const char*>(t->raw_data()) == base + at;
+            at += static_cast<std::size_t>(t->size()) * dtype_size(t->dtype());
+        }
+        if (in_place) return;
+    }
+    o.ensure(in[0]->dtype(), os);
     std::int64_t at = 0;
     for (const Tensor* t : in) {
         const std::int64_t n = t->dim(axis_);

@@ -1,6 +1,8 @@
 // function(): outputs, updates, givens, shared inputs, defaults, argument checking, buffers.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include <cmath>
 
 #include "support/helpers.hpp"
@@ -165,4 +167,49 @@ TEST_CASE("profile=True times every step and sums by op class") {
     for (const char* name : {"Dot22 ", "Elemwise ", "Sum ", "Dot22{N,N}", "Elemwise{sigmoid}", "Sum{axes=[0,1]}"}) {
         CHECK_MESSAGE(s.find(name) != std::string::npos, name);
     }
+}
+
+TEST_CASE("a Join's inputs are written in place: right values, no copies, no allocations") {
+    Variable x = matrix("x"), y = matrix("y");
+    Variable j = concatenate({exp(x), y * 2.0}, 0);  // two computed values stacked
+    Variable out = dot(j.T(), j);
+    Function f = function({x, y}, {out});
+    Function returned = function({x, y}, {out, j});  // the Join itself is an output: not placed
+    auto by_hand = [](const Tensor& xv, const Tensor& yv) {
+        const std::int64_t c = xv.dim(1);
+        std::vector<double> r(static_cast<std::size_t>(c * c), 0.0);
+        for (std::int64_t a = 0; a < c; ++a) {
+            for (std::int64_t b = 0; b < c; ++b) {
+                double s = 0;
+                for (std::int64_t i = 0; i < xv.dim(0); ++i) s += std::exp(xv.at({i, a})) * std::exp(xv.at({i, b}));
+                for (std::int64_t i = 0; i < yv.dim(0); ++i) s += 4 * yv.at({i, a}) * yv.at({i, b});
+                r[static_cast<std::size_t>(a * c + b)] = s;
+            }
+        }
+        return r;
+    };
+    // Changing inputs and row counts: each call's result is its own.
+    std::vector<Tensor> kept;
+    for (int call = 0; call < 6; ++call) {
+        Tensor xv = random_tensor({2 + call % 2, 3}, 10 + call), yv = random_tensor({3, 3}, 20 + call);
+        CHECK(close(f({xv, yv})[0].to_doubles(), by_hand(xv, yv), 1e-12));
+        auto r = returned({xv, yv});
+        CHECK(close(r[0].to_doubles(), by_hand(xv, yv), 1e-12));
+        kept.push_back(r[1]);
+        CHECK(kept.front().dim(0) == 5);  // a returned Join value is not overwritten later
+    }
+    Tensor x0 = random_tensor({2, 3}, 10), y0 = random_tensor({3, 3}, 20);
+    CHECK(kept.front().to_doubles()[0] == doctest::Approx(std::exp(x0.at({0, 0}))));
+    // Steady state: the producers write into the Join's buffer; nothing is allocated.
+    Tensor xv = random_tensor({2, 3}, 1), yv = random_tensor({3, 3}, 2);
+    for (int k = 0; k < 3; ++k) f({xv, yv});
+    const auto before = storage_allocation_count();
+    for (int k = 0; k < 5; ++k) f({xv, yv});
+    CHECK(storage_allocation_count() == before);
+    auto placed = [](const Function& fn) {
+        const auto& l = fn.in_place();
+        return std::count(l.begin(), l.end(), "Join{axis=0}'s inputs are written into its output");
+    };
+    CHECK(placed(f) == 1);
+    CHECK(placed(returned) == 0);
 }
