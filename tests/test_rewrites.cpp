@@ -45,7 +45,8 @@ TEST_CASE("the registry lists every rewrite with its phase") {
 TEST_CASE("merge: common subexpressions are computed once") {
     Variable x = matrix("x"), y = matrix("y");
     Variable out = exp(x * y) + exp(x * y);
-    Function on = function({x, y}, {out}, {}, {}, excluding({"fusion"}));
+    // (local_collect_terms would go on to make 2 * exp(x * y).)
+    Function on = function({x, y}, {out}, {}, {}, excluding({"fusion", "local_collect_terms"}));
     Function off = function({x, y}, {out}, {}, {}, no_rewrites());
     CHECK(off.n_steps() == 5);
     CHECK(on.n_steps() == 3);
@@ -89,7 +90,8 @@ TEST_CASE("canonicalize: x*1, x+0, -(-x), -(a-b)") {
     for (auto& c : cases) {
         CAPTURE(c.name);
         Function on = function({x, y}, {c.expr}, {}, {}, excluding({"fusion"}));
-        Function off = function({x, y}, {c.expr}, {}, {}, excluding({c.name, "fusion"}));
+        // local_collect_terms also removes x + 0; left out to see each rule alone.
+        Function off = function({x, y}, {c.expr}, {}, {}, excluding({c.name, "fusion", "local_collect_terms"}));
         CHECK(on.debugprint(false) == c.after);
         CHECK(off.debugprint(false) != c.after);
         CHECK(on({a, b})[0].to_doubles() == off({a, b})[0].to_doubles());
@@ -444,4 +446,22 @@ TEST_CASE("canonicalize: a fill inside an elementwise op whose other input has t
     CHECK(off.debugprint(false).find("Elemwise{second}") != std::string::npos);
     Tensor xv = random_tensor({2, 3}, 1), zv = random_tensor({2, 3}, 2);
     CHECK(on({xv, zv})[0].to_doubles() == off({xv, zv})[0].to_doubles());
+}
+
+TEST_CASE("canonicalize: a sum of products is expanded, collected and factored when terms cancel") {
+    Variable g = matrix("g"), s = matrix("s"), x = matrix("x");
+    Variable e = g * (1 - x) * s - g * x * (1 - s);  // = g (s - x)
+    Function on = function({g, s, x}, {e}, {}, {}, excluding({"fusion"}));
+    Function off = function({g, s, x}, {e}, {}, {}, excluding({"local_collect_terms", "fusion"}));
+    CHECK(on.debugprint(false) == "Elemwise{mul} [id A]\n |g [id B]\n |Elemwise{sub} [id C]\n   |s [id D]\n   |x [id E]\n");
+    CHECK(off.n_steps() > on.n_steps());
+    Tensor gv = random_tensor({4, 5}, 1), sv = random_tensor({4, 5}, 2, 0, 1), xv = random_tensor({4, 5}, 3, 0, 1);
+    CHECK(close(on({gv, sv, xv})[0].to_doubles(), off({gv, sv, xv})[0].to_doubles(), 1e-14));
+    // Nothing cancels: left alone.
+    Variable keep = g * (1 - x) + s;
+    Function k = function({g, s, x}, {keep}, {}, {}, excluding({"fusion"}));
+    for (const auto& line : k.rewrite_log()) CHECK(line.find("local_collect_terms") == std::string::npos);
+    // Merged terms: x + 2 x -> 3 x.
+    Function m = function({x}, {x + 2.0 * x}, {}, {}, excluding({"fusion"}));
+    CHECK(m.debugprint(false) == "Elemwise{mul} [id A]\n |x [id B]\n |TensorConstant{3} [id C]\n");
 }

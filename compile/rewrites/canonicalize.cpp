@@ -1,5 +1,6 @@
 // Canonicalisation: simple algebra that puts graphs in one form for the later phases.
 #include <algorithm>
+#include <cmath>
 
 #include "compile/rewrites/rewrites.hpp"
 #include "ops/elemwise.hpp"
@@ -206,6 +207,126 @@ std::optional<std::vector<Variable>> local_distribute_for_cancel(const Node& n) 
     return std::nullopt;
 }
 
+// A sum of products as monomials: coefficient times a multiset of atoms (values that are not
+// add, sub, neg, mul or a scalar constant), with products over sums expanded.
+struct Monomial {
+    double coef;
+    std::vector<int> atoms;  // indices into the atom list, sorted
+};
+
+struct Atoms {
+    std::vector<Variable> list;  // in order of first appearance
+    VarMap<int> index;
+    int of(const Variable& v) {
+        auto [it, fresh] = index.emplace(key(v), static_cast<int>(list.size()));
+        if (fresh) list.push_back(v);
+        return it->second;
+    }
+};
+
+std::optional<double> scalar_constant(const Variable& v) {
+    Variable cur = v;
+    while (op_as<DimShuffle>(cur)) cur = cur.node().inputs[0];
+    if (!cur.is_constant() || cur.node().value.size() != 1) return std::nullopt;
+    const double d = cur.node().value.item();
+    return std::isfinite(d) ? std::optional<double>(d) : std::nullopt;
+}
+
+bool expand(const Variable& v, std::vector<Monomial>& out, Atoms& atoms, std::size_t limit) {
+    auto negate = [](std::vector<Monomial>& ms) {
+        for (auto& m : ms) m.coef = -m.coef;
+    };
+    if (is(v, ScalarOp::add) || is(v, ScalarOp::sub)) {
+        std::vector<Monomial> b;
+        if (!expand(v.node().inputs[0], out, atoms, limit) || !expand(v.node().inputs[1], b, atoms, limit)) return false;
+        if (is(v, ScalarOp::sub)) negate(b);
+        out.insert(out.end(), b.begin(), b.end());
+    } else if (is(v, ScalarOp::neg)) {
+        std::vector<Monomial> a;
+        if (!expand(v.node().inputs[0], a, atoms, limit)) return false;
+        negate(a);
+        out.insert(out.end(), a.begin(), a.end());
+    } else if (is(v, ScalarOp::mul)) {
+        std::vector<Monomial> a, b;
+        if (!expand(v.node().inputs[0], a, atoms, limit) || !expand(v.node().inputs[1], b, atoms, limit)) return false;
+        if (a.size() * b.size() > limit) return false;
+        for (const auto& x : a) {
+            for (const auto& y : b) {
+                Monomial m{x.coef * y.coef, x.atoms};
+                m.atoms.insert(m.atoms.end(), y.atoms.begin(), y.atoms.end());
+                std::sort(m.atoms.begin(), m.atoms.end());
+                out.push_back(std::move(m));
+            }
+        }
+    } else if (auto c = scalar_constant(v)) {
+        out.push_back({*c, {}});
+    } else {
+        out.push_back({1.0, {atoms.of(v)}});
+    }
+    return out.size() <= limit;
+}
+
+// (1 - x) s - x (1 - s) -> s - x, and g s - g x -> g (s - x): a float sum of products is
+// expanded into monomials; when some cancel or merge, it is rebuilt from what is left, with
+// the factors common to every monomial taken out. (The dA's gradient at the decoder
+// pre-activation comes out of grad() in the first form.)
+std::optional<std::vector<Variable>> local_collect_terms(const Node& n) {
+    Variable out = n.output(0);
+    if (!is_float(out.dtype()) || !(is(out, ScalarOp::add) || is(out, ScalarOp::sub))) return std::nullopt;
+    std::vector<Monomial> ms;
+    Atoms atoms;
+    if (!expand(out, ms, atoms, 16)) return std::nullopt;
+    std::vector<Monomial> collected;
+    for (const auto& m : ms) {
+        auto it = std::find_if(collected.begin(), collected.end(), [&](const Monomial& c) { return c.atoms == m.atoms; });
+        if (it == collected.end()) {
+            collected.push_back(m);
+        } else {
+            it->coef += m.coef;
+        }
+    }
+    std::erase_if(collected, [](const Monomial& m) { return m.coef == 0; });
+    if (collected.size() == ms.size() || collected.empty()) return std::nullopt;
+    // Factors every monomial has.
+    std::vector<int> common = collected[0].atoms;
+    for (const auto& m : collected) {
+        std::vector<int> keep;
+        std::vector<int> rest = m.atoms;
+        for (const auto& a : common) {
+            auto it = std::find(rest.begin(), rest.end(), a);
+            if (it != rest.end()) {
+                keep.push_back(a);
+                rest.erase(it);
+            }
+        }
+        common = keep;
+    }
+    const DType dt = out.dtype();
+    auto product = [&](const std::vector<int>& ks) {
+        Variable r;
+        for (int k : ks) r = r.defined() ? mul(r, atoms.list[k]) : atoms.list[k];
+        return r;
+    };
+    Variable sum;
+    for (auto m : collected) {
+        for (const auto& c : common) m.atoms.erase(std::find(m.atoms.begin(), m.atoms.end(), c));
+        Variable term = product(m.atoms);
+        const double mag = std::abs(m.coef);
+        if (!term.defined()) {
+            term = constant(Tensor::full(dt, {}, mag));
+        } else if (mag != 1) {
+            term = mul(constant(Tensor::full(dt, {}, mag)), term);
+        }
+        if (!sum.defined()) {
+            sum = m.coef < 0 ? neg(term) : term;
+        } else {
+            sum = m.coef < 0 ? sub(sum, term) : add(sum, term);
+        }
+    }
+    Variable f = product(common);
+    return if_same_type(out, f.defined() ? mul(f, sum) : sum);
+}
+
 }  // namespace
 
 void register_canonicalize(RewriteRegistry& r) {
@@ -217,6 +338,7 @@ void register_canonicalize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_fill_sink", "canonicalize", {"fast_run"}, local_fill_sink});
     r.add(NodeRewriter{"local_mul_div_cancel", "canonicalize", {"fast_run"}, local_mul_div_cancel});
     r.add(NodeRewriter{"local_distribute_for_cancel", "canonicalize", {"fast_run"}, local_distribute_for_cancel});
+    r.add(NodeRewriter{"local_collect_terms", "canonicalize", {"fast_run"}, local_collect_terms});
 }
 
 }  // namespace theanine
