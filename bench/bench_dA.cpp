@@ -1,4 +1,4 @@
-// bench_dA: theanine's compiled dA training step against a hand-written Eigen loop of the
+// bench_dA: theanine's compiled dA training step against a hand-written C++ loop of the
 // same model, on the tutorial's shapes (batch 20, 784 visible, 500 hidden, lr 0.1,
 // corruption 0.3), in float32 and float64, with 1 and 2 threads.
 //
@@ -9,8 +9,12 @@
 // columns, each running single-threaded GEMMs on its slice (3 barriers per step, after
 // drawing the corruption with the same vectorised MRG generator theanine uses).
 //
+// The hand-written loop runs twice: with theanine's per-thread product kernel (gemm_slice,
+// called by hand on the same slices: the comparison then measures what the compiled graph
+// costs over the same kernels), and with Eigen's products.
+//
 // Output: per configuration the median seconds per epoch (2500 steps) of each, GFLOP/s, and
-// the ratio theanine/hand-written; then the compile time of train_da and the per-call
+// the ratios theanine/hand-written; then the compile time of train_da and the per-call
 // overhead of a compiled one-add function on scalars. Last line: ratio float32=X float64=Y
 // (2 threads).
 #include <malloc.h>
@@ -55,7 +59,11 @@ double median(std::vector<double> v) {
 template <class T>
 constexpr int kLog1pTerms = std::is_same_v<T, float> ? 7 : 16;
 
-template <class T>
+// Products: Eigen's, or theanine's per-thread product kernel (gemm_slice, the one its
+// Dot22 and Gemm run on each thread's columns), called by hand on the same slices.
+enum class Products { eigen, theanine_kernel };
+
+template <class T, Products kProducts>
 struct HandDA {
     using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using Vec = Eigen::Matrix<T, 1, Eigen::Dynamic>;
@@ -114,12 +122,22 @@ struct HandDA {
             auto [h0, h1] = part(kHidden, t, nt);
             const int hn = h1 - h0, vn = v1 - v0;
             auto Y = dy_y.block(kBatch, h0, kBatch, hn);
-            Y.noalias() = xt_dz.topRows(kBatch) * W.middleCols(h0, hn);
+            if constexpr (kProducts == Products::eigen) {
+                Y.noalias() = xt_dz.topRows(kBatch) * W.middleCols(h0, hn);
+            } else {
+                gemm_slice<T>(dy_y.data() + kBatch * kHidden, kBatch, kHidden, h0, h1, T(1), xt_dz.data(), kBatch,
+                              kVisible, false, W.data(), kVisible, kHidden, false, T(0));
+            }
             Y = (Y.rowwise() + b.segment(h0, hn)).array().logistic().matrix();
 #pragma omp barrier
             // y W^T for this thread's visible columns.
             auto Z = z.middleCols(v0, vn);
-            Z.noalias() = dy_y.bottomRows(kBatch) * W.middleRows(v0, vn).transpose();
+            if constexpr (kProducts == Products::eigen) {
+                Z.noalias() = dy_y.bottomRows(kBatch) * W.middleRows(v0, vn).transpose();
+            } else {
+                gemm_slice<T>(z.data(), kBatch, kVisible, v0, v1, T(1), dy_y.data() + kBatch * kHidden, kBatch, kHidden,
+                              false, W.data(), kVisible, kHidden, true, T(0));
+            }
             // One pass per row over this thread's visible columns: the pre-activation a, the
             // cost and dz = (sigmoid(a) - x)/n. log z = -softplus(-a) and log(1 - z) =
             // -softplus(a) share log1p(exp(-|a|)), so the cost is sum(x max(-a, 0) +
@@ -153,11 +171,21 @@ struct HandDA {
             // dy = (dz W) * y * (1 - y), then W -= lr [x~; dz]^T [dy; y] for this thread's
             // hidden columns (each thread reads and writes only its own columns of W).
             auto DY = dy_y.block(0, h0, kBatch, hn);
-            DY.noalias() = xt_dz.bottomRows(kBatch) * W.middleCols(h0, hn);
+            if constexpr (kProducts == Products::eigen) {
+                DY.noalias() = xt_dz.bottomRows(kBatch) * W.middleCols(h0, hn);
+            } else {
+                gemm_slice<T>(dy_y.data(), kBatch, kHidden, h0, h1, T(1), xt_dz.data() + kBatch * kVisible, kBatch,
+                              kVisible, false, W.data(), kVisible, kHidden, false, T(0));
+            }
             auto Yv = dy_y.block(kBatch, h0, kBatch, hn).array();
             DY = (DY.array() * Yv * (1 - Yv)).matrix();
             b.segment(h0, hn) -= static_cast<T>(kLr) * DY.colwise().sum();
-            W.middleCols(h0, hn).noalias() -= static_cast<T>(kLr) * (xt_dz.transpose() * dy_y.middleCols(h0, hn));
+            if constexpr (kProducts == Products::eigen) {
+                W.middleCols(h0, hn).noalias() -= static_cast<T>(kLr) * (xt_dz.transpose() * dy_y.middleCols(h0, hn));
+            } else {
+                gemm_slice<T>(W.data(), kVisible, kHidden, h0, h1, static_cast<T>(-kLr), xt_dz.data(), 2 * kBatch, kVisible,
+                              true, dy_y.data(), 2 * kBatch, kHidden, false, T(1));
+            }
         }
         for (int t = 0; t < threads; ++t) cost += cost_part[t];
         return cost / kBatch;
@@ -186,7 +214,7 @@ Compiled compile_theanine(const SharedVariable& train_set_x, const Tensor& W0) {
 }
 
 struct Result {
-    double theanine_s, hand_s;
+    double theanine_s, hand_s, hand_eigen_s;  // hand_s: the hand loop with theanine's product kernel
 };
 
 Result run_config(DType dt, int threads, const Tensor& pixels64, double fraction, int epochs) {
@@ -202,7 +230,7 @@ Result run_config(DType dt, int threads, const Tensor& pixels64, double fraction
 
     SharedVariable train_set_x = shared(pixels, "train_set_x", true);
     Compiled c = compile_theanine(train_set_x, W0);
-    std::vector<double> th, hw;
+    std::vector<double> th, hw, he;
     double sink = 0;
     auto run_theanine = [&] {
         auto t0 = Clock::now();
@@ -215,12 +243,16 @@ Result run_config(DType dt, int threads, const Tensor& pixels64, double fraction
         return seconds_since(t0) / static_cast<double>(steps) * kStepsPerEpoch;
     };
     auto go = [&]<class T>() {
-        HandDA<T> h(pixels.data<T>(), pixels.dim(0), W0, threads);
+        HandDA<T, Products::theanine_kernel> h(pixels.data<T>(), pixels.dim(0), W0, threads);
+        HandDA<T, Products::eigen> e(pixels.data<T>(), pixels.dim(0), W0, threads);
         run_theanine();  // warm-up
         run_hand(h);
-        for (int e = 0; e < epochs; ++e) {
+        run_hand(e);
+        // Interleaved, so a drift of the machine's speed touches all three alike.
+        for (int k = 0; k < epochs; ++k) {
             th.push_back(run_theanine());
             hw.push_back(run_hand(h));
+            he.push_back(run_hand(e));
         }
     };
     if (dt == DType::float32) {
@@ -229,7 +261,7 @@ Result run_config(DType dt, int threads, const Tensor& pixels64, double fraction
         go.template operator()<double>();
     }
     if (!std::isfinite(sink)) std::printf("warning: non-finite cost\n");
-    return {median(th), median(hw)};
+    return {median(th), median(hw), median(he)};
 }
 
 // Microseconds per call of the tutorial's corruption (MRG mask times x) on a 20x784
@@ -322,15 +354,19 @@ int main(int argc, char** argv) {
     }
     std::printf("steps per measured epoch: %lld of 2500, %d epochs, median reported\n",
                 static_cast<long long>(std::max<std::int64_t>(1, static_cast<std::int64_t>(kStepsPerEpoch * fraction))), epochs);
-    std::printf("%-8s %-7s %14s %14s %12s %12s %7s\n", "dtype", "threads", "theanine s/ep", "hand s/ep", "theanine GF/s",
-                "hand GF/s", "ratio");
+    std::printf("hand: the hand-written loop with theanine's product kernel; hand-Eigen: the same loop with "
+                "Eigen's products\n");
+    std::printf("%-8s %-7s %13s %10s %12s %13s %9s %12s %7s %11s\n", "dtype", "threads", "theanine s/ep", "hand s/ep",
+                "hand-Eigen s/ep", "theanine GF/s", "hand GF/s", "h-Eigen GF/s", "ratio", "vs h-Eigen");
     double r32 = 0, r64 = 0;
     for (DType dt : dtypes) {
         for (int threads : thread_counts) {
             Result r = run_config(dt, threads, pixels, fraction, epochs);
             const double gflop = kFlopsPerStep * kStepsPerEpoch / 1e9;
-            std::printf("%-8s %-7d %14.3f %14.3f %12.1f %12.1f %7.3f\n", std::string(dtype_name(dt)).c_str(), threads,
-                        r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s, r.theanine_s / r.hand_s);
+            std::printf("%-8s %-7d %13.3f %10.3f %15.3f %13.1f %9.1f %12.1f %7.3f %11.3f\n",
+                        std::string(dtype_name(dt)).c_str(), threads, r.theanine_s, r.hand_s, r.hand_eigen_s,
+                        gflop / r.theanine_s, gflop / r.hand_s, gflop / r.hand_eigen_s, r.theanine_s / r.hand_s,
+                        r.theanine_s / r.hand_eigen_s);
             std::fflush(stdout);
             if (threads == 2) (dt == DType::float32 ? r32 : r64) = r.theanine_s / r.hand_s;
         }

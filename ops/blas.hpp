@@ -68,6 +68,16 @@ Variable outer(const Variable& u, const Variable& v);
 void set_num_threads(int n);
 int num_threads();
 
+// out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1] on the calling thread,
+// with out row-major (m x n) and A, B row-major (a_rows x a_cols, b_rows x b_cols): the
+// kernel each thread of Dot22 and Gemm runs on its column slice (register-blocked AVX-512
+// kernels when a side is short, such as a minibatch's rows or a rank-40 update; Eigen
+// otherwise). For float and double.
+template <class T>
+void gemm_slice(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const T* a,
+                std::int64_t a_rows, std::int64_t a_cols, bool ta, const T* b, std::int64_t b_rows, std::int64_t b_cols,
+                bool tb, T beta);
+
 // The columns [first, second) of n that thread t of nt works on: equal slices rounded up to
 // 16 columns (whole cache lines). Products split their output columns and fused loops their
 // inner axis with this one rule, so a thread reads back the columns it wrote itself.

@@ -78,3 +78,50 @@ TEST_CASE("gemm computes beta*C + alpha*op(A)op(B) with transpose flags") {
     CHECK(eval1({C, A, B}, g, {Cv, Av, Bv}).to_doubles() == std::vector<double>{-9, -13, -13, -17});
     CHECK(Gemm(true, false).name() == "Gemm{T,N}");
 }
+
+TEST_CASE("products of every shape class agree with a direct sum, in both float dtypes and threads") {
+    // Short sides (a minibatch of rows, a rank-k update) take the register-blocked kernels,
+    // long ones Eigen; transposed operands arrive as flags or as transposed views.
+    struct Case {
+        std::int64_t m, k, n;
+    };
+    const std::vector<Case> cases = {{1, 1, 1},   {3, 5, 2},    {20, 784, 37}, {7, 33, 65},
+                                     {784, 40, 50}, {65, 70, 66}, {10, 3, 300},  {4, 17, 33}};
+    for (DType dt : {DType::float64, DType::float32}) {
+        for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            for (const auto& c : cases) {
+                for (int flags = 0; flags < 4; ++flags) {
+                    const bool ta = flags & 1, tb = flags & 2;
+                    CAPTURE(c.m);
+                    CAPTURE(c.k);
+                    CAPTURE(c.n);
+                    CAPTURE(flags);
+                    CAPTURE(threads);
+                    Tensor av = random_tensor(ta ? Shape{c.k, c.m} : Shape{c.m, c.k}, 1).astype(dt);
+                    Tensor bv = random_tensor(tb ? Shape{c.n, c.k} : Shape{c.k, c.n}, 2).astype(dt);
+                    Tensor cv = random_tensor({c.m, c.n}, 3).astype(dt);
+                    Variable a = matrix("a", dt), b = matrix("b", dt), cc = matrix("c", dt);
+                    Variable opa = ta ? a.T() : a, opb = tb ? b.T() : b;
+                    Function f = function({a, b, cc}, {dot(opa, opb), cc * 0.5 - 0.25 * dot(opa, opb)});
+                    auto got = f({av, bv, cv});
+                    std::vector<double> want(static_cast<std::size_t>(c.m * c.n)), upd(want.size());
+                    for (std::int64_t i = 0; i < c.m; ++i) {
+                        for (std::int64_t j = 0; j < c.n; ++j) {
+                            double s = 0;
+                            for (std::int64_t p = 0; p < c.k; ++p) {
+                                s += (ta ? av.at({p, i}) : av.at({i, p})) * (tb ? bv.at({j, p}) : bv.at({p, j}));
+                            }
+                            want[static_cast<std::size_t>(i * c.n + j)] = s;
+                            upd[static_cast<std::size_t>(i * c.n + j)] = 0.5 * cv.at({i, j}) - 0.25 * s;
+                        }
+                    }
+                    const double tol = dt == DType::float32 ? 2e-5 * std::sqrt(static_cast<double>(c.k)) : 1e-12;
+                    CHECK(close(got[0].to_doubles(), want, tol));
+                    CHECK(close(got[1].to_doubles(), upd, tol));
+                }
+            }
+        }
+    }
+    set_num_threads(0);
+}
