@@ -504,7 +504,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         }
         internal_check(sched.size() == applies.size(), "function: the in-place schedule has a cycle");
         for (const auto& node : sched) {
-            Step s{node->op.get(), node.get(), {}, {}};
+            Step s{node->op.get(), node.get(), {}, {}, {}};
             for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
             for (int o = 0; o < node->n_outputs(); ++o) s.out.push_back(&p.slots[slot_of.at(VarKey{node.get(), o})]);
             p.steps.push_back(std::move(s));
