@@ -37,6 +37,8 @@ struct Step {
     std::vector<const Tensor*> in;
     std::vector<Tensor*> out;
     std::vector<Tensor*> place;  // a Join's input slots, to be placed in its output
+    std::vector<int> acquire;    // output slots that take a pooled buffer before the step
+    std::vector<int> release;    // slots whose value is dead after the step
 };
 
 // After a Join along axis 0 has run, its inputs' slots become views of the matching rows of
@@ -83,6 +85,14 @@ struct Plan {
     bool profile = false;
     std::int64_t calls = 0;
     std::vector<double> step_seconds;  // with profile: per step, summed over the calls
+    // Liveness: buffers of dead values wait in the pool for a later value that fits (the
+    // size each slot needed last call); views_of[s] lists the view slots made of slot s.
+    std::vector<Tensor> pool;
+    std::size_t pool_idle = 0;  // pool[0, pool_idle) has not left the pool during this call
+    std::vector<std::size_t> last_bytes;
+    std::vector<std::vector<int>> views_of;
+
+    void run_step(Step& s);
 
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
     std::vector<Tensor> run();
@@ -128,22 +138,50 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
     return b.scratch;
 }
 
+void Plan::run_step(Step& s) {
+    for (int o : s.acquire) {
+        // A pooled buffer the op's ensure() will keep (large enough, at most about twice),
+        // the most recently released first, so buffers no step needs stay untouched.
+        const std::size_t need = last_bytes[o];
+        for (std::size_t k = pool.size(); k-- > 0 && need > 0;) {
+            const std::size_t have = pool[k].storage_bytes();
+            if (have < need || have > 2 * need + 64) continue;
+            slots[o] = std::move(pool[k]);
+            if (k < pool_idle) {
+                // Keep the untouched ones first: the last untouched one fills the hole.
+                --pool_idle;
+                if (k != pool_idle) pool[k] = std::move(pool[pool_idle]);
+                k = pool_idle;
+            }
+            if (k + 1 != pool.size()) pool[k] = std::move(pool.back());
+            pool.pop_back();
+            break;
+        }
+    }
+    s.op->perform(*s.node, s.in, s.out);
+    if (!s.place.empty()) place_join_inputs(s);
+    for (int r : s.release) {
+        for (int v : views_of[r]) slots[v] = Tensor();
+        if (!slots[r].defined()) continue;
+        last_bytes[r] = static_cast<std::size_t>(slots[r].size()) * dtype_size(slots[r].dtype());
+        pool.push_back(std::move(slots[r]));
+        slots[r] = Tensor();
+    }
+}
+
 std::vector<Tensor> Plan::run() {
     for (auto& [slot, cell] : shared) slots[slot] = cell->value;
+    pool_idle = pool.size();
     if (profile) {
         step_seconds.resize(steps.size(), 0.0);
         for (std::size_t i = 0; i < steps.size(); ++i) {
             auto t0 = std::chrono::steady_clock::now();
-            steps[i].op->perform(*steps[i].node, steps[i].in, steps[i].out);
-            if (!steps[i].place.empty()) place_join_inputs(steps[i]);
+            run_step(steps[i]);
             step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
         ++calls;
     } else {
-        for (Step& s : steps) {
-            s.op->perform(*s.node, s.in, s.out);
-            if (!s.place.empty()) place_join_inputs(s);
-        }
+        for (Step& s : steps) run_step(s);
     }
     std::vector<Tensor> result;
     result.reserve(output_slots.size());
@@ -156,6 +194,8 @@ std::vector<Tensor> Plan::run() {
         }
     }
     for (int s : transient) slots[s] = Tensor();
+    // Buffers no step took during this call are more than the plan needs: free them.
+    pool.erase(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(std::min(pool_idle, pool.size())));
     return result;
 }
 
@@ -237,6 +277,20 @@ std::vector<std::string> Function::op_names() const {
 std::size_t Function::n_steps() const { return plan_->steps.size(); }
 
 const std::vector<std::string>& Function::in_place() const { return plan_->in_place; }
+
+std::size_t Function::buffer_bytes() const {
+    const Plan& p = *plan_;
+    std::unordered_set<const void*> seen;
+    std::size_t total = 0;
+    auto count = [&](const Tensor& t) {
+        if (t.defined() && seen.insert(t.storage_id()).second) total += t.storage_bytes();
+    };
+    for (const Step& st : p.steps) {
+        for (const Tensor* t : st.out) count(*t);
+    }
+    for (const Tensor& t : p.pool) count(t);
+    return total;
+}
 
 std::string Function::profile_summary() const {
     const Plan& p = *plan_;
@@ -504,7 +558,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         }
         internal_check(sched.size() == applies.size(), "function: the in-place schedule has a cycle");
         for (const auto& node : sched) {
-            Step s{node->op.get(), node.get(), {}, {}, {}};
+            Step s{node->op.get(), node.get(), {}, {}, {}, {}, {}};
             for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
             for (int o = 0; o < node->n_outputs(); ++o) s.out.push_back(&p.slots[slot_of.at(VarKey{node.get(), o})]);
             p.steps.push_back(std::move(s));
@@ -546,6 +600,64 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             if (!ok) continue;
             st.place = std::move(place);
             p.in_place.push_back(fmt::format("{}'s inputs are written into its output", st.op->name()));
+        }
+    }
+    // 9. Liveness: a computed value in a slot of its own (not returned, not an update, not
+    // overwritten in place, not placed in a Join, none of its views returned) gives its
+    // buffer back to the pool after its last reader, for a later value of a size that fits.
+    {
+        const int n_steps_i = static_cast<int>(p.steps.size());
+        const auto slot_index = [&](const Tensor* t) { return static_cast<int>(t - p.slots.data()); };
+        std::vector<int> def(p.slots.size(), -1), last(p.slots.size(), -1);
+        std::vector<bool> excluded(p.slots.size(), false);
+        p.views_of.assign(p.slots.size(), {});
+        p.last_bytes.assign(p.slots.size(), 0);
+        for (int s : p.transient) excluded[s] = true;
+        for (const auto& v : all) excluded[slot_of.at(key(v))] = true;
+        std::unordered_map<int, int> users;
+        for (const auto& [k, slot] : slot_of) users[slot]++;
+        for (int i = 0; i < n_steps_i; ++i) {
+            const Step& st = p.steps[i];
+            for (const Tensor* t : st.out) def[slot_index(t)] = def[slot_index(t)] < 0 ? i : def[slot_index(t)];
+            for (const Tensor* t : st.in) last[slot_index(t)] = i;
+            for (const Tensor* t : st.place) excluded[slot_index(t)] = true;
+            if (!st.place.empty()) excluded[slot_index(st.out[0])] = true;
+            std::vector<int> dm = st.op->destroy_map();
+            for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
+                if (dm[o] >= 0) excluded[slot_index(st.in[dm[o]])] = true;
+            }
+        }
+        // A view keeps its base alive: the base's last use is its views' last use, and a
+        // returned view makes the base escape.
+        for (int i = n_steps_i - 1; i >= 0; --i) {
+            const Step& st = p.steps[i];
+            std::vector<int> vm = st.op->view_map();
+            for (int o = 0; o < static_cast<int>(vm.size()) && o < static_cast<int>(st.out.size()); ++o) {
+                if (vm[o] < 0) continue;
+                const int base = slot_index(st.in[vm[o]]), view = slot_index(st.out[o]);
+                last[base] = std::max(last[base], last[view]);
+                if (excluded[view] && std::find(p.transient.begin(), p.transient.end(), view) == p.transient.end()) {
+                    excluded[base] = true;
+                }
+                p.views_of[base].push_back(view);
+                for (int w : p.views_of[view]) p.views_of[base].push_back(w);
+            }
+        }
+        for (const auto& v : all) {
+            // A returned view: every base it was made of escapes too.
+            const int s = slot_of.at(key(v));
+            for (std::size_t b = 0; b < p.views_of.size(); ++b) {
+                if (std::find(p.views_of[b].begin(), p.views_of[b].end(), s) != p.views_of[b].end()) excluded[b] = true;
+            }
+        }
+        for (std::size_t s = 0; s < p.slots.size(); ++s) {
+            if (excluded[s] || def[s] < 0 || last[s] < 0 || users[static_cast<int>(s)] != 1) continue;
+            const Step& producer = p.steps[def[s]];
+            std::vector<int> vm = producer.op->view_map();
+            const auto out_pos = std::find(producer.out.begin(), producer.out.end(), &p.slots[s]) - producer.out.begin();
+            if (out_pos < static_cast<std::ptrdiff_t>(vm.size()) && vm[out_pos] >= 0) continue;  // itself a view
+            p.steps[def[s]].acquire.push_back(static_cast<int>(s));
+            p.steps[last[s]].release.push_back(static_cast<int>(s));
         }
     }
     for (const auto& o : p.outputs) p.output_slots.push_back(slot_of.at(key(o)));

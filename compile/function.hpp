@@ -91,6 +91,9 @@ public:
     // With CompileOptions::profile: the calls so far, the time of each step summed over
     // them, and the time per op class, largest first (as Theano's profile=True prints).
     std::string profile_summary() const;
+    // Bytes of tensor storage the function keeps between calls for its intermediate values
+    // (slots and the liveness pool; inputs, constants and shared values not counted).
+    std::size_t buffer_bytes() const;
 
     ~Function();
     Function(Function&&) noexcept;

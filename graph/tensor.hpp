@@ -135,6 +135,8 @@ public:
         return storage_ != nullptr && storage_ == other.storage_;
     }
     long storage_use_count() const { return storage_.use_count(); }
+    std::size_t storage_bytes() const { return storage_ ? storage_->bytes() : 0; }
+    const void* storage_id() const { return storage_.get(); }  // the same for all views of a buffer
 
     // Makes this tensor a contiguous dt/shape tensor, reusing its storage when nothing else
     // refers to it and it is large enough. Contents are unspecified afterwards. A placed
