@@ -325,6 +325,12 @@ template <class T>
 void gemm_slice(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const T* a,
                 std::int64_t a_rows, std::int64_t a_cols, bool ta, const T* b, std::int64_t b_rows, std::int64_t b_cols,
                 bool tb, T beta) {
+    const std::int64_t am = ta ? a_cols : a_rows, ka = ta ? a_rows : a_cols;
+    const std::int64_t kb = tb ? b_cols : b_rows, bn = tb ? b_rows : b_cols;
+    if (am != m || bn != n || ka != kb || c0 < 0 || c0 > c1 || c1 > n || !out || !a || !b) {
+        throw UsageError(fmt::format("gemm_slice: out ({} x {}), columns [{}, {}), op(A) ({} x {}), op(B) ({} x {}) do "
+                                     "not agree", m, n, c0, c1, am, ka, kb, bn));
+    }
     gemm_columns<T>(out, m, n, c0, c1, alpha, MatView{a, a_rows, a_cols, false}, ta, MatView{b, b_rows, b_cols, false}, tb,
                     beta);
 }

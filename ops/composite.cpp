@@ -148,14 +148,12 @@ Composite::Composite(int n_inputs, std::vector<Instr> program, DType compute, st
         internal_check(o.reg >= 0 && o.reg < n_inputs_ + static_cast<int>(program_.size()), "Composite output register");
     }
     simplify();
-    // Relative cost per element: transcendental instructions count as 4.
+    // Relative cost per element: transcendental instructions and divisions count as 4.
     work_ = 0;
     for (const auto& ins : program_) {
         const bool heavy = ins.kind == Instr::Kind::softplus_tail ||
                            (ins.kind == Instr::Kind::scalar &&
-                            (ins.op == ScalarOp::exp || ins.op == ScalarOp::log || ins.op == ScalarOp::log1p ||
-                             ins.op == ScalarOp::sigmoid || ins.op == ScalarOp::tanh || ins.op == ScalarOp::pow ||
-                             ins.op == ScalarOp::true_div || ins.op == ScalarOp::sqrt));
+                            (scalar_op_is_transcendental(ins.op) || ins.op == ScalarOp::true_div));
         work_ += heavy ? 4 : 1;
     }
     used_.assign(static_cast<std::size_t>(n_inputs_), false);

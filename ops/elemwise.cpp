@@ -23,35 +23,36 @@ struct ScalarOpInfo {
     int arity;
     bool float_only;   // integer inputs are upcast to a float dtype first
     bool comparison;   // output is bool
+    bool transcendental;  // a library function, many times an add's cost
 };
 
 constexpr ScalarOpInfo kScalarOps[] = {
-    {ScalarOp::add, "add", 2, false, false},
-    {ScalarOp::sub, "sub", 2, false, false},
-    {ScalarOp::mul, "mul", 2, false, false},
-    {ScalarOp::true_div, "true_div", 2, true, false},
-    {ScalarOp::neg, "neg", 1, false, false},
-    {ScalarOp::exp, "exp", 1, true, false},
-    {ScalarOp::log, "log", 1, true, false},
-    {ScalarOp::log1p, "log1p", 1, true, false},
-    {ScalarOp::sigmoid, "sigmoid", 1, true, false},
-    {ScalarOp::softplus, "softplus", 1, true, false},
-    {ScalarOp::tanh, "tanh", 1, true, false},
-    {ScalarOp::abs, "abs", 1, false, false},
-    {ScalarOp::sgn, "sgn", 1, false, false},
-    {ScalarOp::sqrt, "sqrt", 1, true, false},
-    {ScalarOp::sqr, "sqr", 1, false, false},
-    {ScalarOp::pow, "pow", 2, false, false},
-    {ScalarOp::maximum, "maximum", 2, false, false},
-    {ScalarOp::minimum, "minimum", 2, false, false},
-    {ScalarOp::switch_, "switch", 3, false, false},
-    {ScalarOp::eq, "eq", 2, false, true},
-    {ScalarOp::neq, "neq", 2, false, true},
-    {ScalarOp::lt, "lt", 2, false, true},
-    {ScalarOp::le, "le", 2, false, true},
-    {ScalarOp::gt, "gt", 2, false, true},
-    {ScalarOp::ge, "ge", 2, false, true},
-    {ScalarOp::second, "second", 2, false, false},
+    {ScalarOp::add, "add", 2, false, false, false},
+    {ScalarOp::sub, "sub", 2, false, false, false},
+    {ScalarOp::mul, "mul", 2, false, false, false},
+    {ScalarOp::true_div, "true_div", 2, true, false, false},
+    {ScalarOp::neg, "neg", 1, false, false, false},
+    {ScalarOp::exp, "exp", 1, true, false, true},
+    {ScalarOp::log, "log", 1, true, false, true},
+    {ScalarOp::log1p, "log1p", 1, true, false, true},
+    {ScalarOp::sigmoid, "sigmoid", 1, true, false, true},
+    {ScalarOp::softplus, "softplus", 1, true, false, true},
+    {ScalarOp::tanh, "tanh", 1, true, false, true},
+    {ScalarOp::abs, "abs", 1, false, false, false},
+    {ScalarOp::sgn, "sgn", 1, false, false, false},
+    {ScalarOp::sqrt, "sqrt", 1, true, false, true},
+    {ScalarOp::sqr, "sqr", 1, false, false, false},
+    {ScalarOp::pow, "pow", 2, false, false, true},
+    {ScalarOp::maximum, "maximum", 2, false, false, false},
+    {ScalarOp::minimum, "minimum", 2, false, false, false},
+    {ScalarOp::switch_, "switch", 3, false, false, false},
+    {ScalarOp::eq, "eq", 2, false, true, false},
+    {ScalarOp::neq, "neq", 2, false, true, false},
+    {ScalarOp::lt, "lt", 2, false, true, false},
+    {ScalarOp::le, "le", 2, false, true, false},
+    {ScalarOp::gt, "gt", 2, false, true, false},
+    {ScalarOp::ge, "ge", 2, false, true, false},
+    {ScalarOp::second, "second", 2, false, false, false},
 };
 static_assert(std::size(kScalarOps) == static_cast<std::size_t>(ScalarOp::second) + 1,
               "every ScalarOp needs a table entry, in enum order");
@@ -174,6 +175,7 @@ Variable align_rank(const Variable& v, int ndim, std::source_location where) {
 
 const char* scalar_op_name(ScalarOp op) { return info(op).name; }
 int scalar_op_arity(ScalarOp op) { return info(op).arity; }
+bool scalar_op_is_transcendental(ScalarOp op) { return info(op).transcendental; }
 
 DType promote(DType a, DType b) {
     if (a == b) return a;

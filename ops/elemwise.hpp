@@ -23,6 +23,9 @@ enum class ScalarOp {
 
 const char* scalar_op_name(ScalarOp op);
 int scalar_op_arity(ScalarOp op);
+// exp, log, log1p, sigmoid, softplus, tanh, sqrt, pow: library functions, many times the cost
+// of an add (what fusion and the fused loops' threading weigh).
+bool scalar_op_is_transcendental(ScalarOp op);
 
 class Elemwise final : public Op {
 public:

@@ -125,3 +125,17 @@ TEST_CASE("products of every shape class agree with a direct sum, in both float 
     }
     set_num_threads(0);
 }
+
+TEST_CASE("gemm_slice names the shapes that do not agree") {
+    std::vector<float> a(6), b(12), c(8);
+    CHECK_THROWS_WITH_AS(gemm_slice<float>(c.data(), 2, 4, 0, 4, 1.f, a.data(), 2, 3, false, b.data(), 4, 3, false, 0.f),
+                         "gemm_slice: out (2 x 4), columns [0, 4), op(A) (2 x 3), op(B) (4 x 3) do not agree", UsageError);
+    CHECK_THROWS_WITH_AS(gemm_slice<float>(c.data(), 2, 4, 3, 5, 1.f, a.data(), 2, 3, false, b.data(), 3, 4, false, 0.f),
+                         "gemm_slice: out (2 x 4), columns [3, 5), op(A) (2 x 3), op(B) (3 x 4) do not agree", UsageError);
+    // A valid slice: columns 1..3 of A B with A = 1, B = 2 everywhere; the rest untouched.
+    std::fill(a.begin(), a.end(), 1.f);
+    std::fill(b.begin(), b.end(), 2.f);
+    std::fill(c.begin(), c.end(), -1.f);
+    gemm_slice<float>(c.data(), 2, 4, 1, 3, 1.f, a.data(), 2, 3, false, b.data(), 3, 4, false, 0.f);
+    CHECK(c == std::vector<float>{-1, 6, 6, -1, -1, 6, 6, -1});
+}

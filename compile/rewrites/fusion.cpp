@@ -51,14 +51,7 @@ bool cheap(const Node& n) {
 
 bool transcendental(const Node& n) {
     const auto* e = dynamic_cast<const Elemwise*>(n.op.get());
-    if (!e) return false;
-    switch (e->scalar_op()) {
-    case ScalarOp::exp: case ScalarOp::log: case ScalarOp::log1p: case ScalarOp::sigmoid: case ScalarOp::softplus:
-    case ScalarOp::tanh: case ScalarOp::sqrt: case ScalarOp::pow:
-        return true;
-    default:
-        return false;
-    }
+    return e && scalar_op_is_transcendental(e->scalar_op());
 }
 
 const Reduce* as_sum(const Node* n) {
