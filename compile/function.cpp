@@ -1,15 +1,14 @@
 #include "compile/function.hpp"
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <map>
-#include <iostream>
 #include <queue>
 #include <unordered_set>
 
 #include <fmt/format.h>
 
+#include "compile/ownership.hpp"
+#include "compile/plan.hpp"
 #include "graph/printing.hpp"
 #include "ops/shape.hpp"
 
@@ -31,77 +30,15 @@ In::In(const Variable& v, double default_value, std::string n)
     }
 }
 
-struct Step {
-    const Op* op;
-    const Node* node;
-    std::vector<const Tensor*> in;
-    std::vector<Tensor*> out;
-    std::vector<Tensor*> place;  // a Join's input slots, to be placed in its output
-    std::vector<int> acquire;    // output slots that take a pooled buffer before the step
-    std::vector<int> release;    // slots whose value is dead after the step
-};
-
-// After a Join along axis 0 has run, its inputs' slots become views of the matching rows of
-// its output, so on the next call their producers write there and the Join copies nothing.
-void place_join_inputs(Step& s) {
-    Tensor& o = *s.out[0];
-    if (!o.defined() || !o.is_contiguous()) return;
-    std::int64_t at = 0;
-    for (Tensor* slot : s.place) {
-        if (!slot->defined() || slot->ndim() != o.ndim()) return;
-        const std::int64_t n = slot->dim(0);
-        *slot = o.slice(0, at, at + n, 1).placed();
-        at += n;
-    }
-}
-
-struct InputBinding {
-    int slot;
-    Variable var;
-    std::string name;
-    std::optional<Tensor> default_value;
-    Tensor scratch;  // reused for number arguments
-};
-
-struct UpdateBinding {
-    std::shared_ptr<SharedCell> cell;
-    int slot;
-    bool swap;
-};
-
-struct Plan {
-    std::vector<Variable> outputs;
-    std::vector<std::pair<std::string, Variable>> update_values;  // for printing
-    std::vector<Tensor> slots;
-    std::vector<Step> steps;
-    std::vector<InputBinding> inputs;
-    std::vector<std::pair<int, std::shared_ptr<SharedCell>>> shared;
-    std::vector<int> output_slots;
-    std::vector<UpdateBinding> updates;
-    std::vector<int> transient;  // slots released after each call
-    std::vector<std::shared_ptr<const Node>> keepalive;
-    std::vector<std::string> log;
-    std::vector<std::string> in_place;
-    bool profile = false;
-    std::int64_t calls = 0;
-    std::vector<double> step_seconds;  // with profile: per step, summed over the calls
-    // Liveness: buffers of dead values wait in the pool for a later value that fits (the
-    // size each slot needed last call); views_of[s] lists the view slots made of slot s.
-    std::vector<Tensor> pool;
-    std::size_t pool_idle = 0;  // pool[0, pool_idle) has not left the pool during this call
-    std::vector<std::size_t> last_bytes;
-    std::vector<std::vector<int>> views_of;
-
-    void run_step(Step& s);
-
-    Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
-    std::vector<Tensor> run();
-};
-
 Function::Function() = default;
 Function::~Function() = default;
 Function::Function(Function&&) noexcept = default;
 Function& Function::operator=(Function&&) noexcept = default;
+
+Plan& Function::plan() const {
+    if (!plan_) throw UsageError("function call: this Function was moved from; it has no compiled plan");
+    return *plan_;
+}
 
 namespace {
 
@@ -109,98 +46,28 @@ std::string input_label(std::size_t i, const InputBinding& b) {
     return b.name.empty() ? fmt::format("input {}", i) : fmt::format("input {} ('{}')", i, b.name);
 }
 
+// Marks a plan busy for the length of a call: a Function is not reentrant.
+class CallGuard {
+public:
+    explicit CallGuard(Plan& p) : p_(p) {
+        if (p_.busy.exchange(true)) {
+            throw UsageError("function call: this Function is already running a call (from another thread); a "
+                             "Function is not reentrant: compile one per thread");
+        }
+    }
+    ~CallGuard() { p_.busy.store(false); }
+    CallGuard(const CallGuard&) = delete;
+    CallGuard& operator=(const CallGuard&) = delete;
+
+private:
+    Plan& p_;
+};
+
 }  // namespace
 
-Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
-    const TensorType& type = b.var.type();
-    if (a.tensor) {
-        const Tensor& t = *a.tensor;
-        if (!t.defined()) throw UsageError(fmt::format("function call: {} got an empty tensor", input_label(position, b)));
-        if (t.dtype() != type.dtype || t.ndim() != type.ndim()) {
-            throw UsageError(fmt::format("function call: {} expects {}, got {} of shape {}", input_label(position, b),
-                                         type.str(), dtype_name(t.dtype()), shape_string(t.shape())));
-        }
-        if (!type.accepts(t)) {
-            throw UsageError(fmt::format("function call: {} expects {} (size 1 on broadcastable axes), got shape {}",
-                                         input_label(position, b), type.str(), shape_string(t.shape())));
-        }
-        return t;
-    }
-    if (type.ndim() != 0) {
-        throw UsageError(fmt::format("function call: {} expects {}, got a number", input_label(position, b), type.str()));
-    }
-    if (!is_float(type.dtype) && std::floor(a.number) != a.number) {
-        throw UsageError(fmt::format("function call: {} expects {}, got the non-integer {}", input_label(position, b),
-                                     type.str(), a.number));
-    }
-    if (!(b.scratch.defined() && b.scratch.storage_use_count() == 1)) b.scratch = Tensor::empty(type.dtype, {});
-    dispatch(type.dtype, [&]<class T>() { *b.scratch.data<T>() = static_cast<T>(a.number); });
-    return b.scratch;
-}
-
-void Plan::run_step(Step& s) {
-    for (int o : s.acquire) {
-        // A pooled buffer the op's ensure() will keep (large enough, at most about twice),
-        // the most recently released first, so buffers no step needs stay untouched.
-        const std::size_t need = last_bytes[o];
-        for (std::size_t k = pool.size(); k-- > 0 && need > 0;) {
-            const std::size_t have = pool[k].storage_bytes();
-            if (have < need || have > 2 * need + 64) continue;
-            slots[o] = std::move(pool[k]);
-            if (k < pool_idle) {
-                // Keep the untouched ones first: the last untouched one fills the hole.
-                --pool_idle;
-                if (k != pool_idle) pool[k] = std::move(pool[pool_idle]);
-                k = pool_idle;
-            }
-            if (k + 1 != pool.size()) pool[k] = std::move(pool.back());
-            pool.pop_back();
-            break;
-        }
-    }
-    s.op->perform(*s.node, s.in, s.out);
-    if (!s.place.empty()) place_join_inputs(s);
-    for (int r : s.release) {
-        for (int v : views_of[r]) slots[v] = Tensor();
-        if (!slots[r].defined()) continue;
-        last_bytes[r] = static_cast<std::size_t>(slots[r].size()) * dtype_size(slots[r].dtype());
-        pool.push_back(std::move(slots[r]));
-        slots[r] = Tensor();
-    }
-}
-
-std::vector<Tensor> Plan::run() {
-    for (auto& [slot, cell] : shared) slots[slot] = cell->value;
-    pool_idle = pool.size();
-    if (profile) {
-        step_seconds.resize(steps.size(), 0.0);
-        for (std::size_t i = 0; i < steps.size(); ++i) {
-            auto t0 = std::chrono::steady_clock::now();
-            run_step(steps[i]);
-            step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        }
-        ++calls;
-    } else {
-        for (Step& s : steps) run_step(s);
-    }
-    std::vector<Tensor> result;
-    result.reserve(output_slots.size());
-    for (int s : output_slots) result.push_back(slots[s]);
-    for (UpdateBinding& u : updates) {
-        if (u.swap) {
-            std::swap(u.cell->value, slots[u.slot]);
-        } else {
-            u.cell->value = slots[u.slot];
-        }
-    }
-    for (int s : transient) slots[s] = Tensor();
-    // Buffers no step took during this call are more than the plan needs: free them.
-    pool.erase(pool.begin(), pool.begin() + static_cast<std::ptrdiff_t>(std::min(pool_idle, pool.size())));
-    return result;
-}
-
 std::vector<Tensor> Function::operator()(const std::vector<Arg>& args) {
-    Plan& p = *plan_;
+    Plan& p = plan();
+    CallGuard guard(p);
     if (args.size() > p.inputs.size()) {
         throw UsageError(fmt::format("function call: {} arguments given, the function takes {}", args.size(),
                                      p.inputs.size()));
@@ -220,7 +87,8 @@ std::vector<Tensor> Function::operator()(const std::vector<Arg>& args) {
 }
 
 std::vector<Tensor> Function::call_named(const std::vector<NamedArg>& args) {
-    Plan& p = *plan_;
+    Plan& p = plan();
+    CallGuard guard(p);
     std::vector<bool> given(p.inputs.size(), false);
     for (const NamedArg& a : args) {
         std::size_t i = 0;
@@ -253,33 +121,33 @@ double Function::scalar(const std::vector<Arg>& args) {
 std::string Function::debugprint(bool print_type) const {
     PrintOptions opt;
     opt.print_type = print_type;
-    std::string s = theanine::debugprint(plan_->outputs, opt);
-    for (const auto& [name, v] : plan_->update_values) {
+    std::string s = theanine::debugprint(plan().outputs, opt);
+    for (const auto& [name, v] : plan().update_values) {
         s += "update " + name + ":\n" + theanine::debugprint(v, opt);
     }
     return s;
 }
 
 std::string Function::to_dot() const {
-    std::vector<Variable> all = plan_->outputs;
-    for (const auto& u : plan_->update_values) all.push_back(u.second);
+    std::vector<Variable> all = plan().outputs;
+    for (const auto& u : plan().update_values) all.push_back(u.second);
     return theanine::to_dot(all);
 }
 
-const std::vector<std::string>& Function::rewrite_log() const { return plan_->log; }
+const std::vector<std::string>& Function::rewrite_log() const { return plan().log; }
 
 std::vector<std::string> Function::op_names() const {
     std::vector<std::string> names;
-    for (const Step& s : plan_->steps) names.push_back(s.op->name());
+    for (const Step& s : plan().steps) names.push_back(s.op->name());
     return names;
 }
 
-std::size_t Function::n_steps() const { return plan_->steps.size(); }
+std::size_t Function::n_steps() const { return plan().steps.size(); }
 
-const std::vector<std::string>& Function::in_place() const { return plan_->in_place; }
+const std::vector<std::string>& Function::in_place() const { return plan().in_place; }
 
 std::size_t Function::buffer_bytes() const {
-    const Plan& p = *plan_;
+    const Plan& p = plan();
     std::unordered_set<const void*> seen;
     std::size_t total = 0;
     auto count = [&](const Tensor& t) {
@@ -293,7 +161,7 @@ std::size_t Function::buffer_bytes() const {
 }
 
 std::string Function::profile_summary() const {
-    const Plan& p = *plan_;
+    const Plan& p = plan();
     if (!p.profile) return "profile: not enabled (CompileOptions::profile or THEANINE_FLAGS=profile=True)\n";
     double total = 0;
     for (double t : p.step_seconds) total += t;
@@ -324,9 +192,26 @@ std::string Function::profile_summary() const {
     return s;
 }
 
-Function function(const std::vector<In>& inputs, const std::vector<Variable>& outputs, const Updates& updates,
-                  const Givens& givens, const CompileOptions& options) {
-    // 1. Check the inputs and updates.
+namespace {
+
+// What the compile stages hand each other.
+struct Compilation {
+    std::vector<In> inputs;
+    std::size_t n_outputs = 0;
+    std::vector<std::shared_ptr<SharedCell>> update_cells;
+    std::vector<std::string> update_names;
+    std::vector<Variable> all;  // the outputs, then the update values
+    std::vector<std::shared_ptr<const Node>> applies;  // apply nodes, topological order
+    VarMap<int> slot_of;
+    InPlaceGrants grants;
+};
+
+// Stage: the inputs are distinct symbolic variables whose defaults fit; every update names a
+// shared variable once and keeps its type.
+void check_signature(const std::vector<In>& inputs, const std::vector<Out>& outputs, const Updates& updates,
+                     Compilation& c) {
+    for (const Out& o : outputs) c.all.push_back(o.var);
+    c.n_outputs = outputs.size();
     VarMap<std::size_t> input_pos;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
         const Variable& v = inputs[i].var;
@@ -344,11 +229,9 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         }
     }
     for (std::size_t i = 0; i < outputs.size(); ++i) {
-        if (!outputs[i].defined()) throw UsageError(fmt::format("function: output {} is an undefined Variable", i));
+        if (!outputs[i].var.defined()) throw UsageError(fmt::format("function: output {} is an undefined Variable", i));
     }
-    std::vector<std::pair<std::shared_ptr<SharedCell>, Variable>> all_updates;
     std::unordered_set<const SharedCell*> updated;
-    std::vector<std::string> update_names;
     for (std::size_t i = 0; i < updates.size(); ++i) {
         const auto& [sv, expr] = updates[i];
         if (!sv.defined() || !sv.is_shared()) throw UsageError(fmt::format("function: update {} does not name a shared variable", i));
@@ -360,25 +243,33 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         if (!updated.insert(sv.node().cell.get()).second) {
             throw UsageError(fmt::format("function: shared variable '{}' is updated twice", sv.label()));
         }
-        all_updates.emplace_back(sv.node().cell, expr);
-        update_names.push_back(sv.label());
+        c.update_cells.push_back(sv.node().cell);
+        c.all.push_back(expr);
+        c.update_names.push_back(sv.label());
     }
-    // 2. Default updates of the shared variables the graph reads (generator states).
+}
+
+// Stage: the default updates of the shared variables the graph reads (generator states).
+void add_default_updates(Compilation& c) {
+    std::unordered_set<const SharedCell*> updated;
+    for (const auto& cell : c.update_cells) updated.insert(cell.get());
     for (bool grew = true; grew;) {
         grew = false;
-        std::vector<Variable> roots = outputs;
-        for (auto& u : all_updates) roots.push_back(u.second);
-        for (const auto& node : toposort(roots)) {
+        for (const auto& node : toposort(c.all)) {
             if (node->kind != NodeKind::shared || updated.count(node->cell.get())) continue;
             auto upd = node->cell->default_update_node.lock();
             if (!upd) continue;
             updated.insert(node->cell.get());
-            all_updates.emplace_back(node->cell, Variable(upd, node->cell->default_update_index));
-            update_names.push_back(node->name.empty() ? "<shared>" : node->name);
+            c.update_cells.push_back(node->cell);
+            c.all.emplace_back(upd, node->cell->default_update_index);
+            c.update_names.push_back(node->name.empty() ? "<shared>" : node->name);
             grew = true;
         }
     }
-    // 3. Givens.
+}
+
+// Stage: givens replace variables everywhere (clone_with_replace).
+void substitute_givens(const Givens& givens, Compilation& c) {
     VarMap<Variable> replace;
     for (std::size_t i = 0; i < givens.size(); ++i) {
         const auto& [from, to] = givens[i];
@@ -389,44 +280,27 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         }
         replace[key(from)] = to;
     }
-    std::vector<Variable> all = outputs;
-    for (auto& u : all_updates) all.push_back(u.second);
-    all = clone_with_replace(all, replace);
+    c.all = clone_with_replace(c.all, replace);
+}
 
-    // 4. Rewrites.
-    RewriteLog log;
-    log.verbose = options.verbose;
-    all = optimize(all, options.rewrites, log);
-
-    Function f;
-    f.plan_ = std::make_unique<Plan>();
-    Plan& p = *f.plan_;
-    p.log = log.lines;
-    p.profile = options.profile;
-    p.outputs.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(outputs.size()));
-    for (std::size_t i = 0; i < all_updates.size(); ++i) {
-        p.update_values.emplace_back(update_names[i], all[outputs.size() + i]);
-    }
-
-    // 5. Slots: one per variable (an in-place output later shares its input's slot).
-    auto order = toposort(all);
-    VarMap<int> slot_of;
-    std::size_t n_slots = inputs.size();
+// Stage: one slot per variable (an in-place output later takes its input's slot). Inputs
+// first, in order; constants hold their values; shared values and views are bound per call.
+void assign_slots(Compilation& c, Plan& p) {
+    auto order = toposort(c.all);
+    std::size_t n_slots = c.inputs.size();
     for (const auto& node : order) n_slots += static_cast<std::size_t>(node->n_outputs());
     p.slots.resize(n_slots);  // never resized again: steps hold pointers into it
     int next = 0;
-    for (std::size_t i = 0; i < inputs.size(); ++i) {
-        InputBinding b{next, inputs[i].var, inputs[i].name, inputs[i].value, Tensor()};
-        slot_of[key(inputs[i].var)] = next;
+    for (const In& in : c.inputs) {
+        p.inputs.push_back(InputBinding{next, in.var, in.name, in.value, in.borrow, Tensor()});
+        c.slot_of[key(in.var)] = next;
         p.transient.push_back(next);
-        p.inputs.push_back(std::move(b));
         ++next;
     }
-    std::vector<std::shared_ptr<const Node>> applies;
     for (const auto& node : order) {
         p.keepalive.push_back(node);
         if (node->kind == NodeKind::input) {
-            if (!slot_of.count(VarKey{node.get(), 0})) {
+            if (!c.slot_of.count(VarKey{node.get(), 0})) {
                 throw UsageError(fmt::format(
                     "function: the graph needs the input '{}' ({}), which is neither in the inputs list nor replaced by "
                     "the givens", node->name.empty() ? "<unnamed>" : node->name, node->types[0].str()));
@@ -434,12 +308,13 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             continue;
         }
         if (node->kind == NodeKind::constant) {
-            slot_of[VarKey{node.get(), 0}] = next;
+            c.slot_of[VarKey{node.get(), 0}] = next;
+            p.constant_slots.push_back(next);
             p.slots[next++] = node->value;
             continue;
         }
         if (node->kind == NodeKind::shared) {
-            slot_of[VarKey{node.get(), 0}] = next;
+            c.slot_of[VarKey{node.get(), 0}] = next;
             p.shared.emplace_back(next, node->cell);
             p.transient.push_back(next);
             ++next;
@@ -447,87 +322,26 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
         }
         std::vector<int> views = node->op->view_map();
         for (int o = 0; o < node->n_outputs(); ++o) {
-            slot_of[VarKey{node.get(), o}] = next;
+            c.slot_of[VarKey{node.get(), o}] = next;
             if (o < static_cast<int>(views.size()) && views[o] >= 0) p.transient.push_back(next);
             ++next;
         }
-        applies.push_back(node);
+        c.applies.push_back(node);
     }
+}
 
-    // 6. In-place: grant destroy requests whose old value nobody reads afterwards.
-    std::vector<std::pair<const Node*, const Node*>> after;  // (reader, destroyer): reader runs first
-    {
-        VarMap<std::vector<const Node*>> consumers;
-        for (const auto& n : applies) {
-            for (const auto& in : n->inputs) consumers[key(in)].push_back(n.get());
-        }
-        VarMap<bool> returned;  // function outputs and update values
-        for (const auto& v : all) returned[key(v)] = true;
-        std::unordered_map<const SharedCell*, VarKey> update_of;
-        for (std::size_t i = 0; i < all_updates.size(); ++i) update_of[all_updates[i].first.get()] = key(all[outputs.size() + i]);
-        VarMap<bool> destroyed;  // values some step overwrites
-        for (const auto& n : applies) {
-            std::vector<int> dm = n->op->destroy_map();
-            for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
-                if (dm[o] < 0) continue;
-                const Variable& v = n->inputs[dm[o]];
-                if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(key(v))) continue;
-                if (v.is_apply()) {
-                    auto vm = v.node().op->view_map();
-                    if (v.index() < static_cast<int>(vm.size()) && vm[v.index()] >= 0) continue;
-                } else if (!update_of.count(v.node().cell.get())) {
-                    // A shared value may be overwritten only when this call replaces it anyway.
-                    continue;
-                }
-                // Every variable that shares v's storage (v and the views made of it).
-                std::vector<Variable> aliases = {v};
-                bool ok = true;
-                for (std::size_t k = 0; k < aliases.size() && ok; ++k) {
-                    for (const Node* c : consumers[key(aliases[k])]) {
-                        auto vm = c->op->view_map();
-                        for (int co = 0; co < static_cast<int>(vm.size()); ++co) {
-                            if (vm[co] >= 0 && c->inputs[vm[co]].same(aliases[k])) {
-                                Variable alias = c->output(co);
-                                if (returned.count(key(alias))) ok = false;
-                                aliases.push_back(alias);
-                            }
-                        }
-                    }
-                }
-                // The destroyer reads v once; the other readers must not depend on it.
-                std::unordered_set<const Node*> downstream = {n.get()};
-                for (const auto& m : applies) {
-                    for (const auto& in : m->inputs) {
-                        if (downstream.count(in.node_ptr().get())) {
-                            downstream.insert(m.get());
-                            break;
-                        }
-                    }
-                }
-                int reads_by_n = 0;
-                std::vector<const Node*> readers;
-                for (const auto& a : aliases) {
-                    for (const Node* c : consumers[key(a)]) {
-                        if (c == n.get()) {
-                            ++reads_by_n;
-                        } else if (downstream.count(c)) {
-                            ok = false;
-                        } else {
-                            readers.push_back(c);
-                        }
-                    }
-                }
-                if (!ok || reads_by_n != 1) continue;
-                for (const Node* r : readers) after.emplace_back(r, n.get());
-                slot_of[VarKey{n.get(), o}] = slot_of.at(key(v));
-                p.in_place.push_back(fmt::format("{} writes output {} into input {} ({})", n->op->name(), o, dm[o], v.label()));
-                destroyed[key(v)] = true;
-            }
+// Stage: the order of the steps. Inputs before users, readers before in-place writers, the
+// steps that write into shared variables' buffers (and all that depends on them) last,
+// otherwise the topological order.
+void schedule(Compilation& c, Plan& p) {
+    const auto& applies = c.applies;
+    const auto& slot_of = c.slot_of;
+    std::unordered_set<const Node*> commit = c.grants.commit;
+    for (const auto& n : applies) {
+        for (const auto& in : n->inputs) {
+            if (in.is_apply() && commit.count(&in.node())) commit.insert(n.get());
         }
     }
-
-    // 7. Schedule: inputs before users, readers before in-place writers, otherwise the
-    // topological order.
     {
         std::unordered_map<const Node*, std::size_t> pos;
         for (std::size_t i = 0; i < applies.size(); ++i) pos[applies[i].get()] = i;
@@ -542,21 +356,30 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
                 if (in.is_apply()) edge(in.node_ptr().get(), n.get());
             }
         }
-        for (auto [r, d] : after) edge(r, d);
+        for (auto [r, d] : c.grants.after) edge(r, d);
         std::priority_queue<std::size_t, std::vector<std::size_t>, std::greater<>> ready;
+        // Commit steps rank after every other step.
+        auto rank = [&](std::size_t i) { return commit.count(applies[i].get()) ? i + applies.size() : i; };
         for (std::size_t i = 0; i < applies.size(); ++i) {
-            if (indeg[i] == 0) ready.push(i);
+            if (indeg[i] == 0) ready.push(rank(i));
         }
         std::vector<std::shared_ptr<const Node>> sched;
         while (!ready.empty()) {
-            std::size_t i = ready.top();
+            std::size_t i = ready.top() % applies.size();
             ready.pop();
             sched.push_back(applies[i]);
             for (std::size_t j : succ[i]) {
-                if (--indeg[j] == 0) ready.push(j);
+                if (--indeg[j] == 0) ready.push(rank(j));
             }
         }
         internal_check(sched.size() == applies.size(), "function: the in-place schedule has a cycle");
+        p.first_commit = sched.size();
+        for (std::size_t k = 0; k < sched.size(); ++k) {
+            if (commit.count(sched[k].get())) {
+                p.first_commit = k;
+                break;
+            }
+        }
         for (const auto& node : sched) {
             Step s{node->op.get(), node.get(), {}, {}, {}, {}, {}};
             for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
@@ -564,9 +387,14 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             p.steps.push_back(std::move(s));
         }
     }
-    // 8. Placement: the inputs of a Join along axis 0 are written straight into its output
-    // when each is a plain computed value in a slot of its own that nothing returns or
-    // overwrites, and the Join's output is neither returned nor overwritten.
+}
+
+// Stage: placement. The inputs of a Join along axis 0 are written straight into its output
+// when each is a plain computed value in a slot of its own that nothing returns or
+// overwrites, and the Join's output is neither returned nor overwritten.
+void place_joins(Compilation& c, Plan& p) {
+    const auto& all = c.all;
+    const auto& slot_of = c.slot_of;
     {
         VarMap<bool> returned;
         for (const auto& v : all) returned[key(v)] = true;
@@ -602,9 +430,14 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             p.in_place.push_back(fmt::format("{}'s inputs are written into its output", st.op->name()));
         }
     }
-    // 9. Liveness: a computed value in a slot of its own (not returned, not an update, not
-    // overwritten in place, not placed in a Join, none of its views returned) gives its
-    // buffer back to the pool after its last reader, for a later value of a size that fits.
+}
+
+// Stage: liveness. A computed value in a slot of its own (not returned, not an update, not
+// overwritten in place, not placed in a Join, none of its views returned) gives its buffer
+// back to the pool after its last reader, for a later value of a size that fits.
+void plan_liveness(Compilation& c, Plan& p) {
+    const auto& all = c.all;
+    const auto& slot_of = c.slot_of;
     {
         const int n_steps_i = static_cast<int>(p.steps.size());
         const auto slot_index = [&](const Tensor* t) { return static_cast<int>(t - p.slots.data()); };
@@ -660,14 +493,43 @@ Function function(const std::vector<In>& inputs, const std::vector<Variable>& ou
             p.steps[last[s]].release.push_back(static_cast<int>(s));
         }
     }
-    for (const auto& o : p.outputs) p.output_slots.push_back(slot_of.at(key(o)));
-    std::unordered_set<int> transient(p.transient.begin(), p.transient.end());
-    std::unordered_set<int> used;
-    for (std::size_t i = 0; i < all_updates.size(); ++i) {
-        int slot = slot_of.at(key(all[outputs.size() + i]));
-        const Variable& v = all[outputs.size() + i];
-        bool swap = v.is_apply() && !transient.count(slot) && used.insert(slot).second;
-        p.updates.push_back({all_updates[i].first, slot, swap});
+}
+
+}  // namespace
+
+Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs, const Updates& updates,
+                  const Givens& givens, const CompileOptions& options) {
+    Compilation c;
+    c.inputs = inputs;
+    check_signature(inputs, outputs, updates, c);
+    add_default_updates(c);
+    substitute_givens(givens, c);
+
+    RewriteLog log;
+    log.verbose = options.verbose;
+    c.all = optimize(c.all, options.rewrites, log);
+
+    Function f;
+    f.plan_ = std::make_unique<Plan>();
+    Plan& p = *f.plan_;
+    p.log = log.lines;
+    p.profile = options.profile;
+    p.outputs.assign(c.all.begin(), c.all.begin() + static_cast<std::ptrdiff_t>(c.n_outputs));
+    for (std::size_t i = 0; i < c.update_cells.size(); ++i) {
+        p.update_values.emplace_back(c.update_names[i], c.all[c.n_outputs + i]);
+    }
+    assign_slots(c, p);
+    c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of);
+    p.in_place = c.grants.log;
+    p.destroyed_cells = c.grants.destroyed_cells;
+    schedule(c, p);
+    place_joins(c, p);
+    plan_liveness(c, p);
+    for (std::size_t i = 0; i < c.n_outputs; ++i) {
+        p.results.push_back(OutputBinding{c.slot_of.at(key(c.all[i])), outputs[i].borrow, Tensor()});
+    }
+    for (std::size_t i = 0; i < c.update_cells.size(); ++i) {
+        p.updates.push_back(UpdateBinding{c.update_cells[i], c.slot_of.at(key(c.all[c.n_outputs + i])), Tensor()});
     }
     return f;
 }

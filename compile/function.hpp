@@ -2,15 +2,27 @@
 //
 // The path of a value: function() substitutes the givens (clone_with_replace), adds the
 // default updates of shared variables the graph reads (random generator states), runs the
-// rewrite pipeline, and linearises the graph into a Plan: a flat list of steps
-// {op, input slots, output slots} over a vector of tensor slots. A call binds the
-// arguments and the shared variables' values to their slots, runs every step's kernel,
-// collects the outputs, then writes every update at once (so each update sees the old
+// rewrite pipeline, and linearises the graph into a Plan (compile/plan.hpp): a flat list of
+// steps {op, input slots, output slots} over a vector of tensor slots. A call binds the
+// arguments and the shared variables' values to their slots, runs every step's kernel, then
+// hands out the results and writes every update at once (so each update sees the old
 // values). Slots keep their buffers between calls, so a steady-state call allocates no
-// tensor storage; an update hands its freshly computed buffer to the shared variable and
-// takes the old one back for the next call.
+// tensor storage.
+//
+// The contract a caller can rely on (compile/ownership.hpp states it in full):
+// - Results never share storage with the arguments, constants, shared variables or each
+//   other, and later calls never change them, unless Out::borrow / In::borrow allow it.
+// - Two shared variables never share storage after an update; in-place kernels write only
+//   the function's own buffers or the buffer of the very variable they update.
+// - A call is atomic: when any step throws, no shared variable and no random generator state
+//   changes (updates are committed only after every step has succeeded).
+// - A Function is not reentrant: a second call while one is running (from another thread)
+//   raises UsageError. Different Functions may run concurrently when no shared variable one
+//   of them updates is read or updated by the other.
+// - A moved-from Function raises UsageError when called.
 #pragma once
 
+#include <concepts>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,14 +43,26 @@ struct CompileOptions {
 
 // An input of a compiled function, optionally with a default value and a name for calls
 // by name (Theano's In(variable, value=..., name=...)).
+// borrow = true lets results and updates keep the argument's buffer instead of a copy (the
+// caller accepts that later calls may change the array it passed).
 struct In {
     Variable var;
     std::optional<Tensor> value;
     std::string name;
+    bool borrow = false;
     In(const Variable& v) : var(v), name(v.name()) {}
     In(const Variable& v, const Tensor& default_value, std::string n = "")
         : var(v), value(default_value), name(n.empty() ? v.name() : std::move(n)) {}
     In(const Variable& v, double default_value, std::string n = "");
+};
+
+// An output of a compiled function (Theano's Out). borrow = true allows the result to be
+// returned without a copy even when it shares a buffer with an argument, a constant or a
+// shared variable; the caller accepts that later calls may change it.
+struct Out {
+    Variable var;
+    bool borrow = false;
+    Out(const Variable& v, bool b = false) : var(v), borrow(b) {}
 };
 
 // A call argument: a tensor, or a number converted to the input's dtype.
@@ -100,14 +124,23 @@ public:
     Function& operator=(Function&&) noexcept;
 
 private:
-    friend Function function(const std::vector<In>&, const std::vector<Variable>&, const Updates&,
-                             const Givens&, const CompileOptions&);
+    friend Function function(const std::vector<In>&, const std::vector<Out>&, const Updates&, const Givens&,
+                             const CompileOptions&);
     Function();
+    Plan& plan() const;  // throws UsageError on a moved-from Function
     std::unique_ptr<Plan> plan_;
 };
 
-Function function(const std::vector<In>& inputs, const std::vector<Variable>& outputs,
+Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs,
                   const Updates& updates = {}, const Givens& givens = {},
                   const CompileOptions& options = CompileOptions());
+
+// The same with a std::vector<Variable> of outputs (braced lists take the overload above).
+template <class V>
+    requires std::same_as<std::remove_cvref_t<V>, std::vector<Variable>>
+Function function(const std::vector<In>& inputs, V&& outputs, const Updates& updates = {},
+                  const Givens& givens = {}, const CompileOptions& options = CompileOptions()) {
+    return function(inputs, std::vector<Out>(outputs.begin(), outputs.end()), updates, givens, options);
+}
 
 }  // namespace theanine

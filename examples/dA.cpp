@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "examples/io/atomic_file.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/npy.hpp"
 #include "examples/io/png.hpp"
@@ -154,7 +155,7 @@ int main(int argc, char** argv) {
         if (n_batches < 1) {
             bad_flag(fmt::format("--train-size {} is smaller than one batch of {}", n_train, flags.batch_size));
         }
-        std::filesystem::create_directories(flags.output);
+        io::check_writable_dir(flags.output, "--output");
         const bool tty = isatty(2);
 
         Variable index = lscalar("index");

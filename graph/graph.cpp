@@ -63,6 +63,8 @@ bool Variable::is_input() const { return node_ && node_->kind == NodeKind::input
 bool Variable::is_constant() const { return node_ && node_->kind == NodeKind::constant; }
 bool Variable::is_shared() const { return node_ && node_->kind == NodeKind::shared; }
 
+void Op::validate(const Node&, std::span<const Tensor* const>) const {}
+
 std::optional<std::vector<Shape>> Op::infer_shape(const std::vector<Shape>&) const {
     return std::nullopt;
 }

@@ -146,6 +146,13 @@ public:
     // later step reads the old value; otherwise the output is a separate buffer.
     virtual std::vector<int> destroy_map() const { return {}; }
 
+    // Checks the runtime inputs as perform() does before it writes anything, throwing the
+    // error perform() would throw. An op with a destroy_map implements it, and perform()
+    // must not throw for inputs it accepts: the executor validates every step that writes
+    // into a shared variable's buffer before the first of them runs, so a call that fails
+    // changes no shared variable (compile/ownership.hpp).
+    virtual void validate(const Node& node, std::span<const Tensor* const> in) const;
+
     // Identity through props. Ops of the same dynamic type with equal props are equal,
     // so equal nodes can be merged.
     virtual bool props_equal(const Op& other) const = 0;

@@ -502,7 +502,7 @@ std::optional<std::vector<Shape>> Gemm::infer_shape(const std::vector<Shape>& in
     return std::vector<Shape>{in[0]};
 }
 
-void Gemm::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+void Gemm::validate(const Node&, std::span<const Tensor* const> in) const {
     const Tensor& c = *in[0];
     const Tensor& a = *in[2];
     const Tensor& b = *in[3];
@@ -514,6 +514,15 @@ void Gemm::perform(const Node&, std::span<const Tensor* const> in, std::span<Ten
         throw UsageError(fmt::format("{}: shapes do not agree: C {}, A {}, B {}", name(), shape_string(c.shape()),
                                      shape_string(a.shape()), shape_string(b.shape())));
     }
+}
+
+void Gemm::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    validate(node, in);
+    const Tensor& c = *in[0];
+    const Tensor& a = *in[2];
+    const Tensor& b = *in[3];
+    const std::int64_t m = trans_a_ ? a.dim(1) : a.dim(0);
+    const std::int64_t n = trans_b_ ? b.dim(0) : b.dim(1);
     // Accumulate into C's own buffer when nothing else holds it (the executor hands the
     // tensor over when liveness allows); otherwise into a copy.
     if (out[0] != in[0]) {

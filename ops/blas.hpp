@@ -52,6 +52,7 @@ public:
     std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
     std::vector<int> destroy_map() const override { return {0}; }
+    void validate(const Node& node, std::span<const Tensor* const> in) const override;
     bool props_equal(const Op& o) const override;
     std::size_t props_hash() const override { return (trans_a_ ? 2u : 0u) + (trans_b_ ? 1u : 0u); }
 

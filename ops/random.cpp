@@ -418,6 +418,12 @@ void step_block(std::int32_t (&x)[6][kBlock], int count, T* __restrict out, T lo
 
 template <class T>
 void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out, T low, T high, int threads) {
+    uniform_fill<T>(rows, rows, n_streams, n, out, low, high, threads);
+}
+
+template <class T>
+void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out, T low,
+                  T high, int threads) {
     const bool unit = low == T(0) && high == T(1);
     const std::int64_t used = std::min(n, n_streams);
     const std::int64_t n_blocks = (used + kBlock - 1) / kBlock;
@@ -428,7 +434,7 @@ void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T*
         const int nb = static_cast<int>(std::min<std::int64_t>(kBlock, used - b0));
         std::int32_t x[6][kBlock];
         for (int j = 0; j < nb; ++j) {
-            for (int k = 0; k < 6; ++k) x[k][j] = rows[(b0 + j) * 6 + k];
+            for (int k = 0; k < 6; ++k) x[k][j] = src[(b0 + j) * 6 + k];
         }
         // Round r draws element b0 + j + r * n_streams for each stream j of the block.
         for (std::int64_t first = b0; first < n; first += n_streams) {
@@ -444,10 +450,18 @@ void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T*
             for (int k = 0; k < 6; ++k) rows[(b0 + j) * 6 + k] = x[k][j];
         }
     }
+    // Streams past n draw nothing and keep their state.
+    if (src != rows && used < n_streams) {
+        std::copy(src + used * 6, src + n_streams * 6, rows + used * 6);
+    }
 }
 
 template void uniform_fill<float>(std::int32_t*, std::int64_t, std::int64_t, float*, float, float, int);
 template void uniform_fill<double>(std::int32_t*, std::int64_t, std::int64_t, double*, double, double, int);
+template void uniform_fill<float>(const std::int32_t*, std::int32_t*, std::int64_t, std::int64_t, float*, float, float,
+                                  int);
+template void uniform_fill<double>(const std::int32_t*, std::int32_t*, std::int64_t, std::int64_t, double*, double,
+                                   double, int);
 
 }  // namespace mrg
 
@@ -649,17 +663,27 @@ T to_uniform(std::int32_t z) {
 }
 }  // namespace
 
-void MRGRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+void MRGRandomOp::validate(const Node&, std::span<const Tensor* const> in) const {
+    const Tensor& rs = *in[0];
+    read_size(name(), *in[1], ndim_);
+    if (rs.ndim() != 2 || rs.dim(0) < 1 || rs.dim(1) != 6) {
+        throw UsageError(fmt::format("{}: rstate has shape {}, expected (n_streams, 6)", name(), shape_string(rs.shape())));
+    }
+}
+
+void MRGRandomOp::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    validate(node, in);
     const Tensor& rs = *in[0];
     Shape shape = read_size(name(), *in[1], ndim_);
     const std::int64_t n = shape_size(shape);
     const std::int64_t n_streams = rs.dim(0);
-    if (n_streams < 1 || rs.dim(1) != 6) {
-        throw UsageError(fmt::format("{}: rstate has shape {}, expected (n_streams, 6)", name(), shape_string(rs.shape())));
-    }
-    if (out[0] != in[0]) {  // not granted in place: advance a copy
+    const bool in_place = out[0] == in[0];
+    const Tensor src = in_place ? Tensor() : rs.contiguous();
+    if (!in_place) {
+        // Not granted in place: uniform draws read the old state and write the new one to
+        // the output; normal draws advance a copy.
         out[0]->ensure(DType::int32, rs.shape());
-        out[0]->copy_from(rs);
+        if (dist_ != Dist::uniform) out[0]->copy_from(rs);
     }
     auto* st = out[0]->data<std::int32_t>();
     out[1]->ensure(dtype_, shape);
@@ -676,7 +700,9 @@ void MRGRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::s
             };
             if (dist_ == Dist::uniform) {
                 const int nt = n >= 8192 ? num_threads() : 1;
-                mrg::uniform_fill<T>(st, n_streams, n, o, static_cast<T>(in[2]->item()), static_cast<T>(in[3]->item()), nt);
+                const std::int32_t* from = in_place ? st : src.data<std::int32_t>();
+                mrg::uniform_fill<T>(from, st, n_streams, n, o, static_cast<T>(in[2]->item()),
+                                     static_cast<T>(in[3]->item()), nt);
                 return;
             }
             const T avg = static_cast<T>(in[2]->item()), sd = static_cast<T>(in[3]->item());

@@ -93,6 +93,11 @@ Tensor substreams(const State& base, std::int64_t n_streams);
 template <class T>
 void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out, T low = T(0), T high = T(1),
                   int threads = 1);
+// The same reading the streams from src and writing the advanced ones to rows (src may be
+// rows), so the old state stays untouched.
+template <class T>
+void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out,
+                  T low, T high, int threads);
 }  // namespace mrg
 
 // A size argument: constant dimensions, or a symbolic int64 vector such as x.shape().
@@ -120,13 +125,16 @@ private:
 
 // MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
 // std (scalars of the output dtype). Outputs: new rstate, sample. The state advances in place
-// when the planner allows it (destroy_map {0}).
+// when the planner allows it (destroy_map {0}: only when the sample is unused, since the
+// state is a shared variable's buffer); otherwise uniform draws write the advanced state to
+// the output buffer without copying the old one first.
 class MRGRandomOp final : public Op {
 public:
     enum class Dist { uniform, normal };
     MRGRandomOp(Dist dist, DType dtype, int ndim) : dist_(dist), dtype_(dtype), ndim_(ndim) {}
     std::string name() const override;
     std::vector<int> destroy_map() const override { return {0, -1}; }
+    void validate(const Node& node, std::span<const Tensor* const> in) const override;
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;

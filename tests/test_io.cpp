@@ -2,7 +2,10 @@
 // tile_raster_images.
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <filesystem>
 #include <functional>
@@ -10,6 +13,7 @@
 
 #include <zlib.h>
 
+#include "examples/io/atomic_file.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/npy.hpp"
 #include "examples/io/png.hpp"
@@ -151,4 +155,98 @@ TEST_CASE("tile_raster_images lays out scaled tiles with spacing") {
     // The dA's layout: 100 tiles of 28x28 with spacing 1 make 289x289.
     CHECK(io::tile_raster_images(Tensor::zeros(DType::float64, {500, 784}), {28, 28}, {10, 10}, {1, 1}).shape() ==
           Shape{289, 289});
+}
+
+namespace {
+// Files in dir whose name starts with prefix (temporary files left behind would show here).
+int files_starting_with(const fs::path& dir, const std::string& prefix) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename().string().rfind(prefix, 0) == 0;
+    return n;
+}
+
+// Runs f with the process's file size limit set to bytes (a disk that fills up after that
+// many bytes of one file): writes past it fail with EFBIG instead of raising SIGXFSZ.
+void with_file_size_limit(rlim_t bytes, const std::function<void()>& f) {
+    struct rlimit old {};
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = old;
+    lim.rlim_cur = bytes;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    try {
+        f();
+    } catch (...) {
+        setrlimit(RLIMIT_FSIZE, &old);
+        std::signal(SIGXFSZ, old_handler);
+        throw;
+    }
+    setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+}
+}  // namespace
+
+TEST_CASE("files are written whole or not at all: a full disk never destroys a good file") {
+    fs::path dir = temp_dir() / "atomic";
+    fs::create_directories(dir);
+    const std::string npy = (dir / "W.npy").string();
+    const std::string png = (dir / "filters.png").string();
+    Tensor good = random_tensor({50, 40}, 7);
+    io::save_npy(npy, good);
+    Tensor image = Tensor::zeros(DType::uint8, {200, 300});
+    io::write_png_gray(png, image);
+    const auto npy_size = fs::file_size(npy), png_size = fs::file_size(png);
+    CHECK(files_starting_with(dir, ".") == 0);
+
+    // A later, larger write that does not fit: an error naming the file, the old file intact.
+    Tensor big = random_tensor({400, 400}, 8);
+    with_file_size_limit(4096, [&] {
+        CHECK_THROWS_WITH_AS(io::save_npy(npy, big), doctest::Contains(("cannot write " + npy).c_str()), UsageError);
+    });
+    CHECK(fs::file_size(npy) == npy_size);
+    CHECK(io::load_npy(npy).to_doubles() == good.to_doubles());
+    CHECK(files_starting_with(dir, ".") == 0);
+
+    Tensor noisy = Tensor::empty(DType::uint8, {400, 400});
+    for (std::int64_t i = 0; i < noisy.size(); ++i) noisy.data<std::uint8_t>()[i] = static_cast<std::uint8_t>(i * 7919 % 251);
+    with_file_size_limit(2048, [&] {
+        CHECK_THROWS_WITH_AS(io::write_png_gray(png, noisy), doctest::Contains(png.c_str()), UsageError);
+    });
+    CHECK(fs::file_size(png) == png_size);
+    CHECK(io::read_png_gray(png).shape() == Shape{200, 300});
+    CHECK(files_starting_with(dir, ".") == 0);
+
+    // A small write whose failure shows only at the final flush is still reported.
+    with_file_size_limit(100, [&] {
+        CHECK_THROWS_WITH_AS(io::save_npy(npy, random_tensor({3, 3}, 9)), doctest::Contains("cannot write"), UsageError);
+    });
+    CHECK(io::load_npy(npy).to_doubles() == good.to_doubles());
+
+    // A successful write replaces the file.
+    io::save_npy(npy, big);
+    CHECK(io::load_npy(npy).to_doubles() == big.to_doubles());
+    CHECK(files_starting_with(dir, ".") == 0);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("an unwritable output folder is found before any work") {
+    fs::path dir = temp_dir() / "writable";
+    io::check_writable_dir(dir.string(), "--output");  // creates it
+    CHECK(fs::is_directory(dir));
+    CHECK(files_starting_with(dir, ".") == 0);
+    fs::path file = dir / "plain_file";
+    std::ofstream(file) << "x";
+    CHECK_THROWS_WITH_AS(io::check_writable_dir(file.string(), "--output"),
+                         doctest::Contains(("--output " + file.string() + ": cannot create the folder").c_str()), UsageError);
+    CHECK_THROWS_WITH_AS(io::check_writable_dir((file / "sub").string(), "--save-params"),
+                         doctest::Contains(("--save-params " + (file / "sub").string()).c_str()), UsageError);
+    CHECK_THROWS_WITH_AS(io::save_npy(dir.string(), Tensor::zeros(DType::float64, {2})),
+                         ("cannot write " + dir.string() + ": it is a directory").c_str(), UsageError);
+    if (::geteuid() != 0) {  // root may write anywhere
+        fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
+        CHECK_THROWS_WITH_AS(io::check_writable_dir(dir.string(), "--output"),
+                             doctest::Contains("cannot create files there"), UsageError);
+        fs::permissions(dir, fs::perms::owner_all);
+    }
+    fs::remove_all(dir);
 }

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "examples/io/atomic_file.hpp"
 #include "graph/config.hpp"
 #include "graph/error.hpp"
 #include "ops/blas.hpp"
@@ -135,6 +136,7 @@ void CommonFlags::add_to(FlagParser& parser, const std::string& save_help) {
 void CommonFlags::apply() const {
     config().floatX = dtype_from_name(floatX);
     if (threads > 0) set_num_threads(threads);
+    if (!save.empty()) check_writable_dir(save, "--save-params");
 }
 
 std::vector<int> parse_int_list(const std::string& flag, const std::string& text) {

@@ -38,7 +38,7 @@ struct CommonFlags {
     std::string save;  // folder for parameter files; empty: do not save
     int threads = 0;
     void add_to(FlagParser& parser, const std::string& save_help);
-    // Sets config().floatX and the thread count.
+    // Sets config().floatX and the thread count; checks that --save-params can be written.
     void apply() const;
 };
 

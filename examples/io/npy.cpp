@@ -1,5 +1,7 @@
 #include "examples/io/npy.hpp"
 
+#include "examples/io/atomic_file.hpp"
+
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -31,16 +33,15 @@ void save_npy(const std::string& path, const Tensor& t0) {
     std::size_t total = 10 + header.size() + 1;
     header.append((64 - total % 64) % 64, ' ');
     header += '\n';
-    std::ofstream f(path, std::ios::binary);
-    if (!f) throw UsageError(fmt::format("save_npy: cannot write {}", path));
+    AtomicFile f(path);
     const char magic[] = "\x93NUMPY\x01\x00";
     f.write(magic, 8);
     const std::uint16_t hlen = static_cast<std::uint16_t>(header.size());
     const char lenb[2] = {static_cast<char>(hlen & 0xff), static_cast<char>(hlen >> 8)};
     f.write(lenb, 2);
-    f.write(header.data(), static_cast<std::streamsize>(header.size()));
-    f.write(static_cast<const char*>(t.raw_data()), static_cast<std::streamsize>(t.size() * static_cast<std::int64_t>(dtype_size(t.dtype()))));
-    if (!f) throw UsageError(fmt::format("save_npy: error writing {}", path));
+    f.write(header.data(), header.size());
+    f.write(t.raw_data(), static_cast<std::size_t>(t.size()) * dtype_size(t.dtype()));
+    f.commit();
 }
 
 Tensor load_npy(const std::string& path) {

@@ -1,5 +1,7 @@
 #include "examples/io/png.hpp"
 
+#include "examples/io/atomic_file.hpp"
+
 #include <cstdio>
 #include <memory>
 #include <vector>
@@ -21,8 +23,7 @@ void write_png_gray(const std::string& path, const Tensor& image0) {
                                      shape_string(image0.shape())));
     }
     const Tensor image = image0.contiguous();
-    std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path.c_str(), "wb"));
-    if (!f) throw UsageError(fmt::format("write_png_gray: cannot write {}", path));
+    AtomicFile file(path);
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
     png_infop info = png ? png_create_info_struct(png) : nullptr;
     if (!png || !info) {
@@ -33,7 +34,7 @@ void write_png_gray(const std::string& path, const Tensor& image0) {
         png_destroy_write_struct(&png, &info);
         throw UsageError(fmt::format("write_png_gray: libpng failed writing {}", path));
     }
-    png_init_io(png, f.get());
+    png_init_io(png, file.stream());
     const auto h = static_cast<png_uint_32>(image.dim(0)), w = static_cast<png_uint_32>(image.dim(1));
     png_set_IHDR(png, info, w, h, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                  PNG_FILTER_TYPE_DEFAULT);
@@ -42,6 +43,7 @@ void write_png_gray(const std::string& path, const Tensor& image0) {
     for (png_uint_32 r = 0; r < h; ++r) png_write_row(png, const_cast<png_bytep>(d + static_cast<std::size_t>(r) * w));
     png_write_end(png, nullptr);
     png_destroy_write_struct(&png, &info);
+    file.commit();
 }
 
 Tensor read_png_gray(const std::string& path) {

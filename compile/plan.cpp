@@ -1,0 +1,132 @@
+// The executor: binds arguments, runs a Plan's steps, and hands the call's end to the
+// memory contract (ownership.cpp).
+#include "compile/plan.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "compile/ownership.hpp"
+#include "ops/shape.hpp"
+
+namespace theanine {
+
+namespace {
+
+std::string input_label(std::size_t i, const InputBinding& b) {
+    return b.name.empty() ? fmt::format("input {}", i) : fmt::format("input {} ('{}')", i, b.name);
+}
+
+// After a Join along axis 0 has run, its inputs' slots become views of the matching rows of
+// its output, so on the next call their producers write there and the Join copies nothing.
+void place_join_inputs(Step& s) {
+    Tensor& o = *s.out[0];
+    if (!o.defined() || !o.is_contiguous()) return;
+    std::int64_t at = 0;
+    for (Tensor* slot : s.place) {
+        if (!slot->defined() || slot->ndim() != o.ndim()) return;
+        const std::int64_t n = slot->dim(0);
+        *slot = o.slice(0, at, at + n, 1).placed();
+        at += n;
+    }
+}
+
+}  // namespace
+
+Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
+    const TensorType& type = b.var.type();
+    if (a.tensor) {
+        const Tensor& t = *a.tensor;
+        if (!t.defined()) throw UsageError(fmt::format("function call: {} got an empty tensor", input_label(position, b)));
+        if (t.dtype() != type.dtype || t.ndim() != type.ndim()) {
+            throw UsageError(fmt::format("function call: {} expects {}, got {} of shape {}", input_label(position, b),
+                                         type.str(), dtype_name(t.dtype()), shape_string(t.shape())));
+        }
+        if (!type.accepts(t)) {
+            throw UsageError(fmt::format("function call: {} expects {} (size 1 on broadcastable axes), got shape {}",
+                                         input_label(position, b), type.str(), shape_string(t.shape())));
+        }
+        return t;
+    }
+    if (type.ndim() != 0) {
+        throw UsageError(fmt::format("function call: {} expects {}, got a number", input_label(position, b), type.str()));
+    }
+    if (!is_float(type.dtype) && std::floor(a.number) != a.number) {
+        throw UsageError(fmt::format("function call: {} expects {}, got the non-integer {}", input_label(position, b),
+                                     type.str(), a.number));
+    }
+    if (!(b.scratch.defined() && b.scratch.storage_use_count() == 1)) b.scratch = Tensor::empty(type.dtype, {});
+    dispatch(type.dtype, [&]<class T>() { *b.scratch.data<T>() = static_cast<T>(a.number); });
+    return b.scratch;
+}
+
+void Plan::run_step(Step& s) {
+    for (int o : s.acquire) {
+        // A pooled buffer the op's ensure() will keep (large enough, at most about twice),
+        // the most recently released first, so buffers no step needs stay untouched.
+        const std::size_t need = last_bytes[o];
+        for (std::size_t k = pool.size(); k-- > 0 && need > 0;) {
+            const std::size_t have = pool[k].storage_bytes();
+            if (have < need || have > 2 * need + 64) continue;
+            slots[o] = std::move(pool[k]);
+            if (k < pool_idle) {
+                // Keep the untouched ones first: the last untouched one fills the hole.
+                --pool_idle;
+                if (k != pool_idle) pool[k] = std::move(pool[pool_idle]);
+                k = pool_idle;
+            }
+            if (k + 1 != pool.size()) pool[k] = std::move(pool.back());
+            pool.pop_back();
+            break;
+        }
+    }
+    s.op->perform(*s.node, s.in, s.out);
+    if (!s.place.empty()) place_join_inputs(s);
+    for (int r : s.release) {
+        for (int v : views_of[r]) slots[v] = Tensor();
+        if (!slots[r].defined()) continue;
+        last_bytes[r] = static_cast<std::size_t>(slots[r].size()) * dtype_size(slots[r].dtype());
+        pool.push_back(std::move(slots[r]));
+        slots[r] = Tensor();
+    }
+}
+
+void Plan::run_steps() {
+    if (profile) step_seconds.resize(steps.size(), 0.0);
+    for (std::size_t i = 0; i < steps.size(); ++i) {
+        if (i == first_commit) {
+            // Every step from here on writes into a shared variable's buffer: check them all
+            // before the first one writes, so a failing call changes nothing.
+            for (std::size_t j = i; j < steps.size(); ++j) steps[j].op->validate(*steps[j].node, steps[j].in);
+        }
+        if (profile) {
+            auto t0 = std::chrono::steady_clock::now();
+            run_step(steps[i]);
+            step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        } else {
+            run_step(steps[i]);
+        }
+    }
+    if (profile) ++calls;
+}
+
+std::vector<Tensor> Plan::run() {
+    // Whatever happens, the call lets go of the arguments and shared values it bound, and
+    // frees the pooled buffers no step took.
+    struct EndOfCall {
+        Plan& p;
+        ~EndOfCall() {
+            for (int s : p.transient) p.slots[s] = Tensor();
+            const auto idle = static_cast<std::ptrdiff_t>(std::min(p.pool_idle, p.pool.size()));
+            p.pool.erase(p.pool.begin(), p.pool.begin() + idle);
+        }
+    } end_of_call{*this};
+    pool_idle = pool.size();
+    bind_shared(*this);
+    run_steps();
+    return finish_call(*this);
+}
+
+}  // namespace theanine

@@ -1,0 +1,90 @@
+// The compiled form of a function and its executor.
+//
+// A Plan is a flat list of steps {op, input slots, output slots} over a vector of tensor
+// slots. function.cpp builds it in named stages; a call binds the arguments and shared
+// values to their slots, runs the steps in order, and then hands out the results and
+// commits the updates under the memory contract (ownership.hpp). Slots keep their buffers
+// between calls, so a steady-state call allocates no tensor storage.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compile/function.hpp"
+
+namespace theanine {
+
+struct Step {
+    const Op* op;
+    const Node* node;
+    std::vector<const Tensor*> in;
+    std::vector<Tensor*> out;
+    std::vector<Tensor*> place;  // a Join's input slots, to be placed in its output
+    std::vector<int> acquire;    // output slots that take a pooled buffer before the step
+    std::vector<int> release;    // slots whose value is dead after the step
+};
+
+struct InputBinding {
+    int slot;
+    Variable var;
+    std::string name;
+    std::optional<Tensor> default_value;
+    bool borrow = false;  // In::borrow: results and updates may keep the argument's buffer
+    Tensor scratch;       // reused for number arguments
+};
+
+struct UpdateBinding {
+    std::shared_ptr<SharedCell> cell;
+    int slot;
+    Tensor spare;  // the buffer a copied update value goes to (ownership.cpp)
+};
+
+struct OutputBinding {
+    int slot;
+    bool borrow = false;  // Out::borrow: may be returned without a copy
+    Tensor spare;         // the buffer a copied result goes to, reused once the caller drops it
+};
+
+struct Plan {
+    std::vector<Variable> outputs;
+    std::vector<std::pair<std::string, Variable>> update_values;  // for printing
+    std::vector<Tensor> slots;
+    std::vector<Step> steps;
+    std::vector<InputBinding> inputs;
+    std::vector<std::pair<int, std::shared_ptr<SharedCell>>> shared;
+    std::vector<OutputBinding> results;
+    std::vector<UpdateBinding> updates;
+    std::vector<int> transient;  // slots released after each call
+    std::vector<int> constant_slots;
+    std::vector<std::shared_ptr<const Node>> keepalive;
+    std::vector<std::string> log;
+    std::vector<std::string> in_place;
+    // Steps [first_commit, end) write into shared variables' buffers (ownership.hpp); they
+    // run last and are validated together before the first of them writes.
+    std::size_t first_commit = 0;
+    // The shared variables some step overwrites in place.
+    std::vector<std::shared_ptr<SharedCell>> destroyed_cells;
+    bool profile = false;
+    std::int64_t calls = 0;
+    std::vector<double> step_seconds;  // with profile: per step, summed over the calls
+    // Liveness: buffers of dead values wait in the pool for a later value that fits (the
+    // size each slot needed last call); views_of[s] lists the view slots made of slot s.
+    std::vector<Tensor> pool;
+    std::size_t pool_idle = 0;  // pool[0, pool_idle) has not left the pool during this call
+    std::vector<std::size_t> last_bytes;
+    std::vector<std::vector<int>> views_of;
+    std::atomic<bool> busy{false};  // a call is running (a Function is not reentrant)
+
+    Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
+    // Runs the steps with the arguments bound; returns the results and commits the updates.
+    std::vector<Tensor> run();
+
+private:
+    void run_step(Step& s);
+    void run_steps();
+};
+
+}  // namespace theanine

@@ -1,0 +1,115 @@
+#include "examples/io/atomic_file.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "graph/error.hpp"
+
+namespace theanine::io {
+
+namespace {
+
+std::string folder_of(const std::string& path) {
+    std::string dir = std::filesystem::path(path).parent_path().string();
+    return dir.empty() ? "." : dir;
+}
+
+// Makes the rename itself durable.
+void sync_folder(const std::string& dir) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
+}
+
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path_, ec)) {
+        throw UsageError(fmt::format("cannot write {}: it is a directory", path_));
+    }
+    const std::string name = std::filesystem::path(path_).filename().string();
+    std::string pattern = folder_of(path_) + "/." + name + ".tmp.XXXXXX";
+    int fd = ::mkstemp(pattern.data());
+    if (fd < 0) {
+        const int err = errno;
+        throw UsageError(fmt::format("cannot write {}: cannot create a file in {}: {}", path_, folder_of(path_),
+                                     std::strerror(err)));
+    }
+    ::fchmod(fd, 0644);
+    tmp_ = pattern;
+    f_ = ::fdopen(fd, "wb");
+    if (!f_) {
+        const int err = errno;
+        ::close(fd);
+        ::unlink(tmp_.c_str());
+        throw UsageError(fmt::format("cannot write {}: {}", path_, std::strerror(err)));
+    }
+}
+
+AtomicFile::~AtomicFile() {
+    if (committed_) return;
+    if (f_) std::fclose(f_);
+    ::unlink(tmp_.c_str());
+}
+
+void AtomicFile::fail(const std::string& what, int err) {
+    if (f_) std::fclose(f_);
+    f_ = nullptr;
+    ::unlink(tmp_.c_str());
+    committed_ = true;  // nothing left to clean up
+    throw UsageError(fmt::format("cannot write {}: {} at byte offset {}: {}", path_, what, written_,
+                                 err ? std::strerror(err) : "unknown error"));
+}
+
+void AtomicFile::write(const void* data, std::size_t n) {
+    if (!f_) throw UsageError(fmt::format("cannot write {}: the file is already closed", path_));
+    if (n == 0) return;
+    if (std::fwrite(data, 1, n, f_) != n) fail("write failed", errno);
+    written_ += n;
+}
+
+void AtomicFile::commit() {
+    if (!f_) throw UsageError(fmt::format("cannot write {}: the file is already closed", path_));
+    if (std::fflush(f_) != 0 || std::ferror(f_)) fail("flush failed", errno);
+    if (::fsync(::fileno(f_)) != 0) fail("fsync failed", errno);
+    std::FILE* f = f_;
+    f_ = nullptr;
+    if (std::fclose(f) != 0) fail("close failed", errno);
+    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) fail("rename over the target failed", errno);
+    committed_ = true;
+    sync_folder(folder_of(path_));
+}
+
+void check_writable_dir(const std::string& dir, const std::string& what) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw UsageError(fmt::format("{} {}: cannot create the folder: {}", what, dir, ec.message()));
+    if (!std::filesystem::is_directory(dir, ec)) {
+        throw UsageError(fmt::format("{} {}: not a folder", what, dir));
+    }
+    std::string probe = dir + "/.theanine-write-check.XXXXXX";
+    int fd = ::mkstemp(probe.data());
+    if (fd < 0) {
+        const int err = errno;
+        throw UsageError(fmt::format("{} {}: cannot create files there: {}", what, dir, std::strerror(err)));
+    }
+    // A byte written and synced: a full disk shows here rather than after training.
+    const char byte = 0;
+    const bool ok = ::write(fd, &byte, 1) == 1 && ::fsync(fd) == 0;
+    const int err = errno;
+    ::close(fd);
+    ::unlink(probe.c_str());
+    if (!ok) throw UsageError(fmt::format("{} {}: cannot write there: {}", what, dir, std::strerror(err)));
+}
+
+}  // namespace theanine::io
