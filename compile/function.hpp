@@ -65,18 +65,22 @@ struct Out {
     Out(const Variable& v, bool b = false) : var(v), borrow(b) {}
 };
 
-// A call argument: a tensor, or a number converted to the input's dtype.
+// A call argument: a tensor, or a number converted to the input's dtype. Integers are kept
+// exactly; a number that the input's dtype cannot hold exactly (300 for uint8, 2^40 for
+// int32, 2.5 or inf for an integer input) is refused with a message naming the input.
 struct Arg {
     std::optional<Tensor> tensor;
     double number = 0;
+    std::int64_t integer = 0;
     bool is_integer = false;
     std::string name;  // for calls by name
     Arg(const Tensor& t) : tensor(t) {}
     Arg(double x) : number(x) {}
     Arg(float x) : number(x) {}
-    Arg(int x) : number(x), is_integer(true) {}
-    Arg(long x) : number(static_cast<double>(x)), is_integer(true) {}
-    Arg(long long x) : number(static_cast<double>(x)), is_integer(true) {}
+    Arg(int x) : number(x), integer(x), is_integer(true) {}
+    Arg(long x) : number(static_cast<double>(x)), integer(x), is_integer(true) {}
+    Arg(long long x) : number(static_cast<double>(x)), integer(x), is_integer(true) {}
+    Arg(unsigned x) : number(x), integer(x), is_integer(true) {}
 };
 
 // fn(index=i, corruption=c) style named argument.

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -53,12 +55,39 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
     if (type.ndim() != 0) {
         throw UsageError(fmt::format("function call: {} expects {}, got a number", input_label(position, b), type.str()));
     }
-    if (!is_float(type.dtype) && std::floor(a.number) != a.number) {
-        throw UsageError(fmt::format("function call: {} expects {}, got the non-integer {}", input_label(position, b),
-                                     type.str(), a.number));
-    }
     if (!(b.scratch.defined() && b.scratch.storage_use_count() == 1)) b.scratch = Tensor::empty(type.dtype, {});
-    dispatch(type.dtype, [&]<class T>() { *b.scratch.data<T>() = static_cast<T>(a.number); });
+    if (is_float(type.dtype)) {
+        const double x = a.is_integer ? static_cast<double>(a.integer) : a.number;
+        dispatch(type.dtype, [&]<class T>() {
+            if constexpr (std::is_floating_point_v<T>) *b.scratch.data<T>() = static_cast<T>(x);
+        });
+        return b.scratch;
+    }
+    // An integer input: the exact value, within the dtype's range.
+    std::int64_t v = a.integer;
+    if (!a.is_integer) {
+        if (!std::isfinite(a.number) || std::floor(a.number) != a.number) {
+            throw UsageError(fmt::format("function call: {} expects {}, got the non-integer {}", input_label(position, b),
+                                         type.str(), a.number));
+        }
+        if (std::abs(a.number) > 9007199254740992.0) {
+            throw UsageError(fmt::format("function call: {} expects {}, got {}, a floating-point number beyond 2^53 "
+                                         "that may not be the integer meant; pass an integer", input_label(position, b),
+                                         type.str(), a.number));
+        }
+        v = static_cast<std::int64_t>(a.number);
+    }
+    dispatch(type.dtype, [&]<class T>() {
+        if constexpr (std::is_integral_v<T>) {
+            const auto lo = static_cast<std::int64_t>(std::numeric_limits<T>::lowest());
+            const auto hi = static_cast<std::int64_t>(std::numeric_limits<T>::max());
+            if (v < lo || v > hi) {
+                throw UsageError(fmt::format("function call: {} expects {}, got {}, outside its range [{}, {}]",
+                                             input_label(position, b), type.str(), v, lo, hi));
+            }
+            *b.scratch.data<T>() = static_cast<T>(v);
+        }
+    });
     return b.scratch;
 }
 

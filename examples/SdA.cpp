@@ -15,7 +15,7 @@ using namespace theanine;
 
 int main(int argc, char** argv) {
     int pretrain_epochs = 15, finetune_epochs = 1000, batch_size = 1;
-    std::int64_t seed = 89677;
+    std::uint32_t seed = 89677;
     double pretrain_lr = 0.001, finetune_lr = 0.1;
     std::string hidden_text = "1000,1000,1000", corruption_text = "0.1,0.2,0.3", rng_kind = "numpy";
     io::CommonFlags common;
@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
     flags.add("learning-rate", &finetune_lr, 0, 1e6, "fine-tuning SGD step");
     flags.add("hidden", &hidden_text, "hidden layer sizes, comma separated");
     flags.add("corruption", &corruption_text, "corruption level per layer, comma separated");
-    flags.add("seed", &seed, 0, "seed of numpy_rng");
+    flags.add("seed", &seed, "seed of numpy_rng");
     flags.add("rng", &rng_kind, "corruption streams: numpy (RandomStreams) or mrg", {"numpy", "mrg"});
     common.add_to(flags, "folder to write the parameters into");
     flags.parse(argc, argv);
@@ -47,9 +47,11 @@ int main(int argc, char** argv) {
         io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
         io::SharedSplits sets(d);
         const long bs = batch_size;
-        const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
+        const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
+                           n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
+                           n_test = io::count_batches(d.test_x.dim(0), bs, "test");
 
-        RandomState numpy_rng(static_cast<std::uint32_t>(seed));
+        RandomState numpy_rng(seed);
         std::shared_ptr<RandomStreamsBase> theano_rng;
         auto stream_seed = static_cast<std::uint32_t>(numpy_rng.randint(1LL << 30));
         if (rng_kind == "mrg") {

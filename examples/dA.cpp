@@ -6,13 +6,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
 
 #include <fmt/format.h>
 
-#include "examples/io/atomic_file.hpp"
+#include "examples/io/files.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/npy.hpp"
 #include "examples/io/png.hpp"
@@ -66,16 +67,19 @@ Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
     std::exit(2);
 }
 
-long parse_int(const std::string& flag, const std::string& v, long lo) {
+// An integer in [lo, hi], hi being the largest value the flag's own type holds.
+long parse_int(const std::string& flag, const std::string& v, long lo, long hi) {
     try {
         std::size_t pos = 0;
         long x = std::stol(v, &pos);
-        if (pos != v.size() || x < lo) throw std::invalid_argument("range");
+        if (pos != v.size() || x < lo || x > hi) throw std::invalid_argument("range");
         return x;
     } catch (const std::exception&) {
-        bad_flag(fmt::format("{} needs an integer >= {}, got '{}'", flag, lo, v));
+        bad_flag(fmt::format("{} needs an integer in [{}, {}], got '{}'", flag, lo, hi, v));
     }
 }
+
+constexpr long kIntMax = std::numeric_limits<int>::max();
 
 double parse_double(const std::string& flag, const std::string& v, double lo, double hi) {
     try {
@@ -109,10 +113,10 @@ Flags parse(int argc, char** argv) {
             if (i + 1 >= argc) bad_flag(fmt::format("{} needs a value", a));
             value = argv[++i];
         }
-        if (a == "--epochs") f.epochs = static_cast<int>(parse_int(a, value, 1));
-        else if (a == "--batch-size") f.batch_size = static_cast<int>(parse_int(a, value, 1));
+        if (a == "--epochs") f.epochs = static_cast<int>(parse_int(a, value, 1, kIntMax));
+        else if (a == "--batch-size") f.batch_size = static_cast<int>(parse_int(a, value, 1, kIntMax));
         else if (a == "--learning-rate") f.learning_rate = parse_double(a, value, 0, 1e6);
-        else if (a == "--hidden") f.hidden = static_cast<int>(parse_int(a, value, 1));
+        else if (a == "--hidden") f.hidden = static_cast<int>(parse_int(a, value, 1, kIntMax));
         else if (a == "--corruption") {
             f.corruption.clear();
             std::size_t s = 0;
@@ -130,9 +134,9 @@ Flags parse(int argc, char** argv) {
         else if (a == "--floatX") {
             if (value != "float32" && value != "float64") bad_flag(fmt::format("--floatX takes float32 or float64, got '{}'", value));
             f.floatX = value;
-        } else if (a == "--seed") f.seed = static_cast<std::uint32_t>(parse_int(a, value, 0));
-        else if (a == "--threads") f.threads = static_cast<int>(parse_int(a, value, 1));
-        else if (a == "--train-size") f.train_size = parse_int(a, value, 1);
+        } else if (a == "--seed") f.seed = static_cast<std::uint32_t>(parse_int(a, value, 0, 4294967295L));
+        else if (a == "--threads") f.threads = static_cast<int>(parse_int(a, value, 1, kIntMax));
+        else if (a == "--train-size") f.train_size = parse_int(a, value, 1, std::numeric_limits<long>::max());
         else bad_flag(fmt::format("unknown flag '{}'", a));
     }
     return f;

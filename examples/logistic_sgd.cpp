@@ -38,7 +38,9 @@ int main(int argc, char** argv) {
         Function train_model = io::minibatch_function(
             index, {cost}, {{classifier.W, classifier.W - learning_rate * g[0]}, {classifier.b, classifier.b - learning_rate * g[1]}},
             x, y, sets.train_x, sets.train_y, bs);
-        const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
+        const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
+                           n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
+                           n_test = io::count_batches(d.test_x.dim(0), bs, "test");
         io::EarlyStopping rule;
         rule.n_epochs = epochs;
         rule.patience = 5000;

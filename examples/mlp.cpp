@@ -11,7 +11,7 @@ using namespace theanine;
 
 int main(int argc, char** argv) {
     int epochs = 1000, batch_size = 20, hidden = 500;
-    std::int64_t seed = 1234;
+    std::uint32_t seed = 1234;
     double learning_rate = 0.01, L1_reg = 0.0, L2_reg = 0.0001;
     io::CommonFlags common;
     io::FlagParser flags("mlp", "A multilayer perceptron on MNIST, as the tutorials' mlp.py.");
@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
     flags.add("hidden", &hidden, 1, "hidden units");
     flags.add("L1", &L1_reg, 0, 1e6, "L1 weight");
     flags.add("L2", &L2_reg, 0, 1e6, "L2 weight");
-    flags.add("seed", &seed, 0, "seed of the weight initialisation");
+    flags.add("seed", &seed, "seed of the weight initialisation");
     common.add_to(flags, "folder to write the parameters into");
     flags.parse(argc, argv);
     try {
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
         Variable index = lscalar("index");
         Variable x = matrix("x");
         Variable y = lvector("y");
-        RandomState rng(static_cast<std::uint32_t>(seed));
+        RandomState rng(seed);
         models::MLP classifier(rng, x, 28 * 28, hidden, 10);
         Variable cost = classifier.negative_log_likelihood(y) + L1_reg * classifier.L1 + L2_reg * classifier.L2_sqr;
         Function test_model = io::minibatch_function(index, {classifier.errors(y)}, {}, x, y, sets.test_x, sets.test_y, bs);
@@ -44,7 +44,9 @@ int main(int argc, char** argv) {
         Updates updates;
         for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - learning_rate * g[i]);
         Function train_model = io::minibatch_function(index, {cost}, updates, x, y, sets.train_x, sets.train_y, bs);
-        const std::int64_t n_train = d.train_x.dim(0) / bs, n_valid = d.valid_x.dim(0) / bs, n_test = d.test_x.dim(0) / bs;
+        const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
+                           n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
+                           n_test = io::count_batches(d.test_x.dim(0), bs, "test");
         io::EarlyStopping rule;
         rule.n_epochs = epochs;
         rule.patience = 10000;

@@ -69,10 +69,32 @@ std::string shape_string(const Shape& shape) {
     return s + ")";
 }
 
+std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what) {
+    std::int64_t r = 0;
+    if (__builtin_mul_overflow(a, b, &r)) {
+        throw UsageError(fmt::format("{}: {} x {} overflows a 64-bit size", what, a, b));
+    }
+    return r;
+}
+
 std::int64_t shape_size(const Shape& shape) {
     std::int64_t n = 1;
-    for (auto d : shape) n *= d;
+    for (auto d : shape) {
+        if (d < 0) throw UsageError("negative dimension in shape " + shape_string(shape));
+        if (__builtin_mul_overflow(n, d, &n)) {
+            throw UsageError("shape " + shape_string(shape) + " has more than 2^63 - 1 elements");
+        }
+    }
     return n;
+}
+
+std::size_t checked_byte_size(const Shape& shape, std::size_t element_bytes) {
+    const std::int64_t n = shape_size(shape);
+    std::int64_t bytes = 0;
+    if (__builtin_mul_overflow(n, static_cast<std::int64_t>(element_bytes), &bytes)) {
+        throw UsageError("shape " + shape_string(shape) + " needs more than 2^63 - 1 bytes");
+    }
+    return static_cast<std::size_t>(bytes);
 }
 
 Shape contiguous_strides(const Shape& shape) {
@@ -102,15 +124,12 @@ Storage::Storage(std::size_t bytes) : bytes_(bytes) {
 Storage::~Storage() { std::free(data_); }
 
 Tensor Tensor::empty(DType dt, const Shape& shape) {
-    for (auto d : shape) {
-        if (d < 0) throw UsageError("Tensor: negative dimension in shape " + shape_string(shape));
-    }
+    const std::size_t bytes = checked_byte_size(shape, dtype_size(dt));
     Tensor t;
     t.dtype_ = dt;
     t.shape_ = shape;
     t.strides_ = contiguous_strides(shape);
-    t.storage_ = std::make_shared<Storage>(static_cast<std::size_t>(shape_size(shape)) *
-                                           dtype_size(dt));
+    t.storage_ = std::make_shared<Storage>(bytes);
     return t;
 }
 
@@ -330,7 +349,7 @@ void Tensor::copy_from(const Tensor& src) {
 
 void Tensor::ensure(DType dt, const Shape& shape) {
     if (placed_ && storage_ && dtype_ == dt && shape_ == shape && is_contiguous()) return;
-    const std::size_t need = static_cast<std::size_t>(shape_size(shape)) * dtype_size(dt);
+    const std::size_t need = checked_byte_size(shape, dtype_size(dt));
     if (storage_ && storage_.use_count() == 1 && storage_->bytes() >= need &&
         storage_->bytes() <= 2 * need + 64) {
         dtype_ = dt;

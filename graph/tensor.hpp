@@ -53,7 +53,11 @@ decltype(auto) dispatch(DType dt, F&& f) {
 }
 
 std::string shape_string(const Shape& shape);  // "(20, 784)"
+// Checked size arithmetic, used for every element and byte count: a negative dimension or a
+// count past 2^63 - 1 throws UsageError naming the shape instead of wrapping.
 std::int64_t shape_size(const Shape& shape);
+std::size_t checked_byte_size(const Shape& shape, std::size_t element_bytes);
+std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what);
 
 // A 64-byte aligned buffer.
 class Storage {

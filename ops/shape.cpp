@@ -293,7 +293,7 @@ void Reshape::perform(const Node&, std::span<const Tensor* const> in, std::span<
         } else if (shape[i] < 0) {
             throw UsageError(fmt::format("{}: negative size {} in the shape", name(), shape[i]));
         } else {
-            known *= shape[i];
+            known = checked_mul(known, shape[i], "Reshape");
         }
     }
     if (infer >= 0) shape[infer] = known ? x.size() / known : 0;
@@ -819,12 +819,18 @@ std::vector<TensorType> ARange::make_types(const std::vector<Variable>& inputs) 
 void ARange::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
     std::int64_t start = in[0]->item_int(), stop = in[1]->item_int(), step = in[2]->item_int();
     if (step == 0) throw UsageError("ARange: step cannot be zero");
-    std::int64_t n = 0;
-    if (step > 0 && stop > start) n = (stop - start + step - 1) / step;
-    if (step < 0 && stop < start) n = (start - stop - step - 1) / (-step);
-    out[0]->ensure(DType::int64, {n});
+    // In 128 bits: stop - start + step overflows 64 bits for far-apart bounds.
+    __int128 n = 0;
+    const __int128 a = start, b = stop, c = step;
+    if (c > 0 && b > a) n = (b - a + c - 1) / c;
+    if (c < 0 && b < a) n = (a - b - c - 1) / (-c);
+    if (n > (__int128(1) << 62)) {
+        throw UsageError(fmt::format("ARange: arange({}, {}, {}) has {} elements, too many to store", start, stop, step,
+                                     static_cast<long double>(n)));
+    }
+    out[0]->ensure(DType::int64, {static_cast<std::int64_t>(n)});
     auto* d = out[0]->data<std::int64_t>();
-    for (std::int64_t i = 0; i < n; ++i) d[i] = start + i * step;
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(n); ++i) d[i] = start + i * step;
 }
 
 std::vector<Variable> ARange::pullback(const Node&, const std::vector<Variable>&) const {

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include <limits>
+
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -256,4 +258,30 @@ TEST_CASE("liveness: a dead value's buffer serves a later value, with right resu
     auto r2 = g({random_tensor({30, 40}, 10)});
     CHECK(r1[0].to_doubles()[0] == doctest::Approx(std::exp(xv.at({0, 0}))));
     CHECK(!r1[1].shares_storage(r2[1]));
+}
+
+TEST_CASE("number arguments are converted exactly or refused, never wrapped") {
+    Variable i64 = lscalar("i64");
+    Variable i32 = iscalar("i32");
+    Variable u8 = input(TensorType{DType::uint8, {}}, "u8");
+    Variable f = scalar("f");
+    Function id = function({i64, i32, u8, f}, {i64, i32, u8, f});
+    auto out = id({9007199254740993LL, -5, 255, 2});
+    CHECK(out[0].data<std::int64_t>()[0] == 9007199254740993LL);
+    CHECK(out[1].item() == -5);
+    CHECK(out[2].item() == 255);
+    CHECK(out[3].item() == 2);
+    CHECK_THROWS_WITH_AS(id({1, 2, 300, 0.0}),
+                         "function call: input 2 ('u8') expects uint8 scalar, got 300, outside its range [0, 255]", UsageError);
+    CHECK_THROWS_WITH_AS(id({1, 2, -1, 0.0}),
+                         "function call: input 2 ('u8') expects uint8 scalar, got -1, outside its range [0, 255]", UsageError);
+    CHECK_THROWS_WITH_AS(id({1, 1LL << 40, 0, 0.0}),
+                         "function call: input 1 ('i32') expects int32 scalar, got 1099511627776, outside its range "
+                         "[-2147483648, 2147483647]", UsageError);
+    CHECK_THROWS_WITH_AS(id({std::numeric_limits<double>::infinity(), 0, 0, 0.0}),
+                         "function call: input 0 ('i64') expects int64 scalar, got the non-integer inf", UsageError);
+    CHECK_THROWS_WITH_AS(id({std::nan(""), 0, 0, 0.0}),
+                         "function call: input 0 ('i64') expects int64 scalar, got the non-integer nan", UsageError);
+    CHECK_THROWS_WITH_AS(id({9007199254740994.0, 0, 0, 0.0}), doctest::Contains("beyond 2^53"), UsageError);
+    CHECK(id({3.0, 0, 0, 0.0})[0].item() == 3);
 }

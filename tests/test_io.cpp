@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -13,7 +14,7 @@
 
 #include <zlib.h>
 
-#include "examples/io/atomic_file.hpp"
+#include "examples/io/files.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/npy.hpp"
 #include "examples/io/png.hpp"
@@ -248,5 +249,87 @@ TEST_CASE("an unwritable output folder is found before any work") {
                              doctest::Contains("cannot create files there"), UsageError);
         fs::permissions(dir, fs::perms::owner_all);
     }
+    fs::remove_all(dir);
+}
+
+namespace {
+void write_text(const fs::path& p, const std::string& s) {
+    std::ofstream f(p, std::ios::binary);
+    f << s;
+}
+
+// A .npy file with the given header dictionary (padded as numpy pads it) and data bytes.
+void write_npy(const fs::path& p, std::string dict, std::size_t data_bytes) {
+    std::string s = "\x93NUMPY";
+    s += '\x01';
+    s += '\x00';
+    const std::size_t total = 10 + dict.size() + 1;
+    dict.append((64 - total % 64) % 64, ' ');
+    dict += '\n';
+    s += static_cast<char>(dict.size() & 0xff);
+    s += static_cast<char>(dict.size() >> 8);
+    s += dict;
+    s.append(data_bytes, '\0');
+    write_text(p, s);
+}
+}  // namespace
+
+TEST_CASE("readers check headers against the file before allocating, and refuse special files") {
+    fs::path dir = temp_dir() / "hostile";
+    fs::create_directories(dir);
+    // IDX dimensions whose product passes 2^63, and a header promising far more than the file.
+    write_file(dir / "huge", idx_bytes({0xffffffff, 0xffffffff, 0xffffffff}, {}));
+    CHECK(error_of([&] { io::read_idx((dir / "huge").string()); }).find("has more than 2^63 - 1 elements") != std::string::npos);
+    write_file(dir / "big", idx_bytes({0x10000, 0x10000, 0x100}, {1, 2, 3}));
+    CHECK(error_of([&] { io::read_idx((dir / "big").string()); })
+              .find("promises 1099511627776 data bytes from offset 16, but the file has 3 (truncated)") != std::string::npos);
+    write_gz(dir / "big.gz", idx_bytes({0x10000, 0x10000, 0x100}, {1, 2, 3}));
+    CHECK(error_of([&] { io::read_idx((dir / "big.gz").string()); }).find("more than a file of this size can hold") !=
+          std::string::npos);
+    write_gz(dir / "trail.gz", idx_bytes({3}, {1, 2, 3, 4}));
+    CHECK(error_of([&] { io::read_idx((dir / "trail.gz").string()); }).find("(trailing bytes)") != std::string::npos);
+    write_gz(dir / "short.gz", idx_bytes({5}, {1, 2, 3}));
+    CHECK(error_of([&] { io::read_idx((dir / "short.gz").string()); }).find("but the file has 3 (truncated)") !=
+          std::string::npos);
+
+    // .npy: a huge shape with no data, a malformed shape, bad header syntax.
+    write_npy(dir / "huge.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000, 1000000000), }", 0);
+    CHECK(error_of([&] { io::load_npy((dir / "huge.npy").string()); })
+              .find("0 data bytes at offset 128, shape (1000000000, 1000000000) needs 8000000000000000000") != std::string::npos);
+    write_npy(dir / "over.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", 0);
+    CHECK(error_of([&] { io::load_npy((dir / "over.npy").string()); }).find("has more than 2^63 - 1 elements") != std::string::npos);
+    write_npy(dir / "float.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (3.5, 4), }", 8 * 12);
+    CHECK(error_of([&] { io::load_npy((dir / "float.npy").string()); })
+              .find("malformed header at byte offset 62: expected ',' or ')' in the shape") != std::string::npos);
+    write_npy(dir / "neg.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (-3,), }", 0);
+    CHECK(error_of([&] { io::load_npy((dir / "neg.npy").string()); }).find("a shape entry must be a non-negative integer") !=
+          std::string::npos);
+    write_npy(dir / "word.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (abc,), }", 0);
+    CHECK(error_of([&] { io::load_npy((dir / "word.npy").string()); }).find("malformed header") != std::string::npos);
+    write_npy(dir / "nokey.npy", "{'descr': '<f8', 'shape': (2,), }", 16);
+    CHECK(error_of([&] { io::load_npy((dir / "nokey.npy").string()); }).find("needs 'descr', 'fortran_order' and 'shape'") !=
+          std::string::npos);
+    write_npy(dir / "twice.npy", "{'descr': '<f8', 'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 16);
+    CHECK(error_of([&] { io::load_npy((dir / "twice.npy").string()); }).find("unexpected or repeated key 'descr'") !=
+          std::string::npos);
+    write_text(dir / "cut.npy", std::string("\x93NUMPY\x01\x00\x76\x00{'descr'", 17));
+    CHECK(error_of([&] { io::load_npy((dir / "cut.npy").string()); }).find("truncated header: 118 bytes at offset 10") !=
+          std::string::npos);
+    write_npy(dir / "ok.npy", "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", 16);
+    CHECK(io::load_npy((dir / "ok.npy").string()).to_doubles() == std::vector<double>{0, 0});
+
+    // A directory, a FIFO and a device are refused before anything is read (a FIFO would
+    // hang a reader, /dev/zero would fill memory).
+    CHECK(error_of([&] { io::read_idx(dir.string()); }).find("it is a directory") != std::string::npos);
+    CHECK(error_of([&] { io::load_npy(dir.string()); }).find("it is a directory") != std::string::npos);
+    const fs::path fifo = dir / "fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK(error_of([&] { io::read_idx(fifo.string()); }).find("it is a FIFO") != std::string::npos);
+    CHECK(error_of([&] { io::load_npy(fifo.string()); }).find("it is a FIFO") != std::string::npos);
+    fs::create_symlink("/dev/zero", dir / "zero.gz");
+    fs::create_symlink("/dev/zero", dir / "zero");
+    CHECK(error_of([&] { io::read_idx((dir / "zero").string()); }).find("it is a character device") != std::string::npos);
+    CHECK(error_of([&] { io::read_idx((dir / "zero.gz").string()); }).find("it is a character device") != std::string::npos);
+    CHECK(error_of([&] { io::read_idx((dir / "missing").string()); }).find("No such file or directory") != std::string::npos);
     fs::remove_all(dir);
 }

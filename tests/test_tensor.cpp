@@ -1,6 +1,8 @@
 // Tensor: storage, views, dtypes, conversions, buffer reuse.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -69,4 +71,31 @@ TEST_CASE("bad shapes and indices are reported") {
     CHECK_THROWS_WITH_AS(t.item(), "Tensor::item: tensor of shape (2,) has more than one element", UsageError);
     Tensor u = T64({3}, {1, 2, 3});
     CHECK_THROWS_WITH_AS(t.copy_from(u), "Tensor::copy_from: shape (3,) does not match (2,)", UsageError);
+}
+
+TEST_CASE("size arithmetic is checked: overflowing shapes are errors, never small buffers") {
+    const std::int64_t g = std::int64_t(1) << 32;
+    CHECK_THROWS_WITH_AS(Tensor::zeros(DType::float64, {g, g}), "shape (4294967296, 4294967296) has more than 2^63 - 1 elements",
+                         UsageError);
+    CHECK_THROWS_WITH_AS(Tensor::empty(DType::float64, {std::int64_t(1) << 31, std::int64_t(1) << 31}),
+                         "shape (2147483648, 2147483648) needs more than 2^63 - 1 bytes", UsageError);
+    CHECK_THROWS_WITH_AS(Tensor::empty(DType::uint8, {3, -1}), "negative dimension in shape (3, -1)", UsageError);
+    CHECK_THROWS_WITH_AS(checked_mul(std::int64_t(1) << 40, std::int64_t(1) << 40, "test"),
+                         "test: 1099511627776 x 1099511627776 overflows a 64-bit size", UsageError);
+    Tensor t = Tensor::zeros(DType::float32, {2, 3});
+    CHECK_THROWS_AS(t.ensure(DType::float64, {g, g}), UsageError);
+    CHECK(t.size() == 6);
+
+    // Through compiled graphs: a reshape whose sizes overflow, an arange too long to store.
+    Variable x = vector("x");
+    Variable a = lscalar("a");
+    Variable b = lscalar("b");
+    Function r = function({x, a, b}, {x.reshape({a, b})});
+    CHECK_THROWS_WITH_AS(r({Tensor::zeros(DType::float64, {4}), g, g}), "Reshape: 4294967296 x 4294967296 overflows a 64-bit size",
+                         UsageError);
+    CHECK(r({Tensor::zeros(DType::float64, {4}), 2, 2})[0].shape() == Shape{2, 2});
+    Function ar = function({a, b}, {arange(a, b)});
+    CHECK_THROWS_WITH_AS(ar({std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max()}),
+                         doctest::Contains("too many to store"), UsageError);
+    CHECK(ar({-2, 2})[0].to_doubles() == std::vector<double>{-2, -1, 0, 1});
 }

@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-#include "examples/io/atomic_file.hpp"
+#include "examples/io/files.hpp"
 #include "graph/config.hpp"
 #include "graph/error.hpp"
 #include "ops/blas.hpp"
@@ -28,7 +28,7 @@ void FlagParser::add(const std::string& name, int* v, int min, const std::string
     flags_.push_back({name, help, std::to_string(*v), false, [=](const std::string& s) -> std::string {
                           long long x;
                           if (!to_long(s, &x) || x < min || x > 2147483647) {
-                              return fmt::format("--{} needs an integer >= {}, got '{}'", name, min, s);
+                              return fmt::format("--{} needs an integer in [{}, 2147483647], got '{}'", name, min, s);
                           }
                           *v = static_cast<int>(x);
                           return "";
@@ -40,6 +40,17 @@ void FlagParser::add(const std::string& name, std::int64_t* v, std::int64_t min,
                           long long x;
                           if (!to_long(s, &x) || x < min) return fmt::format("--{} needs an integer >= {}, got '{}'", name, min, s);
                           *v = x;
+                          return "";
+                      }});
+}
+
+void FlagParser::add(const std::string& name, std::uint32_t* v, const std::string& help) {
+    flags_.push_back({name, help, std::to_string(*v), false, [=](const std::string& s) -> std::string {
+                          long long x;
+                          if (!to_long(s, &x) || x < 0 || x > 4294967295LL) {
+                              return fmt::format("--{} needs an integer in [0, 4294967295], got '{}'", name, s);
+                          }
+                          *v = static_cast<std::uint32_t>(x);
                           return "";
                       }});
 }

@@ -14,6 +14,7 @@ public:
     FlagParser(std::string program, std::string summary) : program_(std::move(program)), summary_(std::move(summary)) {}
     void add(const std::string& name, int* v, int min, const std::string& help);
     void add(const std::string& name, std::int64_t* v, std::int64_t min, const std::string& help);
+    void add(const std::string& name, std::uint32_t* v, const std::string& help);  // [0, 2^32 - 1]
     void add(const std::string& name, double* v, double min, double max, const std::string& help);
     void add(const std::string& name, std::string* v, const std::string& help, std::vector<std::string> choices = {});
     void add_switch(const std::string& name, bool* v, const std::string& help);

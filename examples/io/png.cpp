@@ -1,6 +1,6 @@
 #include "examples/io/png.hpp"
 
-#include "examples/io/atomic_file.hpp"
+#include "examples/io/files.hpp"
 
 #include <cstdio>
 #include <memory>

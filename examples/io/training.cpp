@@ -1,5 +1,7 @@
 #include "examples/io/training.hpp"
 
+#include "examples/io/files.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -53,14 +55,23 @@ Function minibatch_function(const Variable& index, const std::vector<Variable>& 
                     {{x, set_x[{slice(index * bs, (index + 1) * bs)}]}, {y, set_y[{slice(index * bs, (index + 1) * bs)}]}});
 }
 
+std::int64_t count_batches(std::int64_t n, std::int64_t batch_size, const std::string& split) {
+    if (batch_size < 1 || n / batch_size < 1) {
+        throw UsageError(fmt::format("--batch-size {} does not fit the {} set of {} examples: no whole minibatch",
+                                     batch_size, split, n));
+    }
+    return n / batch_size;
+}
+
 double mean_over_batches(Function& f, std::int64_t n) {
+    if (n < 1) throw UsageError("mean_over_batches: no batches");
     double s = 0;
     for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
     return s / static_cast<double>(n);
 }
 
 void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix) {
-    std::filesystem::create_directories(dir);
+    check_writable_dir(dir, "save_params:");
     std::set<std::string> seen;
     for (const auto& p : params) {
         if (p.name().empty()) throw UsageError("save_params: a parameter has no name");

@@ -30,6 +30,10 @@ Function minibatch_function(const Variable& index, const std::vector<Variable>& 
                             const Variable& x, const Variable& y, const SharedVariable& set_x,
                             const SharedVariable& set_y, long batch_size);
 
+// The number of whole minibatches of batch_size in a split of n examples; throws UsageError
+// naming the split when not even one fits (an epoch of nothing, an error rate of 0 / 0).
+std::int64_t count_batches(std::int64_t n, std::int64_t batch_size, const std::string& split);
+
 // The mean of f(i) over batches i = 0 .. n-1 (a scalar-output compiled function).
 double mean_over_batches(Function& f, std::int64_t n);
 

@@ -1,4 +1,4 @@
-#include "examples/io/atomic_file.hpp"
+#include "examples/io/files.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -30,7 +30,65 @@ void sync_folder(const std::string& dir) {
     ::close(fd);
 }
 
+const char* kind_of(mode_t m) {
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a regular file";
+}
+
 }  // namespace
+
+void check_regular_file(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        const int err = errno;
+        throw UsageError(fmt::format("cannot open {}: {}", path, std::strerror(err)));
+    }
+    if (!S_ISREG(st.st_mode)) throw UsageError(fmt::format("cannot read {}: it is {}", path, kind_of(st.st_mode)));
+}
+
+InputFile::InputFile(std::string path) : path_(std::move(path)) {
+    check_regular_file(path_);
+    // O_NONBLOCK: should the path have become a FIFO since the check, open does not hang.
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd_ < 0) {
+        const int err = errno;
+        throw UsageError(fmt::format("cannot open {}: {}", path_, std::strerror(err)));
+    }
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd_);
+        throw UsageError(fmt::format("cannot read {}: it is {}", path_, kind_of(st.st_mode)));
+    }
+    size_ = static_cast<std::uint64_t>(st.st_size);
+}
+
+InputFile::~InputFile() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void InputFile::read(void* data, std::size_t n, const std::string& what) {
+    auto* p = static_cast<char*>(data);
+    std::size_t done = 0;
+    while (done < n) {
+        const ssize_t r = ::read(fd_, p + done, n - done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            const int err = errno;
+            throw UsageError(fmt::format("{}: read error at byte offset {}: {}", path_, offset_ + done,
+                                         std::strerror(err)));
+        }
+        if (r == 0) {
+            throw UsageError(fmt::format("{}: {} needs {} bytes at byte offset {}, the file ends after {}", path_, what,
+                                         n, offset_, offset_ + done));
+        }
+        done += static_cast<std::size_t>(r);
+    }
+    offset_ += n;
+}
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
     std::error_code ec;
