@@ -27,8 +27,10 @@ public:
     using Error::Error;
 };
 
+#if defined(__cpp_lib_source_location)  // (clang 14 with libstdc++, which builds the fuzz targets, lacks it)
 // "file.cpp:42" for a source location; empty when the location is unknown.
 std::string where_string(const std::source_location& loc);
+#endif
 
 // Throws InternalError with the message when cond is false.
 void internal_check(bool cond, const std::string& message);

@@ -9,6 +9,7 @@
 
 namespace theanine {
 
+#if defined(__cpp_lib_source_location)
 std::string where_string(const std::source_location& loc) {
     if (loc.line() == 0) return "";
     std::string_view file = loc.file_name();
@@ -16,6 +17,7 @@ std::string where_string(const std::source_location& loc) {
     if (slash != std::string_view::npos) file = file.substr(slash + 1);
     return fmt::format("{}:{}", file, loc.line());
 }
+#endif
 
 void internal_check(bool cond, const std::string& message) {
     if (!cond) throw InternalError("theanine internal error: " + message);
