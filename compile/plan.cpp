@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <sys/resource.h>
 #include <limits>
 #include <type_traits>
 
 #include <fmt/format.h>
 
 #include "compile/ownership.hpp"
+#include "ops/blas.hpp"
 #include "ops/shape.hpp"
 
 namespace theanine {
@@ -122,8 +124,51 @@ void Plan::run_step(Step& s) {
     }
 }
 
+namespace {
+constexpr double kLongCall = 100e-6;      // shorter calls have little parallel work to adapt
+constexpr std::int64_t kProbeEvery = 1024;  // long calls between probes without a reason
+constexpr int kProbeCalls = 3;
+
+long involuntary_switches() {
+    struct rusage u {};
+    return getrusage(RUSAGE_THREAD, &u) == 0 ? u.ru_nivcsw : 0;
+}
+}  // namespace
+
+void WorkerChoice::record(double seconds) {
+    if (seconds < kLongCall) return;
+    ++long_calls;
+    if (probing_) {
+        probe_sum += seconds;
+        if (--probe_left > 0) return;
+        probing_ = false;
+        const double probe_mean = probe_sum / kProbeCalls;
+        if (probe_mean < 0.9 * ema) {
+            one_ = !one_;
+            ema = probe_mean;
+        }
+        since_probe = 0;
+        return;
+    }
+    ema = ema == 0 ? seconds : 0.8 * ema + 0.2 * seconds;
+    ++since_probe;
+    bool probe = since_probe >= kProbeEvery;
+    if (long_calls % 16 == 0) {
+        const long ivcsw = involuntary_switches();
+        if (last_ivcsw >= 0 && ivcsw - last_ivcsw >= 4 && since_probe >= 32) probe = true;
+        last_ivcsw = ivcsw;
+    }
+    if (probe && num_threads() > 1) {
+        probing_ = true;
+        probe_left = kProbeCalls;
+        probe_sum = 0;
+    }
+}
+
 void Plan::run_steps() {
     if (profile) step_seconds.resize(steps.size(), 0.0);
+    WorkerLimit limit(workers.limit());
+    const auto t0 = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < steps.size(); ++i) {
         if (i == first_commit) {
             // Every step from here on writes into a shared variable's buffer: check them all
@@ -139,6 +184,7 @@ void Plan::run_steps() {
         }
     }
     if (profile) ++calls;
+    workers.record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 std::vector<Tensor> Plan::run() {

@@ -48,6 +48,27 @@ struct OutputBinding {
     Tensor spare;         // the buffer a copied result goes to, reused once the caller drops it
 };
 
+// How many threads run a call's parallel parts (ops/blas.hpp, active_workers). A plan times
+// its longer calls and now and then runs a few on one thread; it keeps whichever is faster,
+// so with another process busy on a core, N threads are never much slower than one. Sooner
+// probes follow involuntary context switches of the calling thread (a sign that the
+// threads are not getting their cores). Results do not depend on the choice.
+class WorkerChoice {
+public:
+    int limit() const { return probing_ ? (one_ ? 0 : 1) : (one_ ? 1 : 0); }  // 0: no limit
+    void record(double seconds);
+    bool one_thread() const { return one_; }
+
+private:
+    bool one_ = false;      // the choice: one thread (true) or all (false)
+    bool probing_ = false;  // the next calls try the other choice
+    int probe_left = 0;
+    double probe_sum = 0;
+    double ema = 0;                 // recent seconds per call with the choice
+    std::int64_t long_calls = 0, since_probe = 0;
+    long last_ivcsw = -1;
+};
+
 struct Plan {
     std::vector<Variable> outputs;
     std::vector<std::pair<std::string, Variable>> update_values;  // for printing
@@ -77,6 +98,7 @@ struct Plan {
     std::vector<std::size_t> last_bytes;
     std::vector<std::vector<int>> views_of;
     std::atomic<bool> busy{false};  // a call is running (a Function is not reentrant)
+    WorkerChoice workers;
 
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
     // Runs the steps with the arguments bound; returns the results and commits the updates.

@@ -287,10 +287,15 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
     const std::int64_t k = ta ? a.rows : a.cols;
     const int nt = threads_for_products();
     if (nt > 1 && m * n * k >= 100000 && n >= 16 * nt) {
-#pragma omp parallel num_threads(nt)
+        // nt column slices whatever the number of threads that run them (active_workers).
+        const int workers = std::min(nt, active_workers());
+#pragma omp parallel num_threads(workers) if (workers > 1)
         {
-            auto [c0, c1] = column_slice(n, omp_get_thread_num(), omp_get_num_threads());
-            if (c1 > c0) gemm_columns(out, m, n, c0, c1, alpha, a, ta, b, tb, beta);
+            const int w = workers > 1 ? omp_get_thread_num() : 0, n_workers = workers > 1 ? omp_get_num_threads() : 1;
+            for (int part = w; part < nt; part += n_workers) {
+                auto [c0, c1] = column_slice(n, part, nt);
+                if (c1 > c0) gemm_columns(out, m, n, c0, c1, alpha, a, ta, b, tb, beta);
+            }
         }
         return;
     }
@@ -343,6 +348,21 @@ void set_num_threads(int n) {
     g_threads = n < 0 ? 0 : n;
 }
 int num_threads() { return threads_for_products(); }
+
+namespace {
+thread_local int g_worker_limit = 0;  // 0: no limit
+}
+
+int active_workers() {
+    const int n = threads_for_products();
+    return g_worker_limit > 0 ? std::min(n, g_worker_limit) : n;
+}
+
+WorkerLimit::WorkerLimit(int n) : saved_(g_worker_limit) {
+    // The tighter of this limit and the one already in force.
+    if (n > 0 && (saved_ <= 0 || n < saved_)) g_worker_limit = n;
+}
+WorkerLimit::~WorkerLimit() { g_worker_limit = saved_; }
 
 std::vector<TensorType> Dot::make_types(const std::vector<Variable>& inputs) const {
     if (inputs.size() != 2) throw UsageError("Dot: takes 2 inputs");

@@ -66,8 +66,26 @@ Variable dot(const Variable& a, const Variable& b,
 // outer(u, v) = u[:, None] * v[None, :] as a matrix product.
 Variable outer(const Variable& u, const Variable& v);
 // Threads used by matrix products and fused loops; 0 (the default) uses all cores.
+// Parallel kernels always split their work into num_threads() parts, so results depend on
+// this count alone (in the last bits: sums are added part by part), never on how many
+// threads actually run the parts.
 void set_num_threads(int n);
 int num_threads();
+// How many threads run those parts in the calling thread's current call: num_threads(),
+// or fewer inside a WorkerLimit. The executor lowers it when the threads are not getting
+// cores (another process busy on the machine), so that N threads are never much slower
+// than one.
+int active_workers();
+class WorkerLimit {
+public:
+    explicit WorkerLimit(int n);  // n <= 0: no limit; nested limits keep the tighter one
+    ~WorkerLimit();
+    WorkerLimit(const WorkerLimit&) = delete;
+    WorkerLimit& operator=(const WorkerLimit&) = delete;
+
+private:
+    int saved_;
+};
 
 // out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1] on the calling thread,
 // with out row-major (m x n) and A, B row-major (a_rows x a_cols, b_rows x b_cols): the

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <tuple>
 
 #include <Eigen/Core>
@@ -124,11 +126,23 @@ bool commutative(ScalarOp op) {
 }
 
 template <class T>
+// 64-byte aligned, like tensor storage: vectorised sums peel unaligned leading elements,
+// so the alignment of a tile decides the summation order, and every thread's tiles must
+// have the same one for results not to depend on which thread ran a part.
 struct Scratch {
-    std::vector<T> buf;
+    struct Free {
+        void operator()(T* p) const { std::free(p); }
+    };
+    std::unique_ptr<T, Free> buf;
+    std::size_t size = 0;
     T* get(std::size_t n) {
-        if (buf.size() < n) buf.resize(n);
-        return buf.data();
+        if (size < n) {
+            const std::size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+            buf.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+            if (!buf) throw Error("out of memory for a fused loop's scratch");
+            size = n;
+        }
+        return buf.get();
     }
 };
 
@@ -323,15 +337,23 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
                     dense[k] = d;
                 }
             }
-#pragma omp parallel num_threads(nt) if (nt > 1)
+            // nt parts, run by as many threads as are getting a core (active_workers): each
+            // part has its own accumulators, so the sums do not depend on who ran it.
+            const int workers = std::min(nt, active_workers());
+#pragma omp parallel num_threads(workers) if (workers > 1)
             {
                 thread_local Scratch<T> scratch;
                 thread_local Scratch<double> acc_scratch;
                 thread_local std::vector<const T*> reg;
                 thread_local std::vector<std::int64_t> off, acc_off;  // per tile row
                 T* buffers = scratch.get(static_cast<std::size_t>(n_regs * kTile));
-                const int t = nt > 1 ? omp_get_thread_num() : 0;
-                double* acc = acc_total ? acc_scratch.get(static_cast<std::size_t>(acc_total)) : nullptr;
+                const int worker = workers > 1 ? omp_get_thread_num() : 0;
+                const int n_workers = workers > 1 ? omp_get_num_threads() : 1;
+                const int my_parts = (nt - worker + n_workers - 1) / n_workers;
+                double* acc_all =
+                    acc_total ? acc_scratch.get(static_cast<std::size_t>(acc_total * std::max(my_parts, 1))) : nullptr;
+                for (int t = worker, local = 0; t < nt; t += n_workers, ++local) {
+                double* acc = acc_all ? acc_all + static_cast<std::int64_t>(local) * acc_total : nullptr;
                 if (acc) std::fill_n(acc, acc_total, 0.0);
                 parts[t] = acc;
                 std::int64_t r0 = 0, r1 = rows, c0 = 0, c1 = inner;
@@ -437,8 +459,9 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
                         }
                     }
                 }
+                }  // parts
             }
-            // Sums: add the threads' accumulators in thread order.
+            // Sums: add the parts' accumulators in part order.
             for (int o = 0; o < n_out; ++o) {
                 if (outputs_[o].sum.empty()) continue;
                 dispatch(out[o]->dtype(), [&]<class O>() {

@@ -427,7 +427,8 @@ void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_st
     const bool unit = low == T(0) && high == T(1);
     const std::int64_t used = std::min(n, n_streams);
     const std::int64_t n_blocks = (used + kBlock - 1) / kBlock;
-    const int nt = static_cast<int>(std::min<std::int64_t>(threads, n_blocks));
+    // Blocks of streams are independent: the thread count never changes the draws.
+    const int nt = static_cast<int>(std::min<std::int64_t>(std::min(threads, active_workers()), n_blocks));
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
         const std::int64_t b0 = blk * kBlock;

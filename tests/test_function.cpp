@@ -285,3 +285,36 @@ TEST_CASE("number arguments are converted exactly or refused, never wrapped") {
     CHECK_THROWS_WITH_AS(id({9007199254740994.0, 0, 0, 0.0}), doctest::Contains("beyond 2^53"), UsageError);
     CHECK(id({3.0, 0, 0, 0.0})[0].item() == 3);
 }
+
+TEST_CASE("results depend on the thread count alone, not on how many threads run the parts") {
+    // The dA's step on data big enough for every kernel to split its work.
+    RandomState data_rng(5);
+    SharedVariable set_x = shared(data_rng.uniform(0, 1, {40, 784}), "set_x");
+    Variable index = lscalar("index");
+    Variable x = matrix("x");
+    auto train = [&](int threads, int worker_limit) {
+        set_num_threads(threads);
+        RandomState rng(123);
+        auto streams = std::make_shared<MRG_RandomStreams>(static_cast<std::uint32_t>(rng.randint(1 << 30)));
+        models::dA da(rng, streams, x, 784, 500);
+        auto [cost, updates] = da.get_cost_updates(0.3, 0.1);
+        Function f = function({index}, {cost}, updates, {{x, set_x[{slice(index * 20, (index + 1) * 20)}]}});
+        WorkerLimit limit(worker_limit);
+        std::vector<double> costs;
+        for (int i = 0; i < 6; ++i) costs.push_back(f({static_cast<long>(i % 2)})[0].item());
+        std::vector<double> w = da.W.get_value().to_doubles();
+        costs.insert(costs.end(), w.begin(), w.end());
+        return costs;
+    };
+    const auto two = train(2, 0);
+    const auto two_on_one = train(2, 1);  // two parts run by one thread, as under contention
+    CHECK(two == train(2, 0));
+    CHECK(two_on_one == train(2, 1));
+    CHECK(two == two_on_one);
+    const auto one = train(1, 0);
+    set_num_threads(0);
+    // Between thread counts, sums are added in another order: the last bits differ.
+    double worst = 0;
+    for (std::size_t i = 0; i < one.size(); ++i) worst = std::max(worst, std::abs(one[i] - two[i]) / std::max(1.0, std::abs(one[i])));
+    CHECK(worst < 1e-13);
+}
