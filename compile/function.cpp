@@ -21,6 +21,7 @@ CompileOptions::CompileOptions() {
     rewrites.including = c.optimizer_including;
     verbose = c.optimizer_verbose;
     profile = c.profile;
+    nan_guard = c.nan_guard;
 }
 
 In::In(const Variable& v, double default_value, std::string n)
@@ -514,12 +515,14 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     Plan& p = *f.plan_;
     p.log = log.lines;
     p.profile = options.profile;
+    p.nan_guard = options.nan_guard;
+    p.nan_guard_big = options.nan_guard_big;
     p.outputs.assign(c.all.begin(), c.all.begin() + static_cast<std::ptrdiff_t>(c.n_outputs));
     for (std::size_t i = 0; i < c.update_cells.size(); ++i) {
         p.update_values.emplace_back(c.update_names[i], c.all[c.n_outputs + i]);
     }
     assign_slots(c, p);
-    c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of);
+    c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of, !options.nan_guard);
     p.in_place = c.grants.log;
     p.destroyed_cells = c.grants.destroyed_cells;
     schedule(c, p);

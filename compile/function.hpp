@@ -38,6 +38,12 @@ struct CompileOptions {
     RewriteSelection rewrites;   // starts from config(): optimizer, optimizer_excluding, ...
     bool verbose = false;        // print "rewrite X replaced A by B" while compiling
     bool profile = false;        // time every step of every call (profile_summary())
+    // Theano's NanGuardMode: after every step, check its float outputs for NaN and inf (and,
+    // with nan_guard_big, magnitudes above 1e10) and raise UsageError naming the step's op,
+    // the user's line that built it and summaries of its inputs. The call then changes
+    // nothing (steps that write shared variables in place are not used in this mode).
+    bool nan_guard = false;
+    bool nan_guard_big = false;
     CompileOptions();
 };
 

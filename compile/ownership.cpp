@@ -29,7 +29,7 @@ Variable destroyed_input(const Variable& v) {
 
 InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& applies, const std::vector<Variable>& all,
                              std::size_t n_outputs, const std::vector<std::shared_ptr<SharedCell>>& update_cells,
-                             VarMap<int>& slot_of) {
+                             VarMap<int>& slot_of, bool into_shared_allowed) {
     InPlaceGrants g;
     VarMap<std::vector<const Node*>> consumers;
     for (const auto& n : applies) {
@@ -61,6 +61,7 @@ InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& app
             const Variable& v = n->inputs[dm[o]];
             if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(key(v)) || is_view(v)) continue;
             const bool into_shared = v.is_shared() || (v.is_apply() && g.commit.count(&v.node()));
+            if (into_shared && !into_shared_allowed) continue;
             if (into_shared) {
                 // Only the variable's own update chain, and only when the node's other
                 // outputs are unused (so the node can run after every other step).

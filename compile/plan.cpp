@@ -114,6 +114,7 @@ void Plan::run_step(Step& s) {
         }
     }
     s.op->perform(*s.node, s.in, s.out);
+    if (nan_guard) check_finite(s);  // before the inputs' buffers go back to the pool
     if (!s.place.empty()) place_join_inputs(s);
     for (int r : s.release) {
         for (int v : views_of[r]) slots[v] = Tensor();
@@ -162,6 +163,81 @@ void WorkerChoice::record(double seconds) {
         probing_ = true;
         probe_left = kProbeCalls;
         probe_sum = 0;
+    }
+}
+
+namespace {
+
+struct Stats {
+    std::int64_t nan = 0, inf = 0, big = 0, n = 0;
+    double lo = 0, hi = 0, sum = 0;
+};
+
+Stats stats_of(const Tensor& t) {
+    Stats st;
+    if (!t.defined()) return st;
+    const std::vector<double> v = t.to_doubles();
+    bool first = true;
+    for (double x : v) {
+        ++st.n;
+        if (std::isnan(x)) {
+            ++st.nan;
+            continue;
+        }
+        if (std::isinf(x)) ++st.inf;
+        if (std::abs(x) > 1e10) ++st.big;
+        if (!std::isinf(x)) st.sum += x;
+        st.lo = first ? x : std::min(st.lo, x);
+        st.hi = first ? x : std::max(st.hi, x);
+        first = false;
+    }
+    return st;
+}
+
+std::string summary(const Tensor& t) {
+    if (!t.defined()) return "(empty)";
+    std::string s = fmt::format("{} {}", dtype_name(t.dtype()), shape_string(t.shape()));
+    if (t.size() == 0) return s;
+    const Stats st = stats_of(t);
+    const std::int64_t finite = st.n - st.nan - st.inf;
+    if (finite > 0) {
+        s += fmt::format(" min {:.6g} max {:.6g} mean {:.6g}", st.lo, st.hi, st.sum / static_cast<double>(finite));
+    }
+    if (st.nan) s += fmt::format(" ({} NaN)", st.nan);
+    if (st.inf) s += fmt::format(" ({} inf)", st.inf);
+    return s;
+}
+
+}  // namespace
+
+void Plan::check_finite(const Step& s) const {
+    for (std::size_t o = 0; o < s.out.size(); ++o) {
+        const Tensor& t = *s.out[o];
+        if (!t.defined() || !is_float(t.dtype())) continue;
+        // A quick pass first: the usual answer is that every value is fine.
+        bool fine = true;
+        dispatch(t.dtype(), [&]<class T>() {
+            if constexpr (std::is_floating_point_v<T>) {
+                if (!t.is_contiguous()) {
+                    fine = false;
+                    return;
+                }
+                const T* d = t.data<T>();
+                for (std::int64_t i = 0; i < t.size() && fine; ++i) {
+                    fine = std::isfinite(d[i]) && (!nan_guard_big || std::abs(d[i]) <= T(1e10));
+                }
+            }
+        });
+        if (fine) continue;
+        const Stats st = stats_of(t);
+        if (st.nan == 0 && st.inf == 0 && (!nan_guard_big || st.big == 0)) continue;
+        std::string what = st.nan ? fmt::format("{} NaN", st.nan) : st.inf ? fmt::format("{} inf", st.inf)
+                                                                       : fmt::format("{} values above 1e10", st.big);
+        std::string msg = fmt::format("NaN guard: {} produced {} in output {} ({})", s.op->name(), what, o, summary(t));
+        const std::string where = where_string(s.node->where);
+        if (!where.empty()) msg += fmt::format(" (node built at {})", where);
+        for (std::size_t i = 0; i < s.in.size(); ++i) msg += fmt::format("\n  input {}: {}", i, summary(*s.in[i]));
+        throw UsageError(msg);
     }
 }
 

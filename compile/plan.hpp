@@ -89,6 +89,7 @@ struct Plan {
     // The shared variables some step overwrites in place.
     std::vector<std::shared_ptr<SharedCell>> destroyed_cells;
     bool profile = false;
+    bool nan_guard = false, nan_guard_big = false;  // CompileOptions::nan_guard
     std::int64_t calls = 0;
     std::vector<double> step_seconds;  // with profile: per step, summed over the calls
     // Liveness: buffers of dead values wait in the pool for a later value that fits (the
@@ -107,6 +108,7 @@ struct Plan {
 private:
     void run_step(Step& s);
     void run_steps();
+    void check_finite(const Step& s) const;
 };
 
 }  // namespace theanine

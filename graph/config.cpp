@@ -55,10 +55,12 @@ void apply_flags(std::string_view flags, Config& cfg) {
             cfg.optimizer_verbose = parse_bool(key, value);
         } else if (key == "profile") {
             cfg.profile = parse_bool(key, value);
+        } else if (key == "nan_guard") {
+            cfg.nan_guard = parse_bool(key, value);
         } else {
             throw UsageError(fmt::format(
                 "THEANINE_FLAGS: unknown key '{}' (known: floatX, optimizer, optimizer_excluding, "
-                "optimizer_including, optimizer_verbose, profile)", key));
+                "optimizer_including, optimizer_verbose, profile, nan_guard)", key));
         }
     }
 }

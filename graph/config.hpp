@@ -11,6 +11,8 @@
 //   optimizer_verbose=True            print "rewrite X replaced A by B" while compiling
 //   profile=True                      time every step of compiled functions
 //                                     (Function::profile_summary())
+//   nan_guard=True                    check every step's outputs for NaN and inf
+//                                     (Theano's NanGuardMode; CompileOptions::nan_guard)
 //
 // This is the only place environment variables are read. function() takes a
 // CompileOptions (compile/function.hpp) that starts from config() and can be changed in code.
@@ -31,6 +33,7 @@ struct Config {
     std::vector<std::string> optimizer_including;
     bool optimizer_verbose = false;
     bool profile = false;
+    bool nan_guard = false;
 };
 
 // The process-wide configuration (THEANINE_FLAGS applied on first call).

@@ -318,3 +318,39 @@ TEST_CASE("results depend on the thread count alone, not on how many threads run
     for (std::size_t i = 0; i < one.size(); ++i) worst = std::max(worst, std::abs(one[i] - two[i]) / std::max(1.0, std::abs(one[i])));
     CHECK(worst < 1e-13);
 }
+
+TEST_CASE("the NaN guard names the step that made a NaN or inf, and the call changes nothing") {
+    SharedVariable w = shared(T64({2, 2}, {1, 2, 3, 4}), "w");
+    SharedVariable u = shared(T64({2, 1}, {1, 1}), "u");
+    Variable x = matrix("x");
+    Variable bad = log(x);  // NaN for negative x, -inf at 0
+    CompileOptions guarded;
+    guarded.nan_guard = true;
+    Function f = function({x}, {bad.sum()}, {{w, w - 0.5 * dot(u, u.T())}}, {}, guarded);
+    CHECK(f.in_place().empty());  // no in-place write into w in this mode
+    CHECK(f({T64({2, 2}, {1, 1, 1, 1})})[0].item() == 0);
+    CHECK(w.get_value().to_doubles() == std::vector<double>{0.5, 1.5, 2.5, 3.5});
+    try {
+        f({T64({2, 2}, {1, -1, 2, 3})});
+        FAIL("no error");
+    } catch (const UsageError& e) {
+        const std::string m = e.what();
+        CHECK(m.find("NaN guard: ") == 0);
+        // The fused loop log(x).sum() made the NaN.
+        CHECK(m.find("Composite{log(i0), sum[0,1]} produced 1 NaN in output 0 (float64 () (1 NaN))") != std::string::npos);
+        CHECK(m.find("(node built at test_function.cpp:") != std::string::npos);
+        CHECK(m.find("input 0: float64 (2, 2) min -1 max 3 mean 1.25") != std::string::npos);
+    }
+    CHECK(w.get_value().to_doubles() == std::vector<double>{0.5, 1.5, 2.5, 3.5});
+    CHECK_THROWS_WITH_AS(f({T64({2, 2}, {1, 0, 2, 3})}), doctest::Contains("produced 1 inf in output 0 (float64 () (1 inf))"), UsageError);
+
+    CompileOptions big;
+    big.nan_guard = true;
+    big.nan_guard_big = true;
+    Function g = function({x}, {x * 1e6}, {}, {}, big);
+    CHECK(g({T64({1, 1}, {10})})[0].item() == 1e7);
+    CHECK_THROWS_WITH_AS(g({T64({1, 1}, {1e5})}), doctest::Contains("produced 1 values above 1e10"), UsageError);
+    // Without the guard the same call returns the NaN.
+    Function plain = function({x}, {bad.sum()});
+    CHECK(std::isnan(plain({T64({2, 2}, {1, -1, 2, 3})})[0].item()));
+}
