@@ -3,16 +3,19 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <fmt/format.h>
 
+#include "examples/io/checkpoint.hpp"
 #include "examples/io/files.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/npy.hpp"
@@ -38,6 +41,9 @@ struct Flags {
     int threads = 0;
     std::int64_t train_size = 50000;
     bool save_params = false;
+    std::string checkpoint, resume;
+    std::int64_t checkpoint_every = 500;
+    bool nan_guard = false;
 };
 
 const char* kHelp = R"(usage: dA [flags]
@@ -59,6 +65,12 @@ Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
   --threads N           threads for matrix products (default: all cores)
   --train-size N        training images used, from the start (default 50000)
   --save-params         also write W, b and b' of each model as .npy files
+  --checkpoint DIR      write DIR/checkpoint.bin every --checkpoint-every minibatches, at
+                        each epoch's end and on SIGINT/SIGTERM (then exit)
+  --checkpoint-every N  minibatches between checkpoints (default 500)
+  --resume DIR          continue the run checkpointed in DIR (same flags), printing its
+                        lines again: the output is that of an uninterrupted run
+  --nan-guard           check every step for NaN/inf and name the op that made one
   --help                this text
 )";
 
@@ -100,8 +112,8 @@ Flags parse(int argc, char** argv) {
             std::cout << kHelp;
             std::exit(0);
         }
-        if (a == "--save-params") {
-            f.save_params = true;
+        if (a == "--save-params" || a == "--nan-guard") {
+            (a == "--save-params" ? f.save_params : f.nan_guard) = true;
             continue;
         }
         std::string value;
@@ -137,9 +149,18 @@ Flags parse(int argc, char** argv) {
         } else if (a == "--seed") f.seed = static_cast<std::uint32_t>(parse_int(a, value, 0, 4294967295L));
         else if (a == "--threads") f.threads = static_cast<int>(parse_int(a, value, 1, kIntMax));
         else if (a == "--train-size") f.train_size = parse_int(a, value, 1, std::numeric_limits<long>::max());
+        else if (a == "--checkpoint") f.checkpoint = value;
+        else if (a == "--resume") f.resume = value;
+        else if (a == "--checkpoint-every") f.checkpoint_every = parse_int(a, value, 1, std::numeric_limits<long>::max());
         else bad_flag(fmt::format("unknown flag '{}'", a));
     }
     return f;
+}
+
+int stopped(const io::Checkpointer& checkpoints) {
+    std::cerr << "dA: stopped by a signal"
+              << (checkpoints.enabled() ? "; resume with --resume " + checkpoints.dir() : "") << "\n";
+    return io::stop_status();
 }
 
 std::string level_name(double c) { return fmt::format("{}", static_cast<int>(std::lround(c * 100))); }
@@ -152,6 +173,10 @@ int main(int argc, char** argv) {
         config().floatX = dtype_from_name(flags.floatX);
         if (flags.threads > 0) set_num_threads(flags.threads);
         const DType fx = config().floatX;
+        io::check_writable_dir(flags.output, "--output");
+        io::Checkpointer checkpoints(flags.checkpoint, flags.checkpoint_every, flags.resume);
+        const std::optional<io::Checkpoint> resumed = checkpoints.resume();
+        io::install_stop_signals();
         io::Mnist mnist = io::load_mnist(flags.data);
         const std::int64_t n_train = std::min<std::int64_t>(flags.train_size, mnist.train_images.dim(0));
         SharedVariable train_set_x = shared(io::mnist_pixels(mnist.train_images, 0, n_train, fx), "train_set_x", true);
@@ -159,12 +184,27 @@ int main(int argc, char** argv) {
         if (n_batches < 1) {
             bad_flag(fmt::format("--train-size {} is smaller than one batch of {}", n_train, flags.batch_size));
         }
-        io::check_writable_dir(flags.output, "--output");
-        const bool tty = isatty(2);
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || flags.nan_guard;
+
+        // Where a resumed run starts: the model (corruption level), epoch and minibatch.
+        io::PrintedLines out;
+        std::size_t first_level = 0;
+        std::int64_t start_epoch = 0, start_batch = 0, steps = 0;
+        double start_total = 0;
+        if (resumed) {
+            out.replay(resumed->at("printed"));
+            first_level = static_cast<std::size_t>(io::get_int(*resumed, "level"));
+            start_epoch = io::get_int(*resumed, "epoch");
+            start_batch = io::get_int(*resumed, "batch");
+            start_total = io::get_double(*resumed, "total");
+            steps = io::get_int(*resumed, "steps");
+        }
 
         Variable index = lscalar("index");
         Variable x = matrix("x");
-        for (double level : flags.corruption) {
+        for (std::size_t li = first_level; li < flags.corruption.size(); ++li) {
+            const double level = flags.corruption[li];
             RandomState rng(flags.seed);
             const auto stream_seed = static_cast<std::uint32_t>(rng.randint(1LL << 30));
             std::shared_ptr<RandomStreamsBase> theano_rng;
@@ -175,23 +215,67 @@ int main(int argc, char** argv) {
             }
             models::dA da(rng, theano_rng, x, 28 * 28, flags.hidden);
             auto [cost, updates] = da.get_cost_updates(level, flags.learning_rate);
+            std::vector<SharedVariable> rng_states;  // the generator states the draws advance
+            if (auto* r = dynamic_cast<MRG_RandomStreams*>(theano_rng.get())) rng_states = r->state_variables();
+            if (auto* r = dynamic_cast<RandomStreams*>(theano_rng.get())) rng_states = r->state_variables();
             const long bs = flags.batch_size;
             Function train_da = function({index}, {cost}, updates,
-                                         {{x, subtensor(train_set_x, {slice(index * bs, (index + 1) * bs)})}});
+                                         {{x, subtensor(train_set_x, {slice(index * bs, (index + 1) * bs)})}}, options);
+            const std::vector<SharedVariable> params = {da.W, da.b, da.b_prime};
+
+            std::int64_t epoch0 = 0, batch0 = 0;
+            double total = 0;
+            if (resumed && li == first_level && resumed->count("param0")) {
+                io::set_values(*resumed, "param", params);
+                io::set_values(*resumed, "rng", rng_states);
+                epoch0 = start_epoch;
+                batch0 = start_batch;
+                total = start_total;
+            }
+            // Everything a resumed run needs to continue from minibatch `batch` of `epoch`.
+            auto checkpoint = [&](std::int64_t epoch, std::int64_t batch) {
+                io::Checkpoint c;
+                io::put_values(c, "param", params);
+                io::put_values(c, "rng", rng_states);
+                c["level"] = io::int_entry(static_cast<std::int64_t>(li));
+                c["epoch"] = io::int_entry(epoch);
+                c["batch"] = io::int_entry(batch);
+                c["total"] = io::double_entry(total);
+                c["steps"] = io::int_entry(steps);
+                c["printed"] = out.to_tensor();
+                checkpoints.save(c);
+            };
 
             auto start = std::chrono::steady_clock::now();
-            for (int epoch = 0; epoch < flags.epochs; ++epoch) {
-                double total = 0;
-                for (std::int64_t i = 0; i < n_batches; ++i) {
-                    total += train_da.scalar({static_cast<long>(i)});
-                    if (tty && i % 100 == 0) {
-                        std::fprintf(stderr, "\r  epoch %d: batch %ld/%ld", epoch, static_cast<long>(i),
-                                     static_cast<long>(n_batches));
+            for (std::int64_t epoch = epoch0; epoch < flags.epochs; ++epoch) {
+                io::Progress progress(fmt::format("epoch {}", epoch));
+                for (std::int64_t i = epoch == epoch0 ? batch0 : 0; i < n_batches; ++i) {
+                    const double c = train_da.scalar({static_cast<long>(i)});
+                    if (!std::isfinite(c)) {
+                        progress.clear();
+                        std::cerr << fmt::format("dA: the cost became {} at epoch {}, minibatch {} (corruption {}); "
+                                                 "rerun with --nan-guard to find the op that made it\n",
+                                                 c, epoch, i, level);
+                        return 1;
+                    }
+                    total += c;
+                    ++steps;
+                    progress.update(i + 1, n_batches);
+                    if (i + 1 < n_batches) {
+                        if (checkpoints.due(steps) || io::stop_requested()) checkpoint(epoch, i + 1);
+                        if (io::stop_requested()) {
+                            progress.clear();
+                            return stopped(checkpoints);
+                        }
                     }
                 }
-                if (tty) std::fprintf(stderr, "\r%60s\r", "");
-                std::cout << fmt::format("Training epoch {}, cost {:.15g}", epoch, total / static_cast<double>(n_batches))
-                          << std::endl;
+                progress.clear();
+                out.print(fmt::format("Training epoch {}, cost {:.15g}", epoch, total / static_cast<double>(n_batches)));
+                total = 0;
+                if (epoch + 1 < flags.epochs) {
+                    checkpoint(epoch + 1, 0);
+                    if (io::stop_requested()) return stopped(checkpoints);
+                }
             }
             const double minutes =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
@@ -207,7 +291,28 @@ int main(int argc, char** argv) {
                 io::save_npy(base + "b.npy", da.b.get_value(true));
                 io::save_npy(base + "b_prime.npy", da.b_prime.get_value(true));
             }
+            // The next model starts from scratch.
+            if (li + 1 < flags.corruption.size()) {
+                io::Checkpoint c;
+                c["level"] = io::int_entry(static_cast<std::int64_t>(li + 1));
+                c["epoch"] = io::int_entry(0);
+                c["batch"] = io::int_entry(0);
+                c["total"] = io::double_entry(0);
+                c["steps"] = io::int_entry(steps);
+                c["printed"] = out.to_tensor();
+                checkpoints.save(c);
+            }
+            if (io::stop_requested() && li + 1 < flags.corruption.size()) return stopped(checkpoints);
         }
+        // A finished run: resuming it prints its lines and trains nothing.
+        io::Checkpoint done;
+        done["level"] = io::int_entry(static_cast<std::int64_t>(flags.corruption.size()));
+        done["epoch"] = io::int_entry(0);
+        done["batch"] = io::int_entry(0);
+        done["total"] = io::double_entry(0);
+        done["steps"] = io::int_entry(steps);
+        done["printed"] = out.to_tensor();
+        checkpoints.save(done);
     } catch (const theanine::Error& e) {
         std::cerr << "dA: " << e.what() << "\n";
         return 1;

@@ -23,7 +23,10 @@ int main(int argc, char** argv) {
     flags.parse(argc, argv);
     try {
         common.apply();
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
+        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || common.nan_guard;
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size);
         io::SharedSplits sets(d);
         const long bs = batch_size;
         Variable index = lscalar("index");
@@ -37,7 +40,7 @@ int main(int argc, char** argv) {
         auto g = grad(cost, std::vector<Variable>{classifier.W, classifier.b});
         Function train_model = io::minibatch_function(
             index, {cost}, {{classifier.W, classifier.W - learning_rate * g[0]}, {classifier.b, classifier.b - learning_rate * g[1]}},
-            x, y, sets.train_x, sets.train_y, bs);
+            x, y, sets.train_x, sets.train_y, bs, options);
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
                            n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
                            n_test = io::count_batches(d.test_x.dim(0), bs, "test");
@@ -46,12 +49,16 @@ int main(int argc, char** argv) {
         rule.patience = 5000;
         auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_model.scalar({static_cast<long>(i)}); },
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
-                                               [&] { return io::mean_over_batches(test_model, n_test); }, rule);
+                                               [&] { return io::mean_over_batches(test_model, n_test); }, rule,
+                                               run.resumable(classifier.params()));
         std::printf("Optimization complete with best validation score of %f %%, with test performance %f %%\n",
                     r.best_validation * 100, r.test_score * 100);
         std::printf("The code ran for %d epochs, with %f epochs/sec\n", r.epochs, r.epochs / r.seconds);
         if (!common.save.empty()) io::save_params(classifier.params(), common.save, "logistic_");
         std::printf("test error: %f %%\n", r.test_score * 100);
+    } catch (const io::Stopped& stop) {
+        std::cerr << "logistic_sgd: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
+        return stop.status;
     } catch (const Error& e) {
         std::cerr << "logistic_sgd: " << e.what() << "\n";
         return 1;

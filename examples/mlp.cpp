@@ -26,7 +26,10 @@ int main(int argc, char** argv) {
     flags.parse(argc, argv);
     try {
         common.apply();
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
+        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || common.nan_guard;
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size);
         io::SharedSplits sets(d);
         const long bs = batch_size;
         Variable index = lscalar("index");
@@ -43,7 +46,7 @@ int main(int argc, char** argv) {
         auto g = grad(cost, pv);
         Updates updates;
         for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - learning_rate * g[i]);
-        Function train_model = io::minibatch_function(index, {cost}, updates, x, y, sets.train_x, sets.train_y, bs);
+        Function train_model = io::minibatch_function(index, {cost}, updates, x, y, sets.train_x, sets.train_y, bs, options);
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
                            n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
                            n_test = io::count_batches(d.test_x.dim(0), bs, "test");
@@ -52,7 +55,8 @@ int main(int argc, char** argv) {
         rule.patience = 10000;
         auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_model.scalar({static_cast<long>(i)}); },
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
-                                               [&] { return io::mean_over_batches(test_model, n_test); }, rule);
+                                               [&] { return io::mean_over_batches(test_model, n_test); }, rule,
+                                               run.resumable(classifier.params()));
         std::printf("Optimization complete. Best validation score of %f %% obtained at iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::printf("The code ran for %d epochs in %.1f s (%.2f s per epoch)\n", r.epochs, r.seconds, r.seconds / r.epochs);
@@ -61,6 +65,9 @@ int main(int argc, char** argv) {
             io::save_params(classifier.log_regression.params(), common.save, "mlp_logistic_");
         }
         std::printf("test error: %f %%\n", r.test_score * 100);
+    } catch (const io::Stopped& stop) {
+        std::cerr << "mlp: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
+        return stop.status;
     } catch (const Error& e) {
         std::cerr << "mlp: " << e.what() << "\n";
         return 1;

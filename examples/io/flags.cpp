@@ -142,6 +142,12 @@ void CommonFlags::add_to(FlagParser& parser, const std::string& save_help) {
     parser.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
     parser.add("threads", &threads, 0, "threads for products, 0 for all cores");
     parser.add("save-params", &save, save_help);
+    parser.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
+    parser.add("checkpoint", &checkpoint, "write DIR/checkpoint.bin every --checkpoint-every minibatches, at each "
+                                          "epoch's end and on SIGINT/SIGTERM (then exit)");
+    parser.add("checkpoint-every", &checkpoint_every, 1, "minibatches between checkpoints");
+    parser.add("resume", &resume, "continue the run checkpointed in DIR (same flags), printing its lines again");
+    parser.add_switch("nan-guard", &nan_guard, "check every step for NaN/inf and name the op that made one");
 }
 
 void CommonFlags::apply() const {

@@ -32,12 +32,17 @@ private:
     std::vector<Flag> flags_;
 };
 
-// The flags every MNIST program takes: --data, --floatX, --threads, --save-params.
+// The flags every MNIST program takes: --data, --floatX, --threads, --save-params,
+// --train-size, --checkpoint, --checkpoint-every, --resume, --nan-guard.
 struct CommonFlags {
     std::string data = "data/mnist";
     std::string floatX = "float64";
     std::string save;  // folder for parameter files; empty: do not save
     int threads = 0;
+    std::int64_t train_size = 50000;  // training images, from the start of the training file
+    std::string checkpoint, resume;
+    std::int64_t checkpoint_every = 1000;
+    bool nan_guard = false;
     void add_to(FlagParser& parser, const std::string& save_help);
     // Sets config().floatX and the thread count; checks that --save-params can be written.
     void apply() const;

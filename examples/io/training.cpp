@@ -3,12 +3,14 @@
 #include "examples/io/files.hpp"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <set>
 
 #include <fmt/format.h>
+#include <fmt/printf.h>
 
 #include "examples/io/mnist.hpp"
 #include "compile/function.hpp"
@@ -49,10 +51,21 @@ SharedSplits::SharedSplits(const MnistSplits& d)
 
 Function minibatch_function(const Variable& index, const std::vector<Variable>& outputs, const Updates& updates,
                             const Variable& x, const Variable& y, const SharedVariable& set_x,
-                            const SharedVariable& set_y, long batch_size) {
+                            const SharedVariable& set_y, long batch_size, const CompileOptions& options) {
     const long bs = batch_size;
     return function({index}, outputs, updates,
-                    {{x, set_x[{slice(index * bs, (index + 1) * bs)}]}, {y, set_y[{slice(index * bs, (index + 1) * bs)}]}});
+                    {{x, set_x[{slice(index * bs, (index + 1) * bs)}]}, {y, set_y[{slice(index * bs, (index + 1) * bs)}]}},
+                    options);
+}
+
+Run::Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir)
+    : checkpoints(checkpoint_dir, every, resume_dir), resumed(checkpoints.resume()) {
+    if (resumed) out.replay(resumed->at("printed"));
+    install_stop_signals();
+}
+
+Resumable Run::resumable(std::vector<SharedVariable> state) {
+    return Resumable{&checkpoints, std::move(state), &out, resumed ? &*resumed : nullptr};
 }
 
 std::int64_t count_batches(std::int64_t n, std::int64_t batch_size, const std::string& split) {
@@ -97,23 +110,70 @@ void load_params(const std::vector<SharedVariable>& params, const std::string& d
 
 TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>& train_batch,
                                       std::int64_t n_train_batches, const std::function<double()>& validation_error,
-                                      const std::function<double()>& test_error, const EarlyStopping& rule) {
+                                      const std::function<double()>& test_error, const EarlyStopping& rule,
+                                      const Resumable& run) {
     auto start = std::chrono::steady_clock::now();
+    PrintedLines own_lines;
+    PrintedLines& out = run.out ? *run.out : own_lines;
     TrainResult r;
     r.best_validation = std::numeric_limits<double>::infinity();
     double patience = static_cast<double>(rule.patience);
     const std::int64_t validation_frequency = std::max<std::int64_t>(1, std::min<std::int64_t>(n_train_batches, rule.patience / 2));
     bool done = false;
     int epoch = 0;
-    while (epoch < rule.n_epochs && !done) {
-        ++epoch;
-        for (std::int64_t b = 0; b < n_train_batches; ++b) {
-            train_batch(b);
+    std::int64_t first_batch = 0;
+    double seconds_before = 0;
+    if (run.resume) {
+        const Checkpoint& c = *run.resume;
+        set_values(c, "state", run.state);
+        epoch = static_cast<int>(get_int(c, "epoch"));
+        first_batch = get_int(c, "batch");
+        patience = get_double(c, "patience");
+        r.best_validation = get_double(c, "best_validation");
+        r.best_iter = get_int(c, "best_iter");
+        r.test_score = get_double(c, "test_score");
+        done = get_int(c, "done") != 0;
+        seconds_before = get_double(c, "seconds");
+    }
+    // The state after minibatch `batch` of `epoch` (epoch counted from 1 as printed).
+    auto checkpoint = [&](std::int64_t batch) {
+        if (!run.checkpoints || !run.checkpoints->enabled()) return;
+        Checkpoint c;
+        put_values(c, "state", run.state);
+        c["epoch"] = int_entry(epoch);
+        c["batch"] = int_entry(batch);
+        c["patience"] = double_entry(patience);
+        c["best_validation"] = double_entry(r.best_validation);
+        c["best_iter"] = int_entry(r.best_iter);
+        c["test_score"] = double_entry(r.test_score);
+        c["done"] = int_entry(done ? 1 : 0);
+        c["seconds"] = double_entry(seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        c["printed"] = out.to_tensor();
+        run.checkpoints->save(c);
+    };
+    auto stop = [&](std::int64_t batch) {
+        checkpoint(batch);
+        throw Stopped{stop_status()};
+    };
+    // A resumed run is inside epoch `epoch` at minibatch first_batch (0: the epoch is over).
+    bool resume_inside = run.resume && first_batch > 0;
+    while ((resume_inside || epoch < rule.n_epochs) && !done) {
+        if (!resume_inside) ++epoch;
+        Progress progress(fmt::format("epoch {}", epoch));
+        for (std::int64_t b = resume_inside ? first_batch : 0; b < n_train_batches; ++b) {
+            const double cost = train_batch(b);
+            if (!std::isfinite(cost)) {
+                progress.clear();
+                throw UsageError(fmt::format("the cost became {} at epoch {}, minibatch {}; rerun with --nan-guard to "
+                                             "find the op that made it", cost, epoch, b));
+            }
+            progress.update(b + 1, n_train_batches);
             const std::int64_t iter = (epoch - 1) * n_train_batches + b;
             if ((iter + 1) % validation_frequency == 0) {
                 const double v = validation_error();
-                std::printf("epoch %d, minibatch %lld/%lld, validation error %f %%\n", epoch,
-                            static_cast<long long>(b + 1), static_cast<long long>(n_train_batches), v * 100);
+                progress.clear();
+                out.print(fmt::sprintf("epoch %d, minibatch %lld/%lld, validation error %f %%", epoch,
+                                       static_cast<long long>(b + 1), static_cast<long long>(n_train_batches), v * 100));
                 if (v < r.best_validation) {
                     if (v < r.best_validation * rule.improvement_threshold) {
                         patience = std::max(patience, static_cast<double>(iter) * rule.patience_increase);
@@ -121,19 +181,28 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
                     r.best_validation = v;
                     r.best_iter = iter;
                     r.test_score = test_error();
-                    std::printf("     epoch %d, minibatch %lld/%lld, test error of best model %f %%\n", epoch,
-                                static_cast<long long>(b + 1), static_cast<long long>(n_train_batches), r.test_score * 100);
+                    out.print(fmt::sprintf("     epoch %d, minibatch %lld/%lld, test error of best model %f %%", epoch,
+                                           static_cast<long long>(b + 1), static_cast<long long>(n_train_batches),
+                                           r.test_score * 100));
                 }
-                std::fflush(stdout);
             }
             if (patience <= static_cast<double>(iter)) {
                 done = true;
                 break;
             }
+            if (b + 1 < n_train_batches) {
+                const std::int64_t steps = iter + 1;
+                if (run.checkpoints && run.checkpoints->due(steps)) checkpoint(b + 1);
+                if (stop_requested()) stop(b + 1);
+            }
         }
+        resume_inside = false;
+        progress.clear();
+        checkpoint(0);
+        if (stop_requested() && !done && epoch < rule.n_epochs) stop(0);
     }
     r.epochs = epoch;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    r.seconds = seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return r;
 }
 

@@ -4,10 +4,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "compile/function.hpp"
+#include "examples/io/checkpoint.hpp"
 #include "graph/graph.hpp"
 
 namespace theanine::io {
@@ -28,7 +30,8 @@ struct SharedSplits {
 // function({index}, outputs, updates) over minibatch `index` of (set_x, set_y) given as x, y.
 Function minibatch_function(const Variable& index, const std::vector<Variable>& outputs, const Updates& updates,
                             const Variable& x, const Variable& y, const SharedVariable& set_x,
-                            const SharedVariable& set_y, long batch_size);
+                            const SharedVariable& set_y, long batch_size,
+                            const CompileOptions& options = CompileOptions());
 
 // The number of whole minibatches of batch_size in a split of n examples; throws UsageError
 // naming the split when not even one fits (an epoch of nothing, an error rate of 0 / 0).
@@ -57,11 +60,40 @@ struct TrainResult {
     double seconds = 0;
 };
 
+// What makes a training run stoppable and resumable (examples/io/checkpoint.hpp): the shared
+// variables its steps update (parameters, generator states), where checkpoints go, the
+// printed lines, and the checkpoint to resume from.
+struct Resumable {
+    Checkpointer* checkpoints = nullptr;
+    std::vector<SharedVariable> state;
+    PrintedLines* out = nullptr;
+    const Checkpoint* resume = nullptr;
+};
+
 // Minibatch SGD as the tutorials run it: validation every min(n_train_batches, patience/2)
 // minibatches, the test error recomputed at each new best, stopping when patience runs out.
-// Prints the tutorials' progress lines.
+// Prints the tutorials' progress lines (and a progress line on a terminal). Checkpoints every
+// Checkpointer::due minibatches and at each epoch's end; on SIGINT/SIGTERM it checkpoints
+// and throws Stopped. A cost that is not finite throws UsageError naming the minibatch.
 TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>& train_batch,
                                       std::int64_t n_train_batches, const std::function<double()>& validation_error,
-                                      const std::function<double()>& test_error, const EarlyStopping& rule);
+                                      const std::function<double()>& test_error, const EarlyStopping& rule,
+                                      const Resumable& run = {});
+
+// Thrown by a training loop that stopped on SIGINT/SIGTERM after writing its checkpoint.
+struct Stopped {
+    int status;
+};
+
+// A program's --checkpoint / --resume / --checkpoint-every: the checkpointer, the checkpoint
+// to resume from (its printed lines are printed again when this is made) and the lines.
+struct Run {
+    Checkpointer checkpoints;
+    std::optional<Checkpoint> resumed;
+    PrintedLines out;
+    Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir);
+    // The Resumable of a training loop whose steps update state.
+    Resumable resumable(std::vector<SharedVariable> state);
+};
 
 }  // namespace theanine::io

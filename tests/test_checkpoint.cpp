@@ -1,0 +1,239 @@
+// Checkpoints and resume of the training programs: runs the built dA and mlp programs on a
+// small MNIST-shaped data set the test writes, kills them with SIGKILL at several moments,
+// resumes each time, and compares every printed line of the finished run with an
+// uninterrupted run's; SIGTERM writes a checkpoint and exits cleanly; a NaN cost stops a
+// run with a message. Also the checkpoint file's own reader.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "examples/io/checkpoint.hpp"
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+    fs::path p = fs::temp_directory_path() / ("theanine_ckpt_" + std::to_string(::getpid())) / name;
+    fs::remove_all(p);
+    fs::create_directories(p);
+    return p;
+}
+
+void write_idx(const fs::path& p, const std::vector<std::uint32_t>& dims, const std::vector<unsigned char>& data) {
+    std::ofstream f(p, std::ios::binary);
+    const unsigned char head[4] = {0, 0, 8, static_cast<unsigned char>(dims.size())};
+    f.write(reinterpret_cast<const char*>(head), 4);
+    for (auto d : dims) {
+        const unsigned char b[4] = {static_cast<unsigned char>(d >> 24), static_cast<unsigned char>(d >> 16),
+                                    static_cast<unsigned char>(d >> 8), static_cast<unsigned char>(d)};
+        f.write(reinterpret_cast<const char*>(b), 4);
+    }
+    f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+}
+
+// n training images of noise with a weak mark of their label, and a small t10k set.
+fs::path make_mnist(std::uint32_t n, std::uint32_t n_test) {
+    fs::path dir = temp_dir("mnist_" + std::to_string(n));
+    RandomState rng(7);
+    auto images = [&](std::uint32_t count, std::vector<unsigned char>& labels) {
+        std::vector<unsigned char> img(static_cast<std::size_t>(count) * 784, 0);
+        labels.resize(count);
+        for (std::uint32_t i = 0; i < count; ++i) {
+            labels[i] = static_cast<unsigned char>(rng.randint(10));
+            for (int j = 0; j < 784; ++j) {
+                if (rng.next_double() < 0.3) img[i * 784 + j] = static_cast<unsigned char>(rng.randint(256));
+            }
+            for (int j = 0; j < 8; ++j) img[i * 784 + labels[i] * 70 + rng.randint(70)] = 255;
+        }
+        return img;
+    };
+    std::vector<unsigned char> train_labels, test_labels;
+    write_idx(dir / "train-images-idx3-ubyte", {n, 28, 28}, images(n, train_labels));
+    write_idx(dir / "train-labels-idx1-ubyte", {n}, train_labels);
+    write_idx(dir / "t10k-images-idx3-ubyte", {n_test, 28, 28}, images(n_test, test_labels));
+    write_idx(dir / "t10k-labels-idx1-ubyte", {n_test}, test_labels);
+    return dir;
+}
+
+struct Result {
+    int status = -1;     // exit status, or 128 + signal
+    std::string out;     // stdout, without the lines that carry timings
+    std::string err;     // stderr
+    double seconds = 0;
+    bool killed = false;
+};
+
+// Runs argv; with kill_after >= 0, sends sig after that many seconds if still running.
+Result run(const std::vector<std::string>& argv, double kill_after = -1, int sig = SIGKILL) {
+    const fs::path out_file = fs::temp_directory_path() / ("theanine_ckpt_out_" + std::to_string(::getpid()));
+    auto t0 = std::chrono::steady_clock::now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int err = ::open((out_file.string() + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(fd, 1);
+        ::dup2(err, 2);
+        std::vector<char*> args;
+        for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+        args.push_back(nullptr);
+        ::execv(args[0], args.data());
+        ::_exit(127);
+    }
+    Result r;
+    int status = 0;
+    while (true) {
+        pid_t done = ::waitpid(pid, &status, WNOHANG);
+        if (done == pid) break;
+        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (kill_after >= 0 && t >= kill_after && !r.killed) {
+            ::kill(pid, sig);
+            r.killed = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::ifstream f(out_file);
+    std::string line;
+    std::ostringstream kept;
+    while (std::getline(f, line)) {
+        if (line.find("The code ran for") == std::string::npos) kept << line << "\n";
+    }
+    r.out = kept.str();
+    std::ifstream e(out_file.string() + ".err");
+    r.err.assign(std::istreambuf_iterator<char>(e), std::istreambuf_iterator<char>());
+    return r;
+}
+
+// Kills runs of args at several moments (fractions of an uninterrupted run's time),
+// resuming each from the last checkpoint, then finishes; the finished run must print
+// exactly what the uninterrupted run printed.
+void kill_and_resume(std::vector<std::string> args, const fs::path& ckpt) {
+    const Result reference = run(args);
+    REQUIRE(reference.status == 0);
+    REQUIRE(!reference.out.empty());
+    args.push_back("--checkpoint");
+    args.push_back(ckpt.string());
+    int interrupted_mid_run = 0;
+    for (double fraction : {0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95}) {
+        std::vector<std::string> a = args;
+        if (fs::exists(ckpt / "checkpoint.bin")) {
+            a.push_back("--resume");
+            a.push_back(ckpt.string());
+        }
+        const bool had_checkpoint = fs::exists(ckpt / "checkpoint.bin");
+        Result r = run(a, fraction * reference.seconds);
+        if (r.status == 0) break;
+        CHECK(r.status == 128 + SIGKILL);
+        if (had_checkpoint && fs::exists(ckpt / "checkpoint.bin")) ++interrupted_mid_run;
+        // Whatever was printed so far is a prefix of the uninterrupted output.
+        CHECK(reference.out.compare(0, r.out.size(), r.out) == 0);
+    }
+    std::vector<std::string> a = args;
+    if (fs::exists(ckpt / "checkpoint.bin")) {
+        a.push_back("--resume");
+        a.push_back(ckpt.string());
+    }
+    const Result finished = run(a);
+    CHECK(finished.status == 0);
+    CHECK(finished.out == reference.out);
+    CHECK(interrupted_mid_run >= 1);
+    // The temporary files of interrupted writes never stay behind.
+    for (const auto& e : fs::directory_iterator(ckpt)) CHECK(e.path().filename() == "checkpoint.bin");
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint files round-trip and bad ones are refused with the byte offset") {
+    fs::path dir = temp_dir("file");
+    io::Checkpoint c;
+    c["w"] = random_tensor({3, 4}, 1);
+    c["step"] = io::int_entry(42);
+    c["loss"] = io::double_entry(0.1 + 0.2);
+    c["mask"] = Tensor::from_vector<std::uint8_t>({2}, {1, 0});
+    io::save_checkpoint((dir / "c.bin").string(), c);
+    io::Checkpoint back = io::load_checkpoint((dir / "c.bin").string());
+    CHECK(back.size() == 4);
+    CHECK(back["w"].to_doubles() == c["w"].to_doubles());
+    CHECK(io::get_int(back, "step") == 42);
+    CHECK(io::get_double(back, "loss") == 0.1 + 0.2);
+    CHECK_THROWS_WITH_AS(io::get_int(back, "loss"), "checkpoint: no int64 entry 'loss'", UsageError);
+    // Cut short: the reader names the entry and where the file ends.
+    const auto size = fs::file_size(dir / "c.bin");
+    fs::resize_file(dir / "c.bin", size - 5);
+    CHECK_THROWS_WITH_AS(io::load_checkpoint((dir / "c.bin").string()), doctest::Contains("bytes at byte offset"),
+                         UsageError);
+    std::ofstream(dir / "junk.bin") << "not a checkpoint at all";
+    CHECK_THROWS_WITH_AS(io::load_checkpoint((dir / "junk.bin").string()), doctest::Contains("not a theanine checkpoint"),
+                         UsageError);
+}
+
+TEST_CASE("the dA resumes after kill -9 at any moment and prints what an uninterrupted run prints") {
+    const fs::path data = make_mnist(600, 20);
+    const fs::path out = temp_dir("da_out");
+    kill_and_resume({THEANINE_DA_PROGRAM, "--data", data.string(), "--train-size", "600", "--epochs", "4", "--hidden",
+                     "300", "--corruption", "0,0.3", "--checkpoint-every", "5", "--output", out.string(), "--threads", "2"},
+                    temp_dir("da_ckpt"));
+}
+
+TEST_CASE("the mlp resumes after kill -9 at any moment and prints what an uninterrupted run prints") {
+    const fs::path data = make_mnist(10100, 200);
+    kill_and_resume({THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs", "12", "--hidden",
+                     "100", "--learning-rate", "0.1", "--checkpoint-every", "7", "--threads", "2"},
+                    temp_dir("mlp_ckpt"));
+}
+
+TEST_CASE("SIGTERM writes a checkpoint and exits cleanly; the resumed run finishes the same") {
+    const fs::path data = make_mnist(600, 20);
+    const fs::path out = temp_dir("term_out");
+    const fs::path ckpt = temp_dir("term_ckpt");
+    std::vector<std::string> args = {THEANINE_DA_PROGRAM, "--data", data.string(), "--train-size", "600", "--epochs", "3",
+                                     "--hidden", "300", "--corruption", "0.3", "--output", out.string()};
+    const Result reference = run(args);
+    REQUIRE(reference.status == 0);
+    args.push_back("--checkpoint");
+    args.push_back(ckpt.string());
+    args.push_back("--checkpoint-every");
+    args.push_back("1000000");  // only at epoch ends and on the signal
+    const Result stopped = run(args, 0.5 * reference.seconds, SIGTERM);
+    if (stopped.status != 0) {
+        CHECK(stopped.status == 128 + SIGTERM);
+        CHECK(fs::exists(ckpt / "checkpoint.bin"));
+    }
+    args.push_back("--resume");
+    args.push_back(ckpt.string());
+    const Result finished = run(args);
+    CHECK(finished.status == 0);
+    CHECK(finished.out == reference.out);
+}
+
+TEST_CASE("a cost that becomes NaN or inf stops the program with a message; --nan-guard names the op") {
+    const fs::path data = make_mnist(10100, 200);
+    // A learning rate this large drives the softmax to exact zeros after one step.
+    const std::vector<std::string> args = {THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs",
+                                           "3", "--hidden", "50", "--learning-rate", "1000000"};
+    Result r = run(args);
+    CHECK(r.status == 1);
+    CHECK(r.out.find("nan") == std::string::npos);
+    CHECK(r.err.find("mlp: the cost became inf at epoch 1, minibatch 1; rerun with --nan-guard") != std::string::npos);
+    std::vector<std::string> guarded = args;
+    guarded.push_back("--nan-guard");
+    Result g = run(guarded);
+    CHECK(g.status == 1);
+    CHECK(g.err.find("mlp: NaN guard: Composite{log(i0)} produced") != std::string::npos);
+    CHECK(g.err.find("(node built at mlp.cpp:") != std::string::npos);
+    CHECK(g.err.find("input 0: float64 (20, 10)") != std::string::npos);
+}
