@@ -2,10 +2,12 @@
 // layer's function takes index, corruption and lr, the last two with defaults, called by
 // name), then fine-tuned as a whole with a logistic regression on top.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
 #include <fmt/format.h>
+#include <fmt/printf.h>
 
 #include "examples/io/flags.hpp"
 #include "examples/io/training.hpp"
@@ -44,12 +46,22 @@ int main(int argc, char** argv) {
         if (corruption.size() != hidden.size()) {
             throw UsageError(fmt::format("--corruption has {} levels for {} hidden layers", corruption.size(), hidden.size()));
         }
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX);
+        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || common.nan_guard;
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size);
         io::SharedSplits sets(d);
         const long bs = batch_size;
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
                            n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
                            n_test = io::count_batches(d.test_x.dim(0), bs, "test");
+
+        // A resumed run: where pretraining stopped (n_layers: it had finished), or in fine-tuning.
+        const io::Checkpoint* resumed = run.resumed ? &*run.resumed : nullptr;
+        const bool resumed_in_pretraining = resumed && resumed->count("pretrain_layer");
+        auto say = [&](const std::string& line, bool already_printed) {
+            if (!already_printed) run.out.print(line);
+        };
 
         RandomState numpy_rng(seed);
         std::shared_ptr<RandomStreamsBase> theano_rng;
@@ -59,30 +71,93 @@ int main(int argc, char** argv) {
         } else {
             theano_rng = std::make_shared<RandomStreams>(stream_seed);
         }
-        std::printf("... building the model\n");
+        say("... building the model", resumed);
         models::SdA sda(numpy_rng, theano_rng, 28 * 28, hidden, 10);
 
-        std::printf("... getting the pretraining functions\n");
-        auto pretraining_fns = sda.pretraining_functions(sets.train_x, bs);
-        std::printf("... pre-training the model\n");
+        say("... getting the pretraining functions", resumed);
+        auto pretraining_fns = sda.pretraining_functions(sets.train_x, bs, options);
+        // Everything the steps update: the parameters, the dA layers' visible biases and the
+        // corruption streams' states.
+        std::vector<SharedVariable> state = sda.params();
+        for (const auto& da : sda.dA_layers) state.push_back(da.b_prime);
+        if (auto* r = dynamic_cast<MRG_RandomStreams*>(theano_rng.get())) {
+            for (const auto& v : r->state_variables()) state.push_back(v);
+        }
+        if (auto* r = dynamic_cast<RandomStreams*>(theano_rng.get())) {
+            for (const auto& v : r->state_variables()) state.push_back(v);
+        }
+        const std::size_t n_layers = sda.dA_layers.size();
+        std::size_t layer0 = 0;
+        std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
+        double sum0 = 0;
+        if (resumed) io::set_values(*resumed, "state", state);
+        if (resumed_in_pretraining) {
+            layer0 = static_cast<std::size_t>(io::get_int(*resumed, "pretrain_layer"));
+            epoch0 = io::get_int(*resumed, "pretrain_epoch");
+            batch0 = io::get_int(*resumed, "pretrain_batch");
+            sum0 = io::get_double(*resumed, "pretrain_sum");
+            steps = io::get_int(*resumed, "steps");
+        } else if (resumed) {
+            layer0 = n_layers;  // in fine-tuning
+        }
+        say("... pre-training the model", resumed);
+        auto pretrain_checkpoint = [&](std::size_t layer, std::int64_t epoch, std::int64_t batch, double sum) {
+            io::Checkpoint c;
+            io::put_values(c, "state", state);
+            c["pretrain_layer"] = io::int_entry(static_cast<std::int64_t>(layer));
+            c["pretrain_epoch"] = io::int_entry(epoch);
+            c["pretrain_batch"] = io::int_entry(batch);
+            c["pretrain_sum"] = io::double_entry(sum);
+            c["steps"] = io::int_entry(steps);
+            c["printed"] = run.out.to_tensor();
+            run.checkpoints.save(c);
+        };
         auto t0 = std::chrono::steady_clock::now();
-        for (std::size_t i = 0; i < sda.dA_layers.size(); ++i) {
-            for (int epoch = 0; epoch < pretrain_epochs; ++epoch) {
-                double c = 0;
-                for (std::int64_t b = 0; b < n_train; ++b) {
-                    c += pretraining_fns[i]
-                             .call_named({arg("index", static_cast<long>(b)), arg("corruption", corruption[i]),
-                                          arg("lr", pretrain_lr)})[0]
-                             .item();
+        for (std::size_t i = layer0; i < n_layers; ++i) {
+            for (std::int64_t epoch = i == layer0 ? epoch0 : 0; epoch < pretrain_epochs; ++epoch) {
+                const bool resuming_here = i == layer0 && epoch == epoch0;
+                double c = resuming_here ? sum0 : 0;
+                io::Progress progress(fmt::format("pre-training layer {}, epoch {}", i, epoch));
+                for (std::int64_t b = resuming_here ? batch0 : 0; b < n_train; ++b) {
+                    const double cost = pretraining_fns[i]
+                                            .call_named({arg("index", static_cast<long>(b)), arg("corruption", corruption[i]),
+                                                         arg("lr", pretrain_lr)})[0]
+                                            .item();
+                    if (!std::isfinite(cost)) {
+                        progress.clear();
+                        throw UsageError(fmt::format("the pre-training cost of layer {} became {} at epoch {}, minibatch "
+                                                     "{}; rerun with --nan-guard to find the op that made it", i, cost,
+                                                     epoch, b));
+                    }
+                    c += cost;
+                    ++steps;
+                    progress.update(b + 1, n_train);
+                    if (b + 1 < n_train && (run.checkpoints.due(steps) || io::stop_requested())) {
+                        pretrain_checkpoint(i, epoch, b + 1, c);
+                        if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+                    }
                 }
-                std::printf("Pre-training layer %zu, epoch %d, cost %.10g\n", i, epoch, c / static_cast<double>(n_train));
-                std::fflush(stdout);
+                progress.clear();
+                run.out.print(fmt::sprintf("Pre-training layer %zu, epoch %d, cost %.10g", i, static_cast<int>(epoch),
+                                           c / static_cast<double>(n_train)));
+                const bool last = i + 1 == n_layers && epoch + 1 == pretrain_epochs;
+                if (!last) {
+                    if (epoch + 1 < pretrain_epochs) {
+                        pretrain_checkpoint(i, epoch + 1, 0, 0);
+                    } else {
+                        pretrain_checkpoint(i + 1, 0, 0, 0);
+                    }
+                    if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+                }
             }
         }
-        const double pretrain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        std::printf("The pretraining code ran for %.2fm\n", pretrain_s / 60);
+        const bool finetune_resumed = resumed && !resumed_in_pretraining;
+        if (!finetune_resumed) {
+            const double pretrain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            run.out.print(fmt::sprintf("The pretraining code ran for %.2fm", pretrain_s / 60));
+        }
 
-        std::printf("... getting the finetuning functions\n");
+        say("... getting the finetuning functions", finetune_resumed);
         Variable index = lscalar("index");
         auto params = sda.params();
         std::vector<Variable> pv(params.begin(), params.end());
@@ -90,16 +165,18 @@ int main(int argc, char** argv) {
         Updates updates;
         for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - finetune_lr * g[i]);
         Function train_fn =
-            io::minibatch_function(index, {sda.finetune_cost}, updates, sda.x, sda.y, sets.train_x, sets.train_y, bs);
+            io::minibatch_function(index, {sda.finetune_cost}, updates, sda.x, sda.y, sets.train_x, sets.train_y, bs, options);
         Function valid_fn = io::minibatch_function(index, {sda.errors}, {}, sda.x, sda.y, sets.valid_x, sets.valid_y, bs);
         Function test_fn = io::minibatch_function(index, {sda.errors}, {}, sda.x, sda.y, sets.test_x, sets.test_y, bs);
-        std::printf("... finetuning the model\n");
+        say("... finetuning the model", finetune_resumed);
         io::EarlyStopping rule;
         rule.n_epochs = finetune_epochs;
         rule.patience = 10 * n_train;
+        io::Resumable finetuning = run.resumable(state);
+        if (!finetune_resumed) finetuning.resume = nullptr;
         auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_fn.scalar({static_cast<long>(i)}); },
                                                n_train, [&] { return io::mean_over_batches(valid_fn, n_valid); },
-                                               [&] { return io::mean_over_batches(test_fn, n_test); }, rule);
+                                               [&] { return io::mean_over_batches(test_fn, n_test); }, rule, finetuning);
         std::printf("Optimization complete with best validation score of %f %%, on iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::printf("The training code ran for %.2fm (%d epochs)\n", r.seconds / 60, r.epochs);
@@ -110,6 +187,9 @@ int main(int argc, char** argv) {
             io::save_params(sda.log_layer->params(), common.save, "sda_logistic_");
         }
         std::printf("test error: %f %%\n", r.test_score * 100);
+    } catch (const io::Stopped& stop) {
+        std::cerr << "SdA: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
+        return stop.status;
     } catch (const Error& e) {
         std::cerr << "SdA: " << e.what() << "\n";
         return 1;

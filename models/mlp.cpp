@@ -97,7 +97,8 @@ std::vector<SharedVariable> SdA::params() const {
     return ps;
 }
 
-std::vector<Function> SdA::pretraining_functions(const SharedVariable& train_set_x, long batch_size) {
+std::vector<Function> SdA::pretraining_functions(const SharedVariable& train_set_x, long batch_size,
+                                                const CompileOptions& options) {
     Variable index = lscalar("index");
     Variable corruption_level = scalar("corruption");
     Variable learning_rate = scalar("lr");
@@ -105,7 +106,7 @@ std::vector<Function> SdA::pretraining_functions(const SharedVariable& train_set
     for (auto& da : dA_layers) {
         auto [cost, updates] = da.get_cost_updates(corruption_level, learning_rate);
         fns.push_back(function({In(index), In(corruption_level, 0.2), In(learning_rate, 0.1)}, {cost}, updates,
-                               {{x, train_set_x[{slice(index * batch_size, (index + 1) * batch_size)}]}}));
+                               {{x, train_set_x[{slice(index * batch_size, (index + 1) * batch_size)}]}}, options));
     }
     return fns;
 }

@@ -65,7 +65,8 @@ public:
 
     // One function per layer: f(index, corruption = 0.2, lr = 0.1) -> cost, training that
     // layer's dA on train_set_x[index * batch_size : (index + 1) * batch_size].
-    std::vector<Function> pretraining_functions(const SharedVariable& train_set_x, long batch_size);
+    std::vector<Function> pretraining_functions(const SharedVariable& train_set_x, long batch_size,
+                                                const CompileOptions& options = CompileOptions());
     std::vector<SharedVariable> params() const;
 
     Variable x, y;

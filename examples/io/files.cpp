@@ -1,11 +1,13 @@
 #include "examples/io/files.hpp"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -37,6 +39,21 @@ const char* kind_of(mode_t m) {
     if (S_ISBLK(m)) return "a block device";
     if (S_ISSOCK(m)) return "a socket";
     return "not a regular file";
+}
+
+// Temporary files of this target left by writers that died (kill -9, power loss): the
+// name carries the writer's process id; a process that no longer exists left it.
+void remove_stale_temporaries(const std::string& dir, const std::string& name) {
+    const std::string prefix = "." + name + ".tmp.";
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string f = e.path().filename().string();
+        if (f.rfind(prefix, 0) != 0) continue;
+        const long pid = std::strtol(f.c_str() + prefix.size(), nullptr, 10);
+        if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+            std::filesystem::remove(e.path(), ec);
+        }
+    }
 }
 
 }  // namespace
@@ -96,7 +113,8 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
         throw UsageError(fmt::format("cannot write {}: it is a directory", path_));
     }
     const std::string name = std::filesystem::path(path_).filename().string();
-    std::string pattern = folder_of(path_) + "/." + name + ".tmp.XXXXXX";
+    remove_stale_temporaries(folder_of(path_), name);
+    std::string pattern = folder_of(path_) + "/." + name + ".tmp." + std::to_string(::getpid()) + ".XXXXXX";
     int fd = ::mkstemp(pattern.data());
     if (fd < 0) {
         const int err = errno;

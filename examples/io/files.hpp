@@ -5,7 +5,9 @@
 // names the byte offset where a read falls short. AtomicFile writes to a temporary file in the target's own folder, and commit() flushes it,
 // checks every write, the flush, fsync and close, then renames it over the target and syncs
 // the folder. A crash, a full disk or an exception before commit() leaves the old target as
-// it was and removes the temporary file: no reader ever sees a partial file.
+// it was and removes the temporary file: no reader ever sees a partial file. The temporary
+// file's name carries the writer's process id, so the next write of the same target removes
+// what a killed writer left.
 #pragma once
 
 #include <cstddef>
