@@ -1,6 +1,7 @@
 #include "compile/function.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <queue>
 #include <unordered_set>
@@ -66,32 +67,23 @@ private:
 
 }  // namespace
 
-std::vector<Tensor> Function::operator()(const std::vector<Arg>& args) {
+std::vector<Tensor> Function::operator()(const std::vector<Arg>& args) { return call(args, {}); }
+
+std::vector<Tensor> Function::call_named(const std::vector<NamedArg>& args) { return call({}, args); }
+
+std::vector<Tensor> Function::call(const std::vector<Arg>& positional, const std::vector<NamedArg>& named) {
     Plan& p = plan();
     CallGuard guard(p);
-    if (args.size() > p.inputs.size()) {
-        throw UsageError(fmt::format("function call: {} arguments given, the function takes {}", args.size(),
+    if (positional.size() > p.inputs.size()) {
+        throw UsageError(fmt::format("function call: {} arguments given, the function takes {}", positional.size(),
                                      p.inputs.size()));
     }
-    for (std::size_t i = 0; i < p.inputs.size(); ++i) {
-        InputBinding& b = p.inputs[i];
-        if (i < args.size()) {
-            p.slots[b.slot] = p.bind_arg(b, i, args[i]);
-        } else if (b.default_value) {
-            p.slots[b.slot] = *b.default_value;
-        } else {
-            throw UsageError(fmt::format("function call: missing argument for {} ({} given, {} needed)",
-                                         input_label(i, b), args.size(), p.inputs.size()));
-        }
-    }
-    return p.run();
-}
-
-std::vector<Tensor> Function::call_named(const std::vector<NamedArg>& args) {
-    Plan& p = plan();
-    CallGuard guard(p);
     std::vector<bool> given(p.inputs.size(), false);
-    for (const NamedArg& a : args) {
+    for (std::size_t i = 0; i < positional.size(); ++i) {
+        p.slots[p.inputs[i].slot] = p.bind_arg(p.inputs[i], i, positional[i]);
+        given[i] = true;
+    }
+    for (const NamedArg& a : named) {
         std::size_t i = 0;
         while (i < p.inputs.size() && p.inputs[i].name != a.name) ++i;
         if (i == p.inputs.size()) {
@@ -99,16 +91,24 @@ std::vector<Tensor> Function::call_named(const std::vector<NamedArg>& args) {
             for (const auto& b : p.inputs) names += (names.empty() ? "" : ", ") + b.name;
             throw UsageError(fmt::format("function call: no input named '{}' (inputs: {})", a.name, names));
         }
-        if (given[i]) throw UsageError(fmt::format("function call: input '{}' given twice", a.name));
+        if (given[i]) {
+            throw UsageError(fmt::format("function call: input '{}' given twice{}", a.name,
+                                         i < positional.size() ? " (by position and by name)" : ""));
+        }
         given[i] = true;
         p.slots[p.inputs[i].slot] = p.bind_arg(p.inputs[i], i, a.value);
     }
     for (std::size_t i = 0; i < p.inputs.size(); ++i) {
         if (given[i]) continue;
-        if (!p.inputs[i].default_value) {
-            throw UsageError(fmt::format("function call: missing argument for {}", input_label(i, p.inputs[i])));
+        const InputBinding& b = p.inputs[i];
+        if (!b.default_value) {
+            if (named.empty()) {
+                throw UsageError(fmt::format("function call: missing argument for {} ({} given, {} needed)",
+                                             input_label(i, b), positional.size(), p.inputs.size()));
+            }
+            throw UsageError(fmt::format("function call: missing argument for {}", input_label(i, b)));
         }
-        p.slots[p.inputs[i].slot] = *p.inputs[i].default_value;
+        p.slots[b.slot] = *b.default_value;
     }
     return p.run();
 }
@@ -241,6 +241,13 @@ void check_signature(const std::vector<In>& inputs, const std::vector<Out>& outp
             throw UsageError(fmt::format("function: update {} of shared variable '{}' ({}) has type {}; an update must "
                                          "keep the variable's dtype and rank", i, sv.label(), sv.type().str(), expr.type().str()));
         }
+        for (int d = 0; d < sv.ndim(); ++d) {
+            if (sv.broadcastable()[d] && !expr.broadcastable()[d]) {
+                throw UsageError(fmt::format("function: update {} of shared variable '{}' ({}) has type {}: axis {} is "
+                                             "broadcastable (size 1) in the variable but not in the update", i,
+                                             sv.label(), sv.type().str(), expr.type().str(), d));
+            }
+        }
         if (!updated.insert(sv.node().cell.get()).second) {
             throw UsageError(fmt::format("function: shared variable '{}' is updated twice", sv.label()));
         }
@@ -250,27 +257,12 @@ void check_signature(const std::vector<In>& inputs, const std::vector<Out>& outp
     }
 }
 
-// Stage: the default updates of the shared variables the graph reads (generator states).
-void add_default_updates(Compilation& c) {
-    std::unordered_set<const SharedCell*> updated;
-    for (const auto& cell : c.update_cells) updated.insert(cell.get());
-    for (bool grew = true; grew;) {
-        grew = false;
-        for (const auto& node : toposort(c.all)) {
-            if (node->kind != NodeKind::shared || updated.count(node->cell.get())) continue;
-            auto upd = node->cell->default_update_node.lock();
-            if (!upd) continue;
-            updated.insert(node->cell.get());
-            c.update_cells.push_back(node->cell);
-            c.all.emplace_back(upd, node->cell->default_update_index);
-            c.update_names.push_back(node->name.empty() ? "<shared>" : node->name);
-            grew = true;
-        }
-    }
-}
-
-// Stage: givens replace variables everywhere (clone_with_replace).
-void substitute_givens(const Givens& givens, Compilation& c) {
+// Stage: givens replace variables everywhere (clone_with_replace), then the default updates
+// of the shared variables the substituted graph still reads (generator states) join the
+// updates, with the givens applied to them too. All of it is cloned in one pass, so a
+// random node that draws a sample and advances its state stays one node. A shared variable
+// that a given replaces brings no default update, as in Theano.
+void substitute_givens(const Givens& givens, const CompileOptions& options, Compilation& c) {
     VarMap<Variable> replace;
     for (std::size_t i = 0; i < givens.size(); ++i) {
         const auto& [from, to] = givens[i];
@@ -279,9 +271,56 @@ void substitute_givens(const Givens& givens, Compilation& c) {
             throw UsageError(fmt::format("function: givens entry {} replaces '{}' ({}) by a value of type {}; the types "
                                          "must match", i, from.label(), from.type().str(), to.type().str()));
         }
+        for (const In& in : c.inputs) {
+            if (in.var.same(from)) {
+                throw UsageError(fmt::format("function: givens entry {} replaces '{}', which is an input of the function; "
+                                             "an input is either passed or given, not both", i, from.label()));
+            }
+        }
         replace[key(from)] = to;
     }
-    c.all = clone_with_replace(c.all, replace);
+    std::unordered_set<const SharedCell*> updated;
+    for (const auto& cell : c.update_cells) updated.insert(cell.get());
+    for (const auto& sv : options.no_default_updates_for) {
+        if (sv.defined() && sv.is_shared()) updated.insert(sv.node().cell.get());
+    }
+    std::vector<Variable> before = c.all;
+    while (true) {
+        std::vector<Variable> after = clone_with_replace(before, replace);
+        bool grew = false;
+        if (!options.no_default_updates) {
+            for (const auto& node : toposort(after)) {
+                if (node->kind != NodeKind::shared || updated.count(node->cell.get())) continue;
+                auto upd = node->cell->default_update_node.lock();
+                if (!upd) continue;
+                updated.insert(node->cell.get());
+                c.update_cells.push_back(node->cell);
+                before.emplace_back(upd, node->cell->default_update_index);
+                c.update_names.push_back(node->name.empty() ? "<shared>" : node->name);
+                grew = true;
+            }
+        }
+        if (!grew) {
+            c.all = std::move(after);
+            return;
+        }
+    }
+}
+
+// Stage: every input is used by an output or an update (CompileOptions::on_unused_input).
+void check_unused_inputs(const CompileOptions& options, Compilation& c) {
+    if (options.on_unused_input == CompileOptions::UnusedInput::ignore) return;
+    std::unordered_set<const Node*> reached;
+    for (const auto& node : toposort(c.all)) reached.insert(node.get());
+    for (std::size_t i = 0; i < c.inputs.size(); ++i) {
+        if (reached.count(&c.inputs[i].var.node())) continue;
+        const std::string msg = fmt::format(
+            "function: input {} ('{}') is not used by any output or update (CompileOptions::on_unused_input is {}; "
+            "set it to warn or ignore to allow this)", i, c.inputs[i].var.label(),
+            options.on_unused_input == CompileOptions::UnusedInput::raise ? "raise" : "warn");
+        if (options.on_unused_input == CompileOptions::UnusedInput::raise) throw UsageError(msg);
+        std::fprintf(stderr, "theanine warning: %s\n", msg.c_str());
+    }
 }
 
 // Stage: one slot per variable (an in-place output later takes its input's slot). Inputs
@@ -503,8 +542,8 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     Compilation c;
     c.inputs = inputs;
     check_signature(inputs, outputs, updates, c);
-    add_default_updates(c);
-    substitute_givens(givens, c);
+    substitute_givens(givens, options, c);
+    check_unused_inputs(options, c);
 
     RewriteLog log;
     log.verbose = options.verbose;

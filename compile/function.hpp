@@ -44,6 +44,14 @@ struct CompileOptions {
     // nothing (steps that write shared variables in place are not used in this mode).
     bool nan_guard = false;
     bool nan_guard_big = false;
+    // An input that no output or update uses: an error (Theano's default), a warning on
+    // stderr, or nothing.
+    enum class UnusedInput { raise, warn, ignore };
+    UnusedInput on_unused_input = UnusedInput::raise;
+    // Theano's no_default_updates: leave out every default update (true), or those of the
+    // listed shared variables.
+    bool no_default_updates = false;
+    std::vector<SharedVariable> no_default_updates_for;
     CompileOptions();
 };
 
@@ -107,6 +115,8 @@ public:
     std::vector<Tensor> operator()(const std::vector<Arg>& args = {});
     // Call with named arguments (any order); unnamed inputs take their defaults.
     std::vector<Tensor> call_named(const std::vector<NamedArg>& args);
+    // Positional arguments for the first inputs, named ones for others (f(1, b=2)).
+    std::vector<Tensor> call(const std::vector<Arg>& positional, const std::vector<NamedArg>& named);
     // The single output's value as a double (a function with one scalar output).
     double scalar(const std::vector<Arg>& args = {});
 

@@ -2,10 +2,11 @@
 // memory contract (ownership.cpp).
 #include "compile/plan.hpp"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <sys/resource.h>
 #include <limits>
 #include <type_traits>
 
@@ -13,7 +14,6 @@
 
 #include "compile/ownership.hpp"
 #include "ops/blas.hpp"
-#include "ops/shape.hpp"
 
 namespace theanine {
 

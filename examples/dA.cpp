@@ -157,6 +157,20 @@ Flags parse(int argc, char** argv) {
     return f;
 }
 
+// Where a run is: model (corruption level index), epoch, next minibatch, the sum of this
+// epoch's costs so far, minibatches run in all, and the lines printed.
+io::Checkpoint position(std::size_t level, std::int64_t epoch, std::int64_t batch, double total, std::int64_t steps,
+                        const io::PrintedLines& out) {
+    io::Checkpoint c;
+    c["level"] = io::int_entry(static_cast<std::int64_t>(level));
+    c["epoch"] = io::int_entry(epoch);
+    c["batch"] = io::int_entry(batch);
+    c["total"] = io::double_entry(total);
+    c["steps"] = io::int_entry(steps);
+    c["printed"] = out.to_tensor();
+    return c;
+}
+
 int stopped(const io::Checkpointer& checkpoints) {
     std::cerr << "dA: stopped by a signal"
               << (checkpoints.enabled() ? "; resume with --resume " + checkpoints.dir() : "") << "\n";
@@ -234,15 +248,9 @@ int main(int argc, char** argv) {
             }
             // Everything a resumed run needs to continue from minibatch `batch` of `epoch`.
             auto checkpoint = [&](std::int64_t epoch, std::int64_t batch) {
-                io::Checkpoint c;
+                io::Checkpoint c = position(li, epoch, batch, total, steps, out);
                 io::put_values(c, "param", params);
                 io::put_values(c, "rng", rng_states);
-                c["level"] = io::int_entry(static_cast<std::int64_t>(li));
-                c["epoch"] = io::int_entry(epoch);
-                c["batch"] = io::int_entry(batch);
-                c["total"] = io::double_entry(total);
-                c["steps"] = io::int_entry(steps);
-                c["printed"] = out.to_tensor();
                 checkpoints.save(c);
             };
 
@@ -292,27 +300,11 @@ int main(int argc, char** argv) {
                 io::save_npy(base + "b_prime.npy", da.b_prime.get_value(true));
             }
             // The next model starts from scratch.
-            if (li + 1 < flags.corruption.size()) {
-                io::Checkpoint c;
-                c["level"] = io::int_entry(static_cast<std::int64_t>(li + 1));
-                c["epoch"] = io::int_entry(0);
-                c["batch"] = io::int_entry(0);
-                c["total"] = io::double_entry(0);
-                c["steps"] = io::int_entry(steps);
-                c["printed"] = out.to_tensor();
-                checkpoints.save(c);
-            }
+            if (li + 1 < flags.corruption.size()) checkpoints.save(position(li + 1, 0, 0, 0, steps, out));
             if (io::stop_requested() && li + 1 < flags.corruption.size()) return stopped(checkpoints);
         }
         // A finished run: resuming it prints its lines and trains nothing.
-        io::Checkpoint done;
-        done["level"] = io::int_entry(static_cast<std::int64_t>(flags.corruption.size()));
-        done["epoch"] = io::int_entry(0);
-        done["batch"] = io::int_entry(0);
-        done["total"] = io::double_entry(0);
-        done["steps"] = io::int_entry(steps);
-        done["printed"] = out.to_tensor();
-        checkpoints.save(done);
+        checkpoints.save(position(flags.corruption.size(), 0, 0, 0, steps, out));
     } catch (const theanine::Error& e) {
         std::cerr << "dA: " << e.what() << "\n";
         return 1;

@@ -353,113 +353,113 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
                 double* acc_all =
                     acc_total ? acc_scratch.get(static_cast<std::size_t>(acc_total * std::max(my_parts, 1))) : nullptr;
                 for (int t = worker, local = 0; t < nt; t += n_workers, ++local) {
-                double* acc = acc_all ? acc_all + static_cast<std::int64_t>(local) * acc_total : nullptr;
-                if (acc) std::fill_n(acc, acc_total, 0.0);
-                parts[t] = acc;
-                std::int64_t r0 = 0, r1 = rows, c0 = 0, c1 = inner;
-                if (by_columns) {
-                    std::tie(c0, c1) = column_slice(inner, t, nt);
-                } else {
-                    const std::int64_t per = (rows + nt - 1) / nt;
-                    r0 = std::min(rows, t * per);
-                    r1 = std::min(rows, (t + 1) * per);
-                }
-                // Tiles of up to kTile elements: whole rows of this thread's columns when they
-                // fit, so short rows do not pay the per-instruction cost one by one.
-                const std::int64_t tw = std::max<std::int64_t>(1, std::min(c1 - c0, kTile));
-                const std::int64_t th = std::max<std::int64_t>(1, kTile / tw);
-                reg.assign(static_cast<std::size_t>(n_regs), nullptr);
-                off.assign(static_cast<std::size_t>(th * n_inputs_), 0);
-                acc_off.assign(static_cast<std::size_t>(th * n_out), 0);
-                for (std::int64_t ra = r0; ra < r1; ra += th) {
-                    const std::int64_t h = std::min(r1, ra + th) - ra;
-                    // Offsets of each tile row (its index over the leading axes).
-                    for (std::int64_t rr = 0; rr < h; ++rr) {
-                        std::int64_t rem = ra + rr;
-                        std::int64_t* o_in = off.data() + rr * n_inputs_;
-                        std::int64_t* o_acc = acc_off.data() + rr * n_out;
-                        std::fill_n(o_in, n_inputs_, 0);
-                        std::fill_n(o_acc, n_out, 0);
-                        for (int d = nd - 2; d >= 0; --d) {
-                            const std::int64_t i = rem % os[d];
-                            rem /= os[d];
-                            for (int k = 0; k < n_inputs_; ++k) o_in[k] += i * st[k][d];
-                            for (int o = 0; o < n_out; ++o) {
-                                if (!outputs_[o].sum.empty()) o_acc[o] += i * acc_stride[o][d];
-                            }
-                        }
+                    double* acc = acc_all ? acc_all + static_cast<std::int64_t>(local) * acc_total : nullptr;
+                    if (acc) std::fill_n(acc, acc_total, 0.0);
+                    parts[t] = acc;
+                    std::int64_t r0 = 0, r1 = rows, c0 = 0, c1 = inner;
+                    if (by_columns) {
+                        std::tie(c0, c1) = column_slice(inner, t, nt);
+                    } else {
+                        const std::int64_t per = (rows + nt - 1) / nt;
+                        r0 = std::min(rows, t * per);
+                        r1 = std::min(rows, (t + 1) * per);
                     }
-                    for (std::int64_t ca = c0; ca < c1; ca += tw) {
-                        const std::int64_t w = std::min(tw, c1 - ca), n = h * w;
-                        const bool contiguous = w == inner || h == 1;  // the tile is one run
-                        for (int k = 0; k < n_inputs_; ++k) {
-                            if (!used_[k]) continue;
-                            const Tensor& tk = *in[k];
-                            const std::int64_t s = nd ? st[k][nd - 1] : 0;
-                            if (dense[k] && contiguous) {
-                                reg[k] = tk.data<T>() + off[k] + ca * s;
-                                continue;
-                            }
-                            T* b = buffers + static_cast<std::int64_t>(k) * kTile;
-                            reg[k] = b;
-                            dispatch(tk.dtype(), [&]<class S>() {
-                                for (std::int64_t rr = 0; rr < h; ++rr) {
-                                    const S* p = tk.data<S>() + off[rr * n_inputs_ + k] + ca * s;
-                                    T* q = b + rr * w;
-                                    if (s == 0) {
-                                        std::fill(q, q + w, static_cast<T>(p[0]));
-                                    } else if (s == 1) {
-                                        for (std::int64_t j = 0; j < w; ++j) q[j] = static_cast<T>(p[j]);
-                                    } else {
-                                        for (std::int64_t j = 0; j < w; ++j) q[j] = static_cast<T>(p[j * s]);
-                                    }
+                    // Tiles of up to kTile elements: whole rows of this thread's columns when they
+                    // fit, so short rows do not pay the per-instruction cost one by one.
+                    const std::int64_t tw = std::max<std::int64_t>(1, std::min(c1 - c0, kTile));
+                    const std::int64_t th = std::max<std::int64_t>(1, kTile / tw);
+                    reg.assign(static_cast<std::size_t>(n_regs), nullptr);
+                    off.assign(static_cast<std::size_t>(th * n_inputs_), 0);
+                    acc_off.assign(static_cast<std::size_t>(th * n_out), 0);
+                    for (std::int64_t ra = r0; ra < r1; ra += th) {
+                        const std::int64_t h = std::min(r1, ra + th) - ra;
+                        // Offsets of each tile row (its index over the leading axes).
+                        for (std::int64_t rr = 0; rr < h; ++rr) {
+                            std::int64_t rem = ra + rr;
+                            std::int64_t* o_in = off.data() + rr * n_inputs_;
+                            std::int64_t* o_acc = acc_off.data() + rr * n_out;
+                            std::fill_n(o_in, n_inputs_, 0);
+                            std::fill_n(o_acc, n_out, 0);
+                            for (int d = nd - 2; d >= 0; --d) {
+                                const std::int64_t i = rem % os[d];
+                                rem /= os[d];
+                                for (int k = 0; k < n_inputs_; ++k) o_in[k] += i * st[k][d];
+                                for (int o = 0; o < n_out; ++o) {
+                                    if (!outputs_[o].sum.empty()) o_acc[o] += i * acc_stride[o][d];
                                 }
-                            });
-                        }
-                        for (std::size_t i = 0; i < program_.size(); ++i) {
-                            const int dst = n_inputs_ + static_cast<int>(i);
-                            const Instr& ins = program_[i];
-                            if (ins.kind == Instr::Kind::cast_identity) {
-                                reg[dst] = reg[ins.args[0]];
-                                continue;
                             }
-                            T* d = direct[i] >= 0 && contiguous ? out[direct[i]]->data<T>() + ra * inner + ca
-                                                                : buffers + static_cast<std::int64_t>(dst) * kTile;
-                            run_instr<T>(ins, reg, d, n);
-                            reg[dst] = d;
                         }
-                        for (int o = 0; o < n_out; ++o) {
-                            const Output& spec = outputs_[o];
-                            const T* res = reg[spec.reg];
-                            if (!spec.sum.empty()) {
-                                for (std::int64_t rr = 0; rr < h; ++rr) {
-                                    double* a = acc + acc_base[o] + acc_off[rr * n_out + o];
-                                    const T* v = res + rr * w;
-                                    if (acc_stride[o][nd - 1] == 0) {
-                                        a[0] += static_cast<double>(CArr<T>(v, w).sum());
-                                    } else {
-                                        for (std::int64_t j = 0; j < w; ++j) a[ca + j] += static_cast<double>(v[j]);
-                                    }
+                        for (std::int64_t ca = c0; ca < c1; ca += tw) {
+                            const std::int64_t w = std::min(tw, c1 - ca), n = h * w;
+                            const bool contiguous = w == inner || h == 1;  // the tile is one run
+                            for (int k = 0; k < n_inputs_; ++k) {
+                                if (!used_[k]) continue;
+                                const Tensor& tk = *in[k];
+                                const std::int64_t s = nd ? st[k][nd - 1] : 0;
+                                if (dense[k] && contiguous) {
+                                    reg[k] = tk.data<T>() + off[k] + ca * s;
+                                    continue;
                                 }
-                            } else if (spec.reg < n_inputs_ || direct[spec.reg - n_inputs_] != o || !contiguous) {
-                                dispatch(out[o]->dtype(), [&]<class O>() {
+                                T* b = buffers + static_cast<std::int64_t>(k) * kTile;
+                                reg[k] = b;
+                                dispatch(tk.dtype(), [&]<class S>() {
                                     for (std::int64_t rr = 0; rr < h; ++rr) {
-                                        O* p = out[o]->data<O>() + (ra + rr) * inner + ca;
-                                        const T* v = res + rr * w;
-                                        for (std::int64_t j = 0; j < w; ++j) {
-                                            if constexpr (std::is_same_v<O, bool>) {
-                                                p[j] = v[j] != T(0);
-                                            } else {
-                                                p[j] = static_cast<O>(v[j]);
-                                            }
+                                        const S* p = tk.data<S>() + off[rr * n_inputs_ + k] + ca * s;
+                                        T* q = b + rr * w;
+                                        if (s == 0) {
+                                            std::fill(q, q + w, static_cast<T>(p[0]));
+                                        } else if (s == 1) {
+                                            for (std::int64_t j = 0; j < w; ++j) q[j] = static_cast<T>(p[j]);
+                                        } else {
+                                            for (std::int64_t j = 0; j < w; ++j) q[j] = static_cast<T>(p[j * s]);
                                         }
                                     }
                                 });
                             }
+                            for (std::size_t i = 0; i < program_.size(); ++i) {
+                                const int dst = n_inputs_ + static_cast<int>(i);
+                                const Instr& ins = program_[i];
+                                if (ins.kind == Instr::Kind::cast_identity) {
+                                    reg[dst] = reg[ins.args[0]];
+                                    continue;
+                                }
+                                T* d = direct[i] >= 0 && contiguous ? out[direct[i]]->data<T>() + ra * inner + ca
+                                                                    : buffers + static_cast<std::int64_t>(dst) * kTile;
+                                run_instr<T>(ins, reg, d, n);
+                                reg[dst] = d;
+                            }
+                            for (int o = 0; o < n_out; ++o) {
+                                const Output& spec = outputs_[o];
+                                const T* res = reg[spec.reg];
+                                if (!spec.sum.empty()) {
+                                    for (std::int64_t rr = 0; rr < h; ++rr) {
+                                        double* a = acc + acc_base[o] + acc_off[rr * n_out + o];
+                                        const T* v = res + rr * w;
+                                        if (acc_stride[o][nd - 1] == 0) {
+                                            a[0] += static_cast<double>(CArr<T>(v, w).sum());
+                                        } else {
+                                            for (std::int64_t j = 0; j < w; ++j) a[ca + j] += static_cast<double>(v[j]);
+                                        }
+                                    }
+                                } else if (spec.reg < n_inputs_ || direct[spec.reg - n_inputs_] != o || !contiguous) {
+                                    dispatch(out[o]->dtype(), [&]<class O>() {
+                                        for (std::int64_t rr = 0; rr < h; ++rr) {
+                                            O* p = out[o]->data<O>() + (ra + rr) * inner + ca;
+                                            const T* v = res + rr * w;
+                                            for (std::int64_t j = 0; j < w; ++j) {
+                                                if constexpr (std::is_same_v<O, bool>) {
+                                                    p[j] = v[j] != T(0);
+                                                } else {
+                                                    p[j] = static_cast<O>(v[j]);
+                                                }
+                                            }
+                                        }
+                                    });
+                                }
+                            }
                         }
                     }
                 }
-                }  // parts
             }
             // Sums: add the parts' accumulators in part order.
             for (int o = 0; o < n_out; ++o) {

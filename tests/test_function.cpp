@@ -354,3 +354,69 @@ TEST_CASE("the NaN guard names the step that made a NaN or inf, and the call cha
     Function plain = function({x}, {bad.sum()});
     CHECK(std::isnan(plain({T64({2, 2}, {1, -1, 2, 3})})[0].item()));
 }
+
+TEST_CASE("function edge cases as Theano has them: unused inputs, givens on inputs, update types, mixed calls") {
+    Variable x = scalar("x");
+    Variable y = scalar("y");
+    CHECK_THROWS_WITH_AS(function({x, y}, {x * 2.0}),
+                         "function: input 1 ('y') is not used by any output or update (CompileOptions::on_unused_input "
+                         "is raise; set it to warn or ignore to allow this)", UsageError);
+    CompileOptions lenient;
+    lenient.on_unused_input = CompileOptions::UnusedInput::ignore;
+    Function f = function({x, y}, {x * 2.0}, {}, {}, lenient);
+    CHECK(f({1.5, 7.0})[0].item() == 3.0);
+
+    CHECK_THROWS_WITH_AS(function({x}, {x * 2.0}, {}, {{x, constant(1.0)}}),
+                         "function: givens entry 0 replaces 'x', which is an input of the function; an input is either "
+                         "passed or given, not both", UsageError);
+
+    SharedVariable row = shared(T64({1, 3}, {1, 2, 3}), "row", false, std::vector<bool>{true, false});
+    Variable m = matrix("m");
+    CHECK_THROWS_WITH_AS(function({m}, {}, {{row, m}}),
+                         "function: update 0 of shared variable 'row' (float64 row) has type float64 matrix: axis 0 is "
+                         "broadcastable (size 1) in the variable but not in the update", UsageError);
+
+    // f(1, b=2): positional for the first inputs, named for the others.
+    Variable a = scalar("a");
+    Variable b = scalar("b");
+    Variable c = scalar("c");
+    Function g = function({In(a), In(b), In(c, 10.0)}, {a + 2.0 * b + 3.0 * c});
+    CHECK(g.call({1.0}, {arg("b", 2.0)})[0].item() == 35);
+    CHECK(g.call({1.0}, {arg("c", 0.0), arg("b", 1.0)})[0].item() == 3);
+    CHECK_THROWS_WITH_AS(g.call({1.0, 2.0}, {arg("b", 1.0)}),
+                         "function call: input 'b' given twice (by position and by name)", UsageError);
+    CHECK_THROWS_WITH_AS(g.call({1.0}, {arg("c", 1.0)}), "function call: missing argument for input 1 ('b')", UsageError);
+}
+
+TEST_CASE("default updates: no_default_updates, and a given that replaces the variable drops its update") {
+    MRG_RandomStreams rng(234);
+    Variable u = rng.uniform(std::vector<std::int64_t>{3});
+    const SharedVariable state = rng.state_variables().at(0);
+    const auto s0 = state.get_value().to_doubles();
+    Function frozen = [&] {
+        CompileOptions o;
+        o.no_default_updates = true;
+        return function({}, {u}, {}, {}, o);
+    }();
+    const auto d1 = frozen()[0].to_doubles();
+    CHECK(frozen()[0].to_doubles() == d1);  // the state does not move
+    CHECK(state.get_value().to_doubles() == s0);
+    Function listed = [&] {
+        CompileOptions o;
+        o.no_default_updates_for = {state};
+        return function({}, {u}, {}, {}, o);
+    }();
+    CHECK(listed()[0].to_doubles() == d1);
+    CHECK(state.get_value().to_doubles() == s0);
+    Function moving = function({}, {u});
+    CHECK(moving()[0].to_doubles() == d1);
+    CHECK(moving()[0].to_doubles() != d1);
+    // A given replacing the state: the draw reads the given state, and no update is made.
+    const auto s1 = state.get_value().to_doubles();
+    Function from_start = function({}, {u}, {}, {{state, constant(Tensor::from_vector<std::int32_t>(
+                                                            state.get_value().shape(),
+                                                            std::vector<std::int32_t>(s0.begin(), s0.end())))}});
+    CHECK(from_start()[0].to_doubles() == d1);
+    CHECK(from_start()[0].to_doubles() == d1);
+    CHECK(state.get_value().to_doubles() == s1);
+}

@@ -326,6 +326,7 @@ TEST_CASE("readers check headers against the file before allocating, and refuse 
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     CHECK(error_of([&] { io::read_idx(fifo.string()); }).find("it is a FIFO") != std::string::npos);
     CHECK(error_of([&] { io::load_npy(fifo.string()); }).find("it is a FIFO") != std::string::npos);
+    CHECK(error_of([&] { io::read_png_gray(fifo.string()); }).find("it is a FIFO") != std::string::npos);
     fs::create_symlink("/dev/zero", dir / "zero.gz");
     fs::create_symlink("/dev/zero", dir / "zero");
     CHECK(error_of([&] { io::read_idx((dir / "zero").string()); }).find("it is a character device") != std::string::npos);

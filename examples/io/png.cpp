@@ -47,6 +47,7 @@ void write_png_gray(const std::string& path, const Tensor& image0) {
 }
 
 Tensor read_png_gray(const std::string& path) {
+    check_regular_file(path);
     std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
     if (!f) throw UsageError(fmt::format("read_png_gray: cannot open {}", path));
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
