@@ -555,6 +555,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     p.log = log.lines;
     p.profile = options.profile;
     p.nan_guard = options.nan_guard;
+    p.workers.adapt = options.adapt_workers;
     p.nan_guard_big = options.nan_guard_big;
     p.outputs.assign(c.all.begin(), c.all.begin() + static_cast<std::ptrdiff_t>(c.n_outputs));
     for (std::size_t i = 0; i < c.update_cells.size(); ++i) {

@@ -52,6 +52,9 @@ struct CompileOptions {
     // listed shared variables.
     bool no_default_updates = false;
     std::vector<SharedVariable> no_default_updates_for;
+    // Let the executor run parallel parts on fewer threads when that measures faster (other
+    // processes busy on the cores); false keeps num_threads() threads, for measurements.
+    bool adapt_workers = true;
     CompileOptions();
 };
 

@@ -2,8 +2,6 @@
 // memory contract (ownership.cpp).
 #include "compile/plan.hpp"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -126,39 +124,35 @@ void Plan::run_step(Step& s) {
 }
 
 namespace {
-constexpr double kLongCall = 100e-6;      // shorter calls have little parallel work to adapt
+constexpr double kLongCall = 100e-6;        // shorter calls have little parallel work to adapt
+constexpr std::int64_t kFirstProbe = 32;    // once the first calls' costs are behind
 constexpr std::int64_t kProbeEvery = 1024;  // long calls between probes without a reason
-constexpr int kProbeCalls = 3;
-
-long involuntary_switches() {
-    struct rusage u {};
-    return getrusage(RUSAGE_THREAD, &u) == 0 ? u.ru_nivcsw : 0;
-}
+constexpr int kProbeCalls = 8;              // of which the first 2 warm up (threads wake)
+constexpr int kProbeWarmup = 2;
 }  // namespace
 
 void WorkerChoice::record(double seconds) {
-    if (seconds < kLongCall) return;
+    if (!adapt || seconds < kLongCall) return;
     ++long_calls;
     if (probing_) {
-        probe_sum += seconds;
+        if (probe_left <= kProbeCalls - kProbeWarmup) probe_sum += seconds;
         if (--probe_left > 0) return;
         probing_ = false;
-        const double probe_mean = probe_sum / kProbeCalls;
+        const double probe_mean = probe_sum / (kProbeCalls - kProbeWarmup);
         if (probe_mean < 0.9 * ema) {
             one_ = !one_;
             ema = probe_mean;
         }
+        best = ema;
         since_probe = 0;
         return;
     }
     ema = ema == 0 ? seconds : 0.8 * ema + 0.2 * seconds;
+    best = best == 0 ? ema : std::min(best, ema);
     ++since_probe;
-    bool probe = since_probe >= kProbeEvery;
-    if (long_calls % 16 == 0) {
-        const long ivcsw = involuntary_switches();
-        if (last_ivcsw >= 0 && ivcsw - last_ivcsw >= 4 && since_probe >= 32) probe = true;
-        last_ivcsw = ivcsw;
-    }
+    // Probe early, then now and then, and at once when calls have become much slower than
+    // they were (another process has started taking a core).
+    const bool probe = long_calls == kFirstProbe || since_probe >= kProbeEvery || (since_probe >= 32 && ema > 1.25 * best);
     if (probe && num_threads() > 1) {
         probing_ = true;
         probe_left = kProbeCalls;

@@ -49,24 +49,25 @@ struct OutputBinding {
 };
 
 // How many threads run a call's parallel parts (ops/blas.hpp, active_workers). A plan times
-// its longer calls and now and then runs a few on one thread; it keeps whichever is faster,
-// so with another process busy on a core, N threads are never much slower than one. Sooner
-// probes follow involuntary context switches of the calling thread (a sign that the
-// threads are not getting their cores). Results do not depend on the choice.
+// its longer calls and now and then runs a few on the other choice (all threads or one); it
+// keeps whichever is faster, so with another process busy on a core, N threads are never
+// much slower than one. It probes after its first few calls, every 1024 calls, and at once
+// when its calls have become much slower than they were. Results do not depend on the choice.
 class WorkerChoice {
 public:
     int limit() const { return probing_ ? (one_ ? 0 : 1) : (one_ ? 1 : 0); }  // 0: no limit
     void record(double seconds);
     bool one_thread() const { return one_; }
+    bool adapt = true;  // CompileOptions::adapt_workers
 
 private:
     bool one_ = false;      // the choice: one thread (true) or all (false)
     bool probing_ = false;  // the next calls try the other choice
     int probe_left = 0;
     double probe_sum = 0;
-    double ema = 0;                 // recent seconds per call with the choice
+    double ema = 0;   // recent seconds per call with the choice
+    double best = 0;  // the lowest ema since the last probe
     std::int64_t long_calls = 0, since_probe = 0;
-    long last_ivcsw = -1;
 };
 
 struct Plan {
