@@ -156,7 +156,8 @@ bool contains(const std::vector<const void*>& ids, const void* id) {
 std::vector<Tensor> finish_call(Plan& p) {
     // Buffers a result or an update may not take over: the arguments' (unless borrowed),
     // the constants' and the shared variables' as they were during the call.
-    std::vector<const void*> foreign;
+    std::vector<const void*>& foreign = p.scratch_ids;
+    foreign.clear();
     for (const InputBinding& b : p.inputs) {
         if (!b.borrow) foreign.push_back(p.slots[b.slot].storage_id());
     }
@@ -165,9 +166,11 @@ std::vector<Tensor> finish_call(Plan& p) {
     for (const UpdateBinding& u : p.updates) foreign.push_back(u.cell->value.storage_id());
 
     // (b) Decide every update before any is written, so each sees the values of the call.
-    enum class Commit { keep, hand_over, copy };
-    std::vector<Commit> how(p.updates.size());
-    std::vector<const void*> claimed;  // buffers that become shared values
+    using Commit = Plan::Commit;
+    std::vector<Commit>& how = p.scratch_commit;
+    how.assign(p.updates.size(), Commit::keep);
+    std::vector<const void*>& claimed = p.scratch_claimed;  // buffers that become shared values
+    claimed.clear();
     for (std::size_t i = 0; i < p.updates.size(); ++i) {
         UpdateBinding& u = p.updates[i];
         const Tensor& t = p.slots[u.slot];

@@ -100,6 +100,10 @@ struct Plan {
     std::vector<std::size_t> last_bytes;
     std::vector<std::vector<int>> views_of;
     std::atomic<bool> busy{false};  // a call is running (a Function is not reentrant)
+    // Reused by finish_call (ownership.cpp), so a call allocates nothing for its bookkeeping.
+    enum class Commit { keep, hand_over, copy };
+    std::vector<const void*> scratch_ids, scratch_claimed;
+    std::vector<Commit> scratch_commit;
     WorkerChoice workers;
 
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
