@@ -245,3 +245,40 @@ TEST_CASE("a cost that becomes NaN or inf stops the program with a message; --na
     CHECK(g.err.find("(node built at mlp.cpp:") != std::string::npos);
     CHECK(g.err.find("input 0: float64 (20, 10)") != std::string::npos);
 }
+
+TEST_CASE("flags are checked in their final type, and bad destinations are found before training") {
+    const fs::path data = make_mnist(600, 20);
+    const fs::path out = temp_dir("flags_out");
+    auto da = [&](std::vector<std::string> extra) {
+        std::vector<std::string> a = {THEANINE_DA_PROGRAM, "--data", data.string(), "--train-size", "600", "--epochs", "1",
+                                      "--hidden", "20", "--output", out.string()};
+        a.insert(a.end(), extra.begin(), extra.end());
+        return run(a);
+    };
+    Result r = da({"--batch-size", "4294967296"});
+    CHECK(r.status == 2);
+    CHECK(r.err.find("--batch-size needs an integer in [1, 2147483647], got '4294967296'") != std::string::npos);
+    r = da({"--seed", "4294967296"});
+    CHECK(r.status == 2);
+    CHECK(r.err.find("--seed needs an integer in [0, 4294967295]") != std::string::npos);
+    // --output names a file: refused at once, before any training line.
+    std::ofstream(out / "a_file") << "x";
+    r = da({"--output", (out / "a_file").string()});
+    CHECK(r.status == 1);
+    CHECK(r.out.empty());
+    CHECK(r.err.find("--output " + (out / "a_file").string() + ": cannot create the folder") != std::string::npos);
+
+    const fs::path mlp_data = make_mnist(10100, 200);
+    r = run({THEANINE_MLP_PROGRAM, "--data", mlp_data.string(), "--train-size", "400", "--seed", "4294967296"});
+    CHECK(r.status == 2);
+    CHECK(r.err.find("--seed needs an integer in [0, 4294967295]") != std::string::npos);
+    // A minibatch larger than the test split (200 images): an error, not "test error 0 %".
+    r = run({THEANINE_MLP_PROGRAM, "--data", mlp_data.string(), "--train-size", "400", "--batch-size", "300"});
+    CHECK(r.status == 1);
+    CHECK(r.err.find("--batch-size 300 does not fit the test set of 200 examples: no whole minibatch") != std::string::npos);
+    r = run({THEANINE_MLP_PROGRAM, "--data", mlp_data.string(), "--train-size", "400", "--save-params",
+             (out / "a_file" / "sub").string()});
+    CHECK(r.status == 1);
+    CHECK(r.out.empty());
+    CHECK(r.err.find("--save-params") != std::string::npos);
+}
