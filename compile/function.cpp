@@ -539,12 +539,13 @@ void plan_liveness(Compilation& c, Plan& p) {
 
 Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs, const Updates& updates,
                   const Givens& givens, const CompileOptions& options) {
+    // The compile stages, in order. Rewrites run on the whole graph (outputs and updates)
+    // once givens and default updates are in it; planning needs the rewritten graph.
     Compilation c;
     c.inputs = inputs;
     check_signature(inputs, outputs, updates, c);
     substitute_givens(givens, options, c);
     check_unused_inputs(options, c);
-
     RewriteLog log;
     log.verbose = options.verbose;
     c.all = optimize(c.all, options.rewrites, log);
@@ -555,13 +556,15 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     p.log = log.lines;
     p.profile = options.profile;
     p.nan_guard = options.nan_guard;
-    p.workers.adapt = options.adapt_workers;
     p.nan_guard_big = options.nan_guard_big;
+    p.workers.adapt = options.adapt_workers;
     p.outputs.assign(c.all.begin(), c.all.begin() + static_cast<std::ptrdiff_t>(c.n_outputs));
     for (std::size_t i = 0; i < c.update_cells.size(); ++i) {
         p.update_values.emplace_back(c.update_names[i], c.all[c.n_outputs + i]);
     }
     assign_slots(c, p);
+    // In-place grants change slots, so they come before the schedule that orders readers
+    // before writers; placement and liveness need the final order.
     c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of, !options.nan_guard);
     p.in_place = c.grants.log;
     p.destroyed_cells = c.grants.destroyed_cells;
