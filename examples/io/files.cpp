@@ -46,12 +46,14 @@ const char* kind_of(mode_t m) {
 void remove_stale_temporaries(const std::string& dir, const std::string& name) {
     const std::string prefix = "." + name + ".tmp.";
     std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-        const std::string f = e.path().filename().string();
+    std::filesystem::directory_iterator it(dir, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+        const std::string f = it->path().filename().string();
         if (f.rfind(prefix, 0) != 0) continue;
         const long pid = std::strtol(f.c_str() + prefix.size(), nullptr, 10);
         if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
-            std::filesystem::remove(e.path(), ec);
+            std::error_code ignored;
+            std::filesystem::remove(it->path(), ignored);
         }
     }
 }
