@@ -15,6 +15,7 @@
 #include "ops/nnet.hpp"
 #include "ops/reduce.hpp"
 #include "ops/random.hpp"
+#include "ops/scan.hpp"
 #include "ops/shape.hpp"
 #include "models/dA.hpp"
 #include "models/mlp.hpp"

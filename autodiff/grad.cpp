@@ -130,10 +130,12 @@ std::vector<Variable> vjp(const std::vector<Variable>& outputs, const std::vecto
             const Variable& in = node->inputs[i];
             if (!depends.count(key(in)) || !in_grads[i].defined()) continue;
             if (is_not_differentiable(in_grads[i])) {
+                const std::string reason = not_differentiable_reason(in_grads[i]);
                 throw UsageError(fmt::format(
-                    "grad: {} has no gradient with respect to its input {} ({}), and the cost depends on a "
+                    "grad: {} has no gradient with respect to its input {} ({}){}, and the cost depends on a "
                     "requested variable through it (node built at {})",
-                    node->op->name(), i, in.type().str(), where_string(node->where)));
+                    node->op->name(), i, in.type().str(), reason.empty() ? "" : ": " + reason,
+                    where_string(node->where)));
             }
             contrib[key(in)].push_back(fit_to(in_grads[i], in, *node, i));
         }

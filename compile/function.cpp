@@ -190,6 +190,19 @@ std::string Function::profile_summary() const {
         s += fmt::format("  {:>4}  {:<40} {:>9.2f} {:>6.1f}\n", i, name, p.step_seconds[i] / calls * 1e6,
                          total > 0 ? 100 * p.step_seconds[i] / total : 0.0);
     }
+    // A loop's step is a compiled function of its own: its profile, per call of the step.
+    for (std::size_t i = 0; i < p.steps.size(); ++i) {
+        const std::string inner = p.steps[i].op->inner_profile();
+        if (inner.empty()) continue;
+        s += fmt::format("  inner steps of step {} ({}), per step of the loop:\n", i, p.steps[i].op->name());
+        std::size_t at = 0;
+        while (at < inner.size()) {
+            const std::size_t eol = inner.find('\n', at);
+            s += "    " + inner.substr(at, eol - at) + "\n";
+            if (eol == std::string::npos) break;
+            at = eol + 1;
+        }
+    }
     return s;
 }
 

@@ -149,6 +149,7 @@ public:
 private:
     friend Function function(const std::vector<In>&, const std::vector<Out>&, const Updates&, const Givens&,
                              const CompileOptions&);
+    friend struct ScanAccess;  // ops/scan.cpp runs a loop's compiled step directly
     Function();
     Plan& plan() const;  // throws UsageError on a moved-from Function
     std::unique_ptr<Plan> plan_;

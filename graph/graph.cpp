@@ -225,8 +225,8 @@ namespace {
 // Marker op for "this input has no gradient". Never executed.
 class NotDifferentiable final : public Op {
 public:
-    NotDifferentiable(std::string op, int input, TensorType type)
-        : op_(std::move(op)), input_(input), type_(std::move(type)) {}
+    NotDifferentiable(std::string op, int input, TensorType type, std::string reason)
+        : op_(std::move(op)), input_(input), type_(std::move(type)), reason_(std::move(reason)) {}
     std::string name() const override {
         return fmt::format("NotDifferentiable{{{}, input {}}}", op_, input_);
     }
@@ -241,17 +241,24 @@ public:
     std::size_t props_hash() const override { return std::hash<std::string>()(op_) + static_cast<std::size_t>(input_); }
     const std::string& op_name() const { return op_; }
     int input() const { return input_; }
+    const std::string& reason() const { return reason_; }
 
 private:
     std::string op_;
     int input_;
     TensorType type_;
+    std::string reason_;
 };
 }  // namespace
 
-Variable not_differentiable(const Op& op, int input) {
-    return apply1(std::make_shared<NotDifferentiable>(op.name(), input, TensorType{DType::float64, {}}), {},
-                  std::source_location());
+Variable not_differentiable(const Op& op, int input, std::string reason) {
+    return apply1(std::make_shared<NotDifferentiable>(op.name(), input, TensorType{DType::float64, {}}, std::move(reason)),
+                  {}, std::source_location());
+}
+
+std::string not_differentiable_reason(const Variable& g) {
+    const auto* nd = g.is_apply() ? dynamic_cast<const NotDifferentiable*>(g.node().op.get()) : nullptr;
+    return nd ? nd->reason() : std::string();
 }
 
 bool is_not_differentiable(const Variable& g) {

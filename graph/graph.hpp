@@ -153,6 +153,11 @@ public:
     // changes no shared variable (compile/ownership.hpp).
     virtual void validate(const Node& node, std::span<const Tensor* const> in) const;
 
+    // Loops and other ops that hold a graph of their own: its outputs (debugprint shows the
+    // graph under the node) and, with profiling, the time spent in it.
+    virtual const std::vector<Variable>* inner_outputs() const { return nullptr; }
+    virtual std::string inner_profile() const { return ""; }
+
     // Identity through props. Ops of the same dynamic type with equal props are equal,
     // so equal nodes can be merged.
     virtual bool props_equal(const Op& other) const = 0;
@@ -245,8 +250,10 @@ SharedVariable shared(const Tensor& value, const std::string& name = "", bool bo
                       std::optional<std::vector<bool>> broadcastable = std::nullopt);
 
 // A marker gradient for an input without a gradient. grad() raises UsageError naming the
-// op and input when such a gradient reaches a requested wrt.
-Variable not_differentiable(const Op& op, int input);
+// op, the input and the reason when such a gradient reaches a requested wrt.
+Variable not_differentiable(const Op& op, int input, std::string reason = "");
+// The reason a not_differentiable marker carries ("" when none was given).
+std::string not_differentiable_reason(const Variable& g);
 bool is_not_differentiable(const Variable& g);
 
 // All nodes the outputs depend on (leaves included), inputs before users.

@@ -39,6 +39,7 @@ struct Printer {
     const PrintOptions& opt;
     std::unordered_map<const Node*, std::string> ids;
     std::string out;
+    std::vector<const Node*> with_inner;  // nodes holding a graph of their own, in order met
 
     std::string id_of(const Node* n, bool* fresh) {
         auto it = ids.find(n);
@@ -59,6 +60,7 @@ struct Printer {
         }
         out += "\n";
         if (!fresh || !v.is_apply()) return;
+        if (v.node().op->inner_outputs()) with_inner.push_back(&v.node());
         const auto& ins = v.node().inputs;
         for (std::size_t i = 0; i < ins.size(); ++i) {
             const bool last = i + 1 == ins.size();
@@ -70,8 +72,15 @@ struct Printer {
 }  // namespace
 
 std::string debugprint(const std::vector<Variable>& outputs, const PrintOptions& options) {
-    Printer p{options, {}, {}};
+    Printer p{options, {}, {}, {}};
     for (const auto& v : outputs) p.line(v, "", "");
+    // Inner graphs (a loop's step) after the graph, each under its node's id; the step's
+    // inputs are its placeholders.
+    for (std::size_t i = 0; i < p.with_inner.size(); ++i) {
+        const Node* n = p.with_inner[i];
+        p.out += fmt::format("\nInner graph of {} [id {}]:\n", n->op->name(), p.ids.at(n));
+        for (const auto& v : *n->op->inner_outputs()) p.line(v, " >", " >");
+    }
     return p.out;
 }
 

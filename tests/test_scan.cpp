@@ -1,0 +1,299 @@
+// scan: values against hand-written loops, taps, n_steps, go_backwards, map/reduce/fold,
+// shared variables and random draws inside the step, nested loops, errors, allocation,
+// gradients (verify_grad and the same loop unrolled by hand), truncation, outer rewrites.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+
+namespace {
+
+std::vector<double> vals(const Tensor& t) { return t.to_doubles(); }
+
+// Throws and returns the message, or "" when nothing is thrown.
+template <class F>
+std::string error_of(F&& f) {
+    try {
+        f();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "";
+}
+
+// The tanh RNN h_t = tanh(x_t W + h_{t-1} U + b), by hand, float64.
+std::vector<double> rnn_by_hand(const Tensor& x, const Tensor& h0, const Tensor& W, const Tensor& U, const Tensor& b) {
+    const std::int64_t n = x.dim(0), batch = x.dim(1), nin = x.dim(2), nh = h0.dim(1);
+    std::vector<double> h = vals(h0), out;
+    const auto xv = vals(x), Wv = vals(W), Uv = vals(U), bv = vals(b);
+    for (std::int64_t t = 0; t < n; ++t) {
+        std::vector<double> next(static_cast<std::size_t>(batch * nh));
+        for (std::int64_t r = 0; r < batch; ++r) {
+            for (std::int64_t c = 0; c < nh; ++c) {
+                double a = 0;
+                for (std::int64_t k = 0; k < nin; ++k) a += xv[(t * batch + r) * nin + k] * Wv[k * nh + c];
+                double u = 0;
+                for (std::int64_t k = 0; k < nh; ++k) u += h[r * nh + k] * Uv[k * nh + c];
+                next[r * nh + c] = std::tanh(a + u + bv[c]);
+            }
+        }
+        h = next;
+        out.insert(out.end(), h.begin(), h.end());
+    }
+    return out;
+}
+
+ScanResult rnn(const Variable& x, const Variable& h0, const Variable& W, const Variable& U, const Variable& b,
+               int truncate = -1) {
+    return scan([](const std::vector<Variable>& a) { return ScanStep(tanh(dot(a[0], a[2]) + dot(a[1], a[3]) + a[4])); },
+                {x}, {h0}, {W, U, b}, std::nullopt, truncate, false, "rnn");
+}
+
+}  // namespace
+
+TEST_CASE("scan: a running sum equals the hand-written loop; outputs are stacked without the initial value") {
+    Variable x = vector("x"), s0 = scalar("s0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] + a[1]); }, {x}, {s0});
+    Tensor got = eval1({x, s0}, r[0], {T64({4}, {1, 2, 3, 4}), 10.0});
+    CHECK(got.shape() == Shape{4});
+    CHECK(vals(got) == std::vector<double>{11, 13, 16, 20});
+    CHECK(r.updates.empty());
+}
+
+TEST_CASE("scan: a tanh RNN over a 3-d sequence matches the loop written by hand") {
+    Variable x = tensor3("x"), h0 = matrix("h0"), W = matrix("W"), U = matrix("U"), b = vector("b");
+    Tensor xv = random_tensor({6, 2, 3}, 1), hv = random_tensor({2, 4}, 2), Wv = random_tensor({3, 4}, 3),
+           Uv = random_tensor({4, 4}, 4), bv = random_tensor({4}, 5);
+    Tensor got = eval1({x, h0, W, U, b}, rnn(x, h0, W, U, b)[0], {xv, hv, Wv, Uv, bv});
+    CHECK(got.shape() == Shape{6, 2, 4});
+    CHECK(close(vals(got), rnn_by_hand(xv, hv, Wv, Uv, bv), 1e-14));
+}
+
+TEST_CASE("scan: sequence taps {-1, 0, 1} read three consecutive rows; steps = length - 2") {
+    Variable x = vector("x");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] + 2.0 * a[1] + 3.0 * a[2]); },
+                        {ScanSequence(x, {-1, 0, 1})});
+    Tensor got = eval1({x}, r[0], {T64({5}, {1, 2, 3, 4, 5})});
+    // rows (1,2,3), (2,3,4), (3,4,5)
+    CHECK(vals(got) == std::vector<double>{1 + 4 + 9, 2 + 6 + 12, 3 + 8 + 15});
+}
+
+TEST_CASE("scan: an output with taps {-2, -1} (Fibonacci) takes its initial rows oldest first") {
+    Variable f0 = vector("f0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] + a[1]); }, {},
+                        {ScanOutput(f0, {-2, -1})}, {}, 6);
+    Tensor got = eval1({f0}, r[0], {T64({2}, {0, 1})});
+    CHECK(vals(got) == std::vector<double>{1, 2, 3, 5, 8, 13});
+    // taps {-3, -1}: f_t = f_{t-3} + f_{t-1}
+    ScanResult r3 = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] + a[1]); }, {},
+                         {ScanOutput(f0, {-3, -1})}, {}, 4);
+    Tensor got3 = eval1({f0}, r3[0], {T64({3}, {1, 10, 100})});
+    // 1 + 100, 10 + 101, 100 + 111, 101 + 211
+    CHECK(vals(got3) == std::vector<double>{101, 111, 211, 312});
+}
+
+TEST_CASE("scan: outputs not fed back, mixed with fed-back ones; non-sequences in Theano's argument order") {
+    Variable x = vector("x"), acc0 = scalar("acc0"), k = scalar("k");
+    // args: x[t], acc[t-1], k -> (x[t] * k, acc + x[t])
+    ScanResult r = scan(
+        [](const std::vector<Variable>& a) { return ScanStep({a[0] * a[2], a[1] + a[0]}); }, {x},
+        {ScanOutput::none(), ScanOutput(acc0)}, {k});
+    auto got = eval({x, acc0, k}, {r[0], r[1]}, {T64({3}, {1, 2, 3}), 0.0, 10.0});
+    CHECK(vals(got[0]) == std::vector<double>{10, 20, 30});
+    CHECK(vals(got[1]) == std::vector<double>{1, 3, 6});
+}
+
+TEST_CASE("scan: symbolic n_steps without sequences (matrix power), zero steps, and a negative count refused") {
+    Variable A = matrix("A"), k = lscalar("k");
+    Variable one = constant(Tensor::from_vector<double>({2, 2}, {1, 0, 0, 1}));
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(dot(a[0], a[1])); }, {}, {one}, {A},
+                        Bound(k), -1, false, "power");
+    Function f = function({A, k}, {r[0]});
+    Tensor Av = T64({2, 2}, {1, 1, 1, 0});
+    Tensor got = f({Av, 5})[0];
+    CHECK(got.shape() == Shape{5, 2, 2});
+    // A^5 for the Fibonacci matrix: [[8, 5], [5, 3]]
+    CHECK(vals(got.index(0, 4)) == std::vector<double>{8, 5, 5, 3});
+    CHECK(f({Av, 0})[0].shape() == Shape{0, 2, 2});
+    const std::string e = error_of([&] { f({Av, -1}); });
+    CHECK(e.find("scan 'power'") != std::string::npos);
+    CHECK(e.find("n_steps is -1") != std::string::npos);
+    CHECK(e.find("test_scan.cpp") != std::string::npos);
+}
+
+TEST_CASE("scan: sequences are cut to the shortest; a given n_steps longer than a sequence is an error") {
+    Variable x = vector("x"), y = vector("y"), n = lscalar("n");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] * a[1]); }, {x, y});
+    Tensor got = eval1({x, y}, r[0], {T64({4}, {1, 2, 3, 4}), T64({3}, {10, 20, 30})});
+    CHECK(vals(got) == std::vector<double>{10, 40, 90});
+    ScanResult r2 = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] * 2.0); },
+                         {ScanSequence(x, {0, 2})}, {}, {}, Bound(n), -1, false, "short");
+    Function f = function({x, n}, {r2[0]});
+    CHECK(vals(f({T64({4}, {1, 2, 3, 4}), 2})[0]) == std::vector<double>{2, 4});
+    const std::string e = error_of([&] { f({T64({4}, {1, 2, 3, 4}), 3}); });
+    CHECK(e.find("scan 'short': sequence 0 has 4 rows; 3 steps with taps {0, 2} need 5") != std::string::npos);
+}
+
+TEST_CASE("scan: go_backwards iterates from the last row; outputs stay in iteration order") {
+    Variable x = vector("x"), s0 = scalar("s0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] + 10.0 * a[1]); }, {x}, {s0}, {},
+                        std::nullopt, -1, true);
+    Tensor got = eval1({x, s0}, r[0], {T64({3}, {1, 2, 3}), 0.0});
+    CHECK(vals(got) == std::vector<double>{3, 32, 321});
+}
+
+TEST_CASE("map, reduce, foldl, foldr") {
+    Variable x = vector("x"), z = scalar("z");
+    auto sq = map([](const std::vector<Variable>& a) { return ScanStep(a[0] * a[0]); }, {x});
+    auto sum = reduce([](const std::vector<Variable>& a) { return ScanStep(a[0] + a[1]); }, {x}, {z});
+    // foldl: (((z - x0) - x1) - x2); foldr: (((z - x2) - x1) - x0) with x = [1, 2, 3] and a
+    // step that is not symmetric: acc * 10 + x
+    auto fl = foldl([](const std::vector<Variable>& a) { return ScanStep(a[1] * 10.0 + a[0]); }, {x}, {z});
+    auto fr = foldr([](const std::vector<Variable>& a) { return ScanStep(a[1] * 10.0 + a[0]); }, {x}, {z});
+    auto got = eval({x, z}, {sq[0], sum[0], fl[0], fr[0]}, {T64({3}, {1, 2, 3}), 0.0});
+    CHECK(vals(got[0]) == std::vector<double>{1, 4, 9});
+    CHECK(got[1].ndim() == 0);
+    CHECK(got[1].item() == 6);
+    CHECK(got[2].item() == 123);
+    CHECK(got[3].item() == 321);
+}
+
+TEST_CASE("scan: shared variables read inside are implicit inputs; the step's updates come back per loop") {
+    SharedVariable w = shared(T64({2}, {1, 2}), "w");
+    SharedVariable count = shared(Tensor::scalar<double>(0), "count");
+    Variable x = vector("x");
+    ScanResult r = scan(
+        [&](const std::vector<Variable>& a) {
+            return ScanStep({a[0] * w + count}, {{count, count + 1.0}});
+        },
+        {x});
+    REQUIRE(r.updates.size() == 1);
+    CHECK(r.updates[0].first.same(count));
+    Function f = function({x}, {r[0]}, r.updates);
+    Tensor got = f({T64({3}, {1, 2, 3})})[0];
+    // step t reads count = t (the value the previous step wrote)
+    CHECK(vals(got) == std::vector<double>{1, 2, 2 + 1, 4 + 1, 3 + 2, 6 + 2});
+    CHECK(count.get_value().item() == 3);
+    got = f({T64({3}, {1, 2, 3})})[0];
+    CHECK(vals(got) == std::vector<double>{1 + 3, 2 + 3, 2 + 4, 4 + 4, 3 + 5, 6 + 5});
+    CHECK(count.get_value().item() == 6);
+    // Without the updates the loop still runs, and the variable keeps its value.
+    Function g = function({x}, {r[0]});
+    g({T64({3}, {1, 2, 3})});
+    CHECK(count.get_value().item() == 6);
+}
+
+TEST_CASE("scan: MRG draws inside the step are the stream's successive draws; updates continue the stream") {
+    const int steps = 4;
+    MRG_RandomStreams srng(1234);
+    ScanResult r = scan(
+        [&](const std::vector<Variable>&) { return ScanStep(srng.uniform(std::vector<std::int64_t>{3})); }, {}, {}, {},
+        steps);
+    REQUIRE(r.updates.size() == 1);
+    Function f = function({}, {r[0]}, r.updates);
+    // The same stream outside a loop: successive calls draw successive numbers.
+    MRG_RandomStreams ref(1234);
+    Variable u = ref.uniform(std::vector<std::int64_t>{3});
+    Function g = function({}, {u});
+    for (int call = 0; call < 2; ++call) {
+        Tensor got = f()[0];
+        for (int t = 0; t < steps; ++t) {
+            CAPTURE(call);
+            CAPTURE(t);
+            CHECK(vals(got.index(0, t)) == vals(g()[0]));
+        }
+    }
+}
+
+TEST_CASE("scan: numpy RandomStreams inside the step, binomial masks on a sequence") {
+    RandomStreams srng(42);
+    Variable x = matrix("x");
+    ScanResult r = scan(
+        [&](const std::vector<Variable>& a) { return ScanStep(a[0] * srng.binomial(a[0].shape(), 1, 0.5, DType::float64)); },
+        {x});
+    Function f = function({x}, {r[0]}, r.updates);
+    RandomStreams ref(42);
+    Variable y = vector("y");
+    Function g = function({y}, {y * ref.binomial(y.shape(), 1, 0.5, DType::float64)});
+    Tensor xv = random_tensor({5, 7}, 9);
+    Tensor got = f({xv})[0];
+    for (int t = 0; t < 5; ++t) CHECK(vals(got.index(0, t)) == vals(g({xv.index(0, t).copy()})[0]));
+}
+
+TEST_CASE("scan: a scan inside the step of a scan") {
+    Variable X = matrix("X");
+    // Row sums by an inner reduce, then a running total of them by the outer loop.
+    Variable t0 = scalar("t0");
+    ScanResult r = scan(
+        [](const std::vector<Variable>& a) {
+            Variable zero = constant(0.0);
+            auto inner = reduce([](const std::vector<Variable>& b) { return ScanStep(b[0] + b[1]); }, {a[0]}, {zero});
+            return ScanStep(a[1] + inner[0]);
+        },
+        {X}, {t0});
+    Tensor got = eval1({X, t0}, r[0], {T64({3, 2}, {1, 2, 3, 4, 5, 6}), 0.0});
+    CHECK(vals(got) == std::vector<double>{3, 10, 21});
+}
+
+TEST_CASE("scan: errors name the scan, the output or sequence, and the user's line") {
+    Variable x = vector("x"), h0 = vector("h0"), i0 = lscalar("i0");
+    // dtype of a fed-back output
+    std::string e = error_of([&] {
+        scan([](const std::vector<Variable>& a) { return ScanStep(cast(a[1], DType::float32)); }, {x}, {h0}, {},
+             std::nullopt, -1, false, "bad_dtype");
+    });
+    CHECK(e.find("scan 'bad_dtype': step output 0 has type float32 vector but its initial value has type float64 "
+                 "vector") != std::string::npos);
+    CHECK(e.find("test_scan.cpp") != std::string::npos);
+    // rank
+    e = error_of([&] {
+        scan([](const std::vector<Variable>& a) { return ScanStep(a[1].sum()); }, {x}, {h0});
+    });
+    CHECK(e.find("step output 0 has type float64 scalar") != std::string::npos);
+    // shape at run time
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(concatenate({a[1], a[1]})); }, {x}, {h0},
+                        {}, std::nullopt, -1, false, "grows");
+    Function f = function({x, h0}, {r[0]});
+    e = error_of([&] { f({T64({2}, {1, 2}), T64({2}, {0, 0})}); });
+    CHECK(e.find("scan 'grows': output 0 has shape (4,) at step 0, but its initial value (taps {-1}) has rows of "
+                 "shape (2,)") != std::string::npos);
+    // number of outputs
+    e = error_of([&] {
+        scan([](const std::vector<Variable>& a) { return ScanStep({a[0], a[0]}); }, {x}, {h0});
+    });
+    CHECK(e.find("the step returns 2 outputs but outputs_info has 1 entries") != std::string::npos);
+    // taps
+    e = error_of([&] { scan([](const std::vector<Variable>& a) { return ScanStep(a[0]); }, {}, {ScanOutput(h0, {-1, 0})}, {}, 3); });
+    CHECK(e.find("must be distinct negative numbers") != std::string::npos);
+    e = error_of([&] { scan([](const std::vector<Variable>& a) { return ScanStep(a[0]); }, {}, {h0}); });
+    CHECK(e.find("without sequences, n_steps must be given") != std::string::npos);
+    e = error_of([&] { scan([](const std::vector<Variable>& a) { return ScanStep(a[0]); }, {i0}); });
+    CHECK(e.find("sequence 0 ('i0') is a int64 scalar; a sequence needs a leading axis") != std::string::npos);
+}
+
+TEST_CASE("scan: a step whose row shape changes is refused at run time") {
+    Variable x = matrix("x"), n = lvector("n");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0][{slice(0, a[1])}]); }, {x, n}, {}, {},
+                        std::nullopt, -1, false, "ragged");
+    Function f = function({x, n}, {r[0]});
+    CHECK(f({T64({2, 3}, {1, 2, 3, 4, 5, 6}), I64({2}, {2, 2})})[0].shape() == Shape{2, 2});
+    const std::string e = error_of([&] { f({T64({2, 3}, {1, 2, 3, 4, 5, 6}), I64({2}, {2, 1})}); });
+    CHECK(e.find("scan 'ragged': output 0 has shape (1,) at step 1 but (2,) at step 0") != std::string::npos);
+}
+
+TEST_CASE("scan: steady-state calls allocate no tensor storage") {
+    Variable x = tensor3("x"), h0 = matrix("h0"), W = matrix("W"), U = matrix("U"), b = vector("b");
+    Function f = function({x, h0, W, U, b}, {rnn(x, h0, W, U, b)[0]});
+    Tensor xv = random_tensor({20, 4, 3}, 1), hv = random_tensor({4, 5}, 2), Wv = random_tensor({3, 5}, 3),
+           Uv = random_tensor({5, 5}, 4), bv = random_tensor({5}, 5);
+    for (int i = 0; i < 3; ++i) f({xv, hv, Wv, Uv, bv});
+    const auto before = storage_allocation_count();
+    for (int i = 0; i < 3; ++i) f({xv, hv, Wv, Uv, bv});
+    // Each call hands its result to the caller, which drops it: one buffer for it at most.
+    CHECK(storage_allocation_count() - before <= 3);
+}
