@@ -297,3 +297,122 @@ TEST_CASE("scan: steady-state calls allocate no tensor storage") {
     // Each call hands its result to the caller, which drops it: one buffer for it at most.
     CHECK(storage_allocation_count() - before <= 3);
 }
+
+// ------------------------------------------------------------------ gradients
+
+TEST_CASE("grad through scan: verify_grad on a tanh RNN, 5 and 50 steps, wrt every input") {
+    for (int steps : {5, 50}) {
+        CAPTURE(steps);
+        Tensor xv = random_tensor({steps, 2, 3}, 11), hv = random_tensor({2, 4}, 12),
+               Wv = random_tensor({3, 4}, 13, -0.5, 0.5), Uv = random_tensor({4, 4}, 14, -0.5, 0.5),
+               bv = random_tensor({4}, 15);
+        VerifyGradReport rep;
+        CHECK_NOTHROW(rep = verify_grad(
+                          [](const std::vector<Variable>& v) { return rnn(v[0], v[1], v[2], v[3], v[4])[0]; },
+                          {xv, hv, Wv, Uv, bv}));
+        CHECK(rep.n_checked == static_cast<std::size_t>(steps * 6 + 8 + 12 + 16 + 4));
+    }
+}
+
+TEST_CASE("grad through scan equals the gradient of the loop unrolled by hand to 1e-12") {
+    const int steps = 7;
+    Variable x = tensor3("x"), h0 = matrix("h0"), W = matrix("W"), U = matrix("U"), b = vector("b");
+    Tensor xv = random_tensor({steps, 3, 2}, 21), hv = random_tensor({3, 5}, 22), Wv = random_tensor({2, 5}, 23),
+           Uv = random_tensor({5, 5}, 24, -0.6, 0.6), bv = random_tensor({5}, 25), cv = random_tensor({steps, 3, 5}, 26);
+    Variable c = constant(cv);
+    Variable y = rnn(x, h0, W, U, b)[0];
+    Variable cost_scan = (y * c).sum();
+    // The same computation unrolled.
+    std::vector<Variable> hs;
+    Variable h = h0;
+    for (int t = 0; t < steps; ++t) {
+        h = tanh(dot(x[{t}], W) + dot(h, U) + b);
+        hs.push_back((h * c[{t}]).sum());
+    }
+    Variable cost_unrolled = hs[0];
+    for (int t = 1; t < steps; ++t) cost_unrolled = cost_unrolled + hs[t];
+    auto gs = grad(cost_scan, {x, h0, W, U, b});
+    auto gu = grad(cost_unrolled, {x, h0, W, U, b});
+    std::vector<Variable> all = gs;
+    all.insert(all.end(), gu.begin(), gu.end());
+    all.push_back(cost_scan);
+    all.push_back(cost_unrolled);
+    auto got = eval({x, h0, W, U, b}, all, {xv, hv, Wv, Uv, bv});
+    for (int i = 0; i < 5; ++i) {
+        CAPTURE(i);
+        CHECK(got[i].shape() == got[i + 5].shape());
+        CHECK(close(vals(got[i]), vals(got[i + 5]), 1e-12));
+    }
+    CHECK(close(vals(got[10]), vals(got[11]), 1e-13));
+}
+
+TEST_CASE("grad through scan with sequence taps {-1, 0, 1} and output taps {-2, -1}") {
+    auto f = [](const std::vector<Variable>& v) {
+        // y_t = tanh(w * (x[t-1] + 2 x[t] x[t+1]) + 0.5 y[t-2] - 0.3 y[t-1])
+        ScanResult r = scan(
+            [](const std::vector<Variable>& a) {
+                return ScanStep(tanh(a[5] * (a[0] + 2.0 * a[1] * a[2]) + 0.5 * a[3] - 0.3 * a[4]));
+            },
+            {ScanSequence(v[0], {-1, 0, 1})}, {ScanOutput(v[1], {-2, -1})}, {v[2]});
+        return r[0];
+    };
+    VerifyGradReport rep;
+    CHECK_NOTHROW(rep = verify_grad(f, {random_tensor({9, 3}, 31), random_tensor({2, 3}, 32), random_tensor({3}, 33)}));
+    CHECK(rep.n_checked == 27 + 6 + 3);
+}
+
+TEST_CASE("grad through scan: map over a matrix and reduce; the gradient of a go_backwards loop") {
+    auto m = [](const std::vector<Variable>& v) {
+        return map([](const std::vector<Variable>& a) { return ScanStep(sigmoid(dot(a[0], a[1]))); }, {v[0]}, {v[1]})[0];
+    };
+    CHECK_NOTHROW(verify_grad(m, {random_tensor({4, 3}, 41), random_tensor({3, 2}, 42)}));
+    auto r = [](const std::vector<Variable>& v) {
+        return foldr([](const std::vector<Variable>& a) { return ScanStep(a[1] * a[0] + a[0]); }, {v[0]}, {v[1]})[0];
+    };
+    CHECK_NOTHROW(verify_grad(r, {random_tensor({5}, 43), random_tensor({}, 44)}));
+}
+
+TEST_CASE("grad through scan: truncate_gradient = k backpropagates through the last k steps") {
+    const int steps = 6, k = 2;
+    Variable x = tensor3("x"), h0 = matrix("h0"), W = matrix("W"), U = matrix("U"), b = vector("b");
+    Tensor xv = random_tensor({steps, 2, 3}, 51), hv = random_tensor({2, 3}, 52), Wv = random_tensor({3, 3}, 53),
+           Uv = random_tensor({3, 3}, 54), bv = random_tensor({3}, 55);
+    Variable full = rnn(x, h0, W, U, b)[0][{-1}].sum();
+    Variable trunc = rnn(x, h0, W, U, b, k)[0][{-1}].sum();
+    auto gf = grad(full, {x, h0});
+    auto gt = grad(trunc, {x, h0});
+    auto got = eval({x, h0, W, U, b}, {gf[0], gt[0], gt[1]}, {xv, hv, Wv, Uv, bv});
+    // The last k rows of the sequence get their full gradient, earlier rows none.
+    for (int t = 0; t < steps; ++t) {
+        CAPTURE(t);
+        if (t >= steps - k) {
+            CHECK(close(vals(got[1].index(0, t)), vals(got[0].index(0, t)), 1e-14));
+        } else {
+            CHECK(vals(got[1].index(0, t)) == std::vector<double>(6, 0.0));
+        }
+    }
+    // The initial state gets the gradient gathered at the truncation point (Theano's rule):
+    // d cost / d h[steps - k - 1] through the last k steps.
+    Variable hmid = matrix("hmid");
+    Variable tail = rnn(x[{slice(steps - k, std::nullopt)}], hmid, W, U, b)[0][{-1}].sum();
+    Tensor hs = eval1({x, h0, W, U, b}, rnn(x, h0, W, U, b)[0], {xv, hv, Wv, Uv, bv});
+    Tensor want = eval1({x, hmid, W, U, b}, grad(tail, hmid), {xv, hs.index(0, steps - k - 1).copy(), Wv, Uv, bv});
+    CHECK(close(vals(got[2]), vals(want), 1e-14));
+}
+
+TEST_CASE("grad through scan: consider_constant on the loop's output, and a loop-updated shared variable refused") {
+    Variable x = vector("x"), s0 = scalar("s0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] * a[1]); }, {x}, {s0});
+    GradOptions opt;
+    opt.consider_constant = {r[0]};
+    const std::string e0 = error_of([&] { grad(r[0].sum(), x, opt); });
+    CHECK(e0.find("does not depend on wrt 0 ('x'") != std::string::npos);
+
+    SharedVariable w = shared(Tensor::scalar<double>(2), "w");
+    ScanResult r2 = scan(
+        [&](const std::vector<Variable>& a) { return ScanStep({a[0] * w}, {{w, w * 2.0}}); }, {x});
+    const std::string e = error_of([&] { grad(r2[0].sum(), x); });
+    CHECK(e.find("Scan{scan_fn} has no gradient with respect to its input") != std::string::npos);
+    CHECK(e.find("the step reads shared variable 'w', which the loop updates (Shared Variable with update)") !=
+          std::string::npos);
+}
