@@ -25,6 +25,7 @@ RewriteRegistry& RewriteRegistry::global() {
         register_stabilize(r);
         register_specialize(r);
         register_fusion(r);
+        register_scan(r);
         return r;
     }();
     return reg;
@@ -264,6 +265,7 @@ std::vector<Variable> optimize(const std::vector<Variable>& outputs, const Rewri
     g = run_phase(g, "specialize", sel, log);   // dot + transposes -> Gemm with flags
     g = pass("constant_fold", g);               // fold what the rewrites built from constants
     g = pass("merge", g);                       // rewrites may have made duplicates
+    g = pass("scan_save_mem", g);               // loops keep only the steps that are read
     g = pass("fusion", g);                      // last: fuse what remains elementwise
     return g;
 }

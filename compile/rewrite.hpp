@@ -7,7 +7,8 @@
 //
 // The pipeline (optimize() in compile/rewrite.cpp) is one ordered list of stages:
 //   merge -> constant_fold -> canonicalize -> stabilize -> specialize -> constant_fold -> merge
-//   -> fusion
+//   -> scan_save_mem -> fusion
+// (the loop rewrites scan_single_step and scan_hoist are canonicalize node rewriters)
 // Node-rewrite phases run to a fixed point; a phase that does not settle within its
 // iteration budget raises InternalError naming the rewrites that kept firing.
 #pragma once

@@ -416,3 +416,106 @@ TEST_CASE("grad through scan: consider_constant on the loop's output, and a loop
     CHECK(e.find("the step reads shared variable 'w', which the loop updates (Shared Variable with update)") !=
           std::string::npos);
 }
+
+// ------------------------------------------------------------------ outer rewrites, printing
+
+namespace {
+bool has_op(const Function& f, const std::string& prefix) {
+    for (const auto& n : f.op_names()) {
+        if (n.rfind(prefix, 0) == 0) return true;
+    }
+    return false;
+}
+bool logged(const Function& f, const std::string& rewrite) {
+    for (const auto& l : f.rewrite_log()) {
+        if (l.find("rewrite " + rewrite + " ") == 0) return true;
+    }
+    return false;
+}
+}  // namespace
+
+TEST_CASE("scan_single_step: a constant n_steps of 1 becomes the step's graph, with the same values") {
+    Variable x = matrix("x"), h0 = vector("h0"), W = matrix("W");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(tanh(a[0] + dot(a[1], a[2]))); }, {x},
+                        {h0}, {W}, 1);
+    Tensor xv = random_tensor({3, 2}, 61), hv = random_tensor({2}, 62), Wv = random_tensor({2, 2}, 63);
+    Function f = function({x, h0, W}, {r[0]});
+    CHECK_FALSE(has_op(f, "Scan"));
+    CHECK(logged(f, "scan_single_step"));
+    CompileOptions keep;
+    keep.rewrites.excluding = {"scan_single_step"};
+    Function g = function({x, h0, W}, {r[0]}, {}, {}, keep);
+    CHECK(has_op(g, "Scan"));
+    Tensor a = f({xv, hv, Wv})[0], b = g({xv, hv, Wv})[0];
+    CHECK(a.shape() == Shape{1, 2});
+    CHECK(vals(a) == vals(b));
+}
+
+TEST_CASE("scan_hoist: work that does not depend on the loop runs once outside it") {
+    Variable x = matrix("x"), h0 = vector("h0"), W = matrix("W");
+    // W.T * 2 and exp(W) do not change between steps.
+    auto step = [](const std::vector<Variable>& a) {
+        return ScanStep(tanh(dot(a[0], a[2].T() * 2.0) + dot(a[1], exp(a[2]))));
+    };
+    ScanResult r = scan(step, {x}, {h0}, {W});
+    Tensor xv = random_tensor({5, 3}, 71), hv = random_tensor({3}, 72), Wv = random_tensor({3, 3}, 73);
+    Function f = function({x, h0, W}, {r[0]});
+    CHECK(logged(f, "scan_hoist"));
+    // The hoisted values are computed in the outer function: exp runs there.
+    const std::string dp = f.debugprint(false);
+    CHECK(dp.find("Inner graph of Scan") != std::string::npos);
+    const std::string outer_part = dp.substr(0, dp.find("Inner graph"));
+    CHECK(outer_part.find("exp") != std::string::npos);
+    const std::string inner_part = dp.substr(dp.find("Inner graph"));
+    CHECK(inner_part.find("|Elemwise{exp}") == std::string::npos);
+    CHECK(inner_part.find("hoisted:Elemwise{exp}") != std::string::npos);
+    CompileOptions keep;
+    keep.rewrites.excluding = {"scan_hoist"};
+    Function g = function({x, h0, W}, {r[0]}, {}, {}, keep);
+    CHECK_FALSE(logged(g, "scan_hoist"));
+    CHECK(close(vals(f({xv, hv, Wv})[0]), vals(g({xv, hv, Wv})[0]), 1e-15));
+}
+
+TEST_CASE("scan_hoist keeps random draws inside the loop") {
+    MRG_RandomStreams srng(7);
+    ScanResult r = scan([&](const std::vector<Variable>&) { return ScanStep(srng.uniform(std::vector<std::int64_t>{2})); },
+                        {}, {}, {}, 3);
+    Function f = function({}, {r[0]}, r.updates);
+    Tensor got = f()[0];
+    CHECK(vals(got.index(0, 0)) != vals(got.index(0, 1)));
+}
+
+TEST_CASE("scan_save_mem: y[-1] keeps the last step only, with the values of the full loop") {
+    Variable x = matrix("x"), h0 = vector("h0"), f0 = vector("f0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(tanh(a[0] + a[1])); }, {x}, {h0});
+    ScanResult fib = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] + a[1]); }, {},
+                          {ScanOutput(f0, {-2, -1})}, {}, 7);
+    Tensor xv = random_tensor({9, 4}, 81), hv = random_tensor({4}, 82);
+    Function f = function({x, h0, f0}, {r[0][{-1}], fib[0][{-1}]});
+    CHECK(logged(f, "scan_save_mem"));
+    bool ring = false;
+    for (const auto& n : f.op_names()) ring = ring || n.find("out0: last 1") != std::string::npos;
+    CHECK(ring);
+    CompileOptions keep;
+    keep.rewrites.excluding = {"scan_save_mem"};
+    Function g = function({x, h0, f0}, {r[0][{-1}], fib[0][{-1}]}, {}, {}, keep);
+    auto a = f({xv, hv, T64({2}, {0, 1})}), b = g({xv, hv, T64({2}, {0, 1})});
+    CHECK(vals(a[0]) == vals(b[0]));
+    CHECK(vals(a[1]) == std::vector<double>{21});
+    CHECK(vals(b[1]) == std::vector<double>{21});
+    // A returned whole output keeps every step.
+    Function h = function({x, h0}, {r[0], r[0][{-1}]});
+    CHECK_FALSE(logged(h, "scan_save_mem"));
+}
+
+TEST_CASE("debugprint shows the loop's inner graph with its placeholders") {
+    Variable x = vector("x"), s0 = scalar("s0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(a[0] * a[1]); }, {x}, {s0}, {}, std::nullopt,
+                        -1, false, "prod");
+    const std::string s = debugprint(r[0]);
+    CHECK(s.find("Scan{prod} [id A] <float64 vector>") != std::string::npos);
+    CHECK(s.find("Inner graph of Scan{prod} [id A]:") != std::string::npos);
+    CHECK(s.find(" >Elemwise{mul}") != std::string::npos);
+    CHECK(s.find("x[t]") != std::string::npos);
+    CHECK(s.find("s0[t-1]") != std::string::npos);
+}

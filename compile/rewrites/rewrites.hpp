@@ -9,9 +9,12 @@ void register_canonicalize(RewriteRegistry& r);
 void register_stabilize(RewriteRegistry& r);
 void register_specialize(RewriteRegistry& r);
 void register_fusion(RewriteRegistry& r);
+void register_scan(RewriteRegistry& r);
 
 // The fusion pass, also usable alone.
 std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, RewriteLog& log);
+// The loop pass that keeps only the last steps of outputs read as y[-1] (compile/rewrites/scan.cpp).
+std::vector<Variable> scan_save_mem(const std::vector<Variable>& outputs, RewriteLog& log);
 
 // Helpers for writing rewrites.
 namespace pattern {
