@@ -429,6 +429,9 @@ Variable sqr(const Operand& a) { return elemwise(ScalarOp::sqr, {a.var}, a.where
 Variable pow(const Operand& a, const Operand& b) { return elemwise(ScalarOp::pow, {a.var, b.var}, a.where); }
 Variable maximum(const Operand& a, const Operand& b) { return elemwise(ScalarOp::maximum, {a.var, b.var}, a.where); }
 Variable minimum(const Operand& a, const Operand& b) { return elemwise(ScalarOp::minimum, {a.var, b.var}, a.where); }
+Variable clip(const Operand& x, const Operand& lo, const Operand& hi) {
+    return elemwise(ScalarOp::minimum, {elemwise(ScalarOp::maximum, {x.var, lo.var}, x.where), hi.var}, x.where);
+}
 Variable switch_(const Operand& c, const Operand& a, const Operand& b) {
     return elemwise(ScalarOp::switch_, {c.var, a.var, b.var}, c.where);
 }

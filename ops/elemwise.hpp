@@ -106,6 +106,8 @@ Variable pow(const Operand& a, const Operand& b);
 Variable maximum(const Operand& a, const Operand& b);
 Variable minimum(const Operand& a, const Operand& b);
 Variable switch_(const Operand& cond, const Operand& a, const Operand& b);
+// Theano's clip: lo where x < lo, hi where x > hi, x otherwise.
+Variable clip(const Operand& x, const Operand& lo, const Operand& hi);
 Variable eq(const Operand& a, const Operand& b);
 Variable neq(const Operand& a, const Operand& b);
 Variable lt(const Operand& a, const Operand& b);
