@@ -316,7 +316,10 @@ std::string array_str(const std::vector<double>& values, const Shape& shape, boo
 }
 
 std::string scalar_str(double v, bool float32) {
-    return float32 ? fmt::format("{}", static_cast<float>(v)) : fmt::format("{}", v);
+    std::string s = float32 ? fmt::format("{}", static_cast<float>(v)) : fmt::format("{}", v);
+    // Python writes an integral float with ".0"
+    if (s.find_first_of(".eni") == std::string::npos) s += ".0";
+    return s;
 }
 
 }  // namespace theanine::io::numpy
