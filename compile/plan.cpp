@@ -238,7 +238,9 @@ void Plan::check_finite(const Step& s) const {
 void Plan::run_steps() {
     if (profile) step_seconds.resize(steps.size(), 0.0);
     WorkerLimit limit(workers.limit());
-    const auto t0 = std::chrono::steady_clock::now();
+    // Calls are timed only for the worker choice (reading the clock costs as much as a tiny step).
+    const bool timed = workers.adapt && num_threads() > 1;
+    const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     for (std::size_t i = 0; i < steps.size(); ++i) {
         if (i == first_commit) {
             // Every step from here on writes into a shared variable's buffer: check them all
@@ -254,7 +256,14 @@ void Plan::run_steps() {
         }
     }
     if (profile) ++calls;
-    workers.record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (timed) workers.record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+void Plan::end_loop() {
+    for (int s : transient) slots[s] = Tensor();
+    const auto idle = static_cast<std::ptrdiff_t>(std::min(pool_idle, pool.size()));
+    pool.erase(pool.begin(), pool.begin() + idle);
+    pool_idle = pool.size();
 }
 
 std::vector<Tensor> Plan::run() {
@@ -262,11 +271,7 @@ std::vector<Tensor> Plan::run() {
     // frees the pooled buffers no step took.
     struct EndOfCall {
         Plan& p;
-        ~EndOfCall() {
-            for (int s : p.transient) p.slots[s] = Tensor();
-            const auto idle = static_cast<std::ptrdiff_t>(std::min(p.pool_idle, p.pool.size()));
-            p.pool.erase(p.pool.begin(), p.pool.begin() + idle);
-        }
+        ~EndOfCall() { p.end_loop(); }
     } end_of_call{*this};
     pool_idle = pool.size();
     bind_shared(*this);

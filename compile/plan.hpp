@@ -109,10 +109,14 @@ struct Plan {
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
     // Runs the steps with the arguments bound; returns the results and commits the updates.
     std::vector<Tensor> run();
+    // For a loop running this plan as its step (ops/scan.cpp), which binds the inputs' slots
+    // itself and reads the results' slots: the steps alone (the plan has no shared
+    // variables and no updates), then end_loop() once after the last iteration.
+    void run_steps();
+    void end_loop();
 
 private:
     void run_step(Step& s);
-    void run_steps();
     void check_finite(const Step& s) const;
 };
 

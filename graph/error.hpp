@@ -32,7 +32,12 @@ public:
 std::string where_string(const std::source_location& loc);
 #endif
 
-// Throws InternalError with the message when cond is false.
+// Throws InternalError with the message when cond is false. The message is only built into
+// an error when the check fails (the literal form allocates nothing on the hot paths).
+[[noreturn]] void internal_failure(const char* message);
+inline void internal_check(bool cond, const char* message) {
+    if (!cond) internal_failure(message);
+}
 void internal_check(bool cond, const std::string& message);
 
 }  // namespace theanine

@@ -23,6 +23,8 @@ void internal_check(bool cond, const std::string& message) {
     if (!cond) throw InternalError("theanine internal error: " + message);
 }
 
+void internal_failure(const char* message) { throw InternalError(std::string("theanine internal error: ") + message); }
+
 std::size_t dtype_size(DType dt) {
     switch (dt) {
     case DType::float32: return 4;
@@ -299,6 +301,16 @@ Tensor Tensor::index(int axis, std::int64_t i) const {
     t.shape_.erase(t.shape_.begin() + axis);
     t.strides_.erase(t.strides_.begin() + axis);
     return t;
+}
+
+void Tensor::assign_row(const Tensor& base, std::int64_t i) {
+    internal_check(base.ndim() >= 1 && i >= 0 && i < base.dim(0), "assign_row: row out of range");
+    storage_ = base.storage_;
+    dtype_ = base.dtype_;
+    placed_ = false;
+    offset_ = base.offset_ + i * base.strides_[0];
+    shape_.assign(base.shape_.begin() + 1, base.shape_.end());
+    strides_.assign(base.strides_.begin() + 1, base.strides_.end());
 }
 
 Tensor Tensor::reshape_view(const Shape& shape) const {

@@ -128,6 +128,9 @@ public:
     Tensor transpose() const;                                  // reverses the axes
     Tensor slice(int axis, std::int64_t start, std::int64_t stop, std::int64_t step) const;
     Tensor index(int axis, std::int64_t i) const;  // drops the axis
+    // Makes this tensor the view base.index(0, i), reusing its own shape and stride storage
+    // (a loop rebinds its step's inputs this way without allocating).
+    void assign_row(const Tensor& base, std::int64_t i);
     Tensor reshape_view(const Shape& shape) const;  // contiguous tensors only
 
     Tensor copy() const;  // contiguous deep copy

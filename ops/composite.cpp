@@ -253,10 +253,7 @@ std::vector<TensorType> Composite::make_types(const std::vector<Variable>& input
 }
 
 void Composite::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
-    std::vector<const Tensor*> ins(in.begin(), in.end());
-    std::vector<std::vector<bool>> bcs;
-    for (const auto& v : node.inputs) bcs.push_back(v.broadcastable());
-    const Shape os = broadcast_shapes(name(), ins, bcs);
+    const Shape os = broadcast_shapes(*this, in, node);
     const int nd = static_cast<int>(os.size());
     const int n_out = static_cast<int>(outputs_.size());
     // Output shapes; for a sum, the strides of its accumulator over the loop shape's axes

@@ -196,21 +196,28 @@ DType promote(DType a, DType b) {
     return hi;
 }
 
-Shape broadcast_shapes(const std::string& op_name, const std::vector<const Tensor*>& inputs,
-                       const std::vector<std::vector<bool>>& broadcastable) {
+namespace {
+
+template <class Broadcastable>
+Shape broadcast_shapes_impl(const Op& op, std::span<const Tensor* const> inputs, const Broadcastable& bc) {
     int nd = 0;
     for (auto* t : inputs) nd = std::max(nd, t->ndim());
     Shape out(static_cast<std::size_t>(nd), 1);
-    std::vector<int> who(static_cast<std::size_t>(nd), -1);
+    int who_small[8];
+    std::vector<int> who_big;
+    int* who = who_small;
+    if (nd > 8) {
+        who_big.resize(static_cast<std::size_t>(nd));
+        who = who_big.data();
+    }
+    for (int d = 0; d < nd; ++d) who[d] = -1;
     for (std::size_t k = 0; k < inputs.size(); ++k) {
         const Tensor& t = *inputs[k];
         if (t.ndim() != nd) {
-            throw UsageError(fmt::format("{}: input {} has {} dimensions, expected {}", op_name, k,
-                                         t.ndim(), nd));
+            throw UsageError(fmt::format("{}: input {} has {} dimensions, expected {}", op.name(), k, t.ndim(), nd));
         }
         for (int d = 0; d < nd; ++d) {
-            const bool bc = !broadcastable.empty() && broadcastable[k][static_cast<std::size_t>(d)];
-            if (bc) continue;
+            if (bc(k, d)) continue;
             if (who[d] < 0) {
                 out[d] = t.dim(d);
                 who[d] = static_cast<int>(k);
@@ -218,12 +225,27 @@ Shape broadcast_shapes(const std::string& op_name, const std::vector<const Tenso
                 throw UsageError(fmt::format(
                     "{}: shapes do not match along axis {}: input {} has shape {}, input {} has "
                     "shape {}",
-                    op_name, d, who[d], shape_string(inputs[static_cast<std::size_t>(who[d])]->shape()), k,
+                    op.name(), d, who[d], shape_string(inputs[static_cast<std::size_t>(who[d])]->shape()), k,
                     shape_string(t.shape())));
             }
         }
     }
     return out;
+}
+
+}  // namespace
+
+Shape broadcast_shapes(const Op& op, std::span<const Tensor* const> inputs, const Node& node) {
+    return broadcast_shapes_impl(op, inputs, [&](std::size_t k, int d) {
+        return node.inputs[k].broadcastable()[static_cast<std::size_t>(d)];
+    });
+}
+
+Shape broadcast_shapes(const Op& op, std::span<const Tensor* const> inputs,
+                       const std::vector<std::vector<bool>>& broadcastable) {
+    return broadcast_shapes_impl(op, inputs, [&](std::size_t k, int d) {
+        return !broadcastable.empty() && broadcastable[k][static_cast<std::size_t>(d)];
+    });
 }
 
 std::string Elemwise::name() const { return fmt::format("Elemwise{{{}}}", info(op_).name); }
@@ -277,15 +299,12 @@ std::optional<std::vector<Shape>> Elemwise::infer_shape(const std::vector<Shape>
 
 void Elemwise::perform(const Node& node, std::span<const Tensor* const> in,
                        std::span<Tensor* const> out) const {
-    std::vector<const Tensor*> ins(in.begin(), in.end());
-    std::vector<std::vector<bool>> bcs;
-    for (const auto& v : node.inputs) bcs.push_back(v.broadcastable());
     Shape os;
     if (op_ == ScalarOp::second) {
         os = in[0]->shape();
-        broadcast_shapes(name(), ins, bcs);
+        broadcast_shapes(*this, in, node);
     } else {
-        os = broadcast_shapes(name(), ins, bcs);
+        os = broadcast_shapes(*this, in, node);
     }
     const DType out_dt = node.types[0].dtype;
     out[0]->ensure(out_dt, os);

@@ -62,9 +62,11 @@ private:
     DType to_;
 };
 
-// The broadcast output shape of elementwise inputs; throws UsageError naming op_name and the
-// inputs when a non-broadcastable axis differs.
-Shape broadcast_shapes(const std::string& op_name, const std::vector<const Tensor*>& inputs,
+// The broadcast output shape of elementwise inputs; throws UsageError naming the op and the
+// inputs when a non-broadcastable axis differs. The first form takes the broadcastable flags
+// of node's inputs (it allocates nothing but the result; kernels call it on every call).
+Shape broadcast_shapes(const Op& op, std::span<const Tensor* const> inputs, const Node& node);
+Shape broadcast_shapes(const Op& op, std::span<const Tensor* const> inputs,
                        const std::vector<std::vector<bool>>& broadcastable);
 
 // An operand of a builder: a Variable or a C++ number (wrapped as a weak constant), with the

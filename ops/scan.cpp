@@ -188,6 +188,8 @@ struct ScanAccess {
         CompileOptions opt;
         opt.on_unused_input = CompileOptions::UnusedInput::ignore;
         opt.no_default_updates = true;
+        // The outer call chooses the workers for the whole loop (WorkerLimit nests).
+        opt.adapt_workers = false;
         return function(ins, outs, {}, {}, opt);
     }
 };
@@ -249,6 +251,12 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
 
     WorkerLease lease(*inner_);
     Plan& p = lease.plan();
+    // The step's plan runs with its input slots bound here and its results read from their
+    // slots; end_loop() lets go of the bound values whatever happens.
+    struct EndOfLoop {
+        Plan& p;
+        ~EndOfLoop() { p.end_loop(); }
+    } end_of_loop{p};
     const std::size_t n_out = info.out_taps.size();
     std::vector<Tensor> state(info.n_shared), next_state(info.n_shared);
     for (std::size_t m = 0; m < info.n_shared; ++m) state[m] = *in[ol.shared0 + m];
@@ -261,13 +269,14 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
     auto row_of = [&](std::size_t j, std::int64_t t) {
         return info.keep_last[j] > 0 ? t % info.keep_last[j] : t;
     };
-    auto bind = [&](std::size_t inner_index, const Tensor& t) { p.slots[p.inputs[inner_index].slot] = t; };
+    auto slot = [&](std::size_t inner_index) -> Tensor& { return p.slots[p.inputs[inner_index].slot]; };
+    for (std::size_t i = 0; i < info.n_non_seqs; ++i) slot(il.nonseq0 + i) = *in[ol.nonseq0 + i];
 
     for (std::int64_t t = 0; t < n; ++t) {
         for (std::size_t s = 0; s < info.seq_taps.size(); ++s) {
             const auto& taps = info.seq_taps[s];
             for (std::size_t k = 0; k < taps.size(); ++k) {
-                bind(il.seq[s][k], in[ol.seq0 + s]->index(0, t + taps[k] - taps.front()));
+                slot(il.seq[s][k]).assign_row(*in[ol.seq0 + s], t + taps[k] - taps.front());
             }
         }
         for (std::size_t j = 0; j < n_out; ++j) {
@@ -275,19 +284,21 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
             const std::int64_t L = info.init_rows(j);
             for (std::size_t k = 0; k < taps.size(); ++k) {
                 const std::int64_t pos = t + taps[k];
-                bind(il.tap[j][k], pos < 0 ? in[ol.init_of[j]]->index(0, L + pos) : out[j]->index(0, row_of(j, pos)));
+                if (pos < 0) {
+                    slot(il.tap[j][k]).assign_row(*in[ol.init_of[j]], L + pos);
+                } else {
+                    slot(il.tap[j][k]).assign_row(*out[j], row_of(j, pos));
+                }
             }
         }
-        for (std::size_t m = 0; m < info.n_shared; ++m) bind(il.shared0 + m, state[m]);
-        for (std::size_t i = 0; i < info.n_non_seqs; ++i) bind(il.nonseq0 + i, *in[ol.nonseq0 + i]);
-        std::vector<Tensor> res;
+        for (std::size_t m = 0; m < info.n_shared; ++m) slot(il.shared0 + m) = state[m];
         try {
-            res = p.run();
+            p.run_steps();
         } catch (const UsageError& e) {
             throw UsageError(fmt::format("{} step {}: {}", who, t, e.what()));
         }
         for (std::size_t j = 0; j < n_out; ++j) {
-            const Tensor& r = res[j];
+            const Tensor& r = p.slots[p.results[j].slot];
             if (t == 0) {
                 row_shape[j] = r.shape();
                 if (ol.init_of[j] != std::string::npos) {
@@ -302,16 +313,25 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
                 }
                 Shape full{kept[j]};
                 full.insert(full.end(), r.shape().begin(), r.shape().end());
+                // The stacked buffer must not be one the step still reads from (a fed-back
+                // row of the previous call's output): ensure() reuses it only when it is ours.
                 out[j]->ensure(r.dtype(), full);
             } else if (r.shape() != row_shape[j]) {
                 throw UsageError(fmt::format("{}: output {} has shape {} at step {} but {} at step 0; every step must "
                                              "return the same shape{}", who, j, shape_string(r.shape()), t,
                                              shape_string(row_shape[j]), at));
             }
-            out[j]->index(0, row_of(j, t)).copy_from(r);
+            Tensor& o = *out[j];
+            const std::int64_t row = row_of(j, t);
+            if (r.is_contiguous() && r.dtype() == o.dtype()) {
+                const std::size_t bytes = static_cast<std::size_t>(r.size()) * dtype_size(r.dtype());
+                std::memcpy(static_cast<char*>(o.raw_data()) + static_cast<std::size_t>(row) * bytes, r.raw_data(), bytes);
+            } else {
+                o.index(0, row).copy_from(r);
+            }
         }
         for (std::size_t m = 0; m < info.n_shared; ++m) {
-            const Tensor& r = res[n_out + m];
+            const Tensor& r = p.slots[p.results[n_out + m].slot];
             if (!(next_state[m].defined() && next_state[m].storage_use_count() == 1)) next_state[m] = Tensor();
             next_state[m].ensure(r.dtype(), r.shape());
             next_state[m].copy_from(r);

@@ -597,7 +597,7 @@ void IncSubtensor::perform(const Node& node, std::span<const Tensor* const> in, 
     auto r = resolve(name(), spec_, x, in.subspan(2));
     Tensor region = view_of(*out[0], r);
     std::vector<const Tensor*> pair = {&region, &y};
-    broadcast_shapes(name(), pair, {std::vector<bool>(static_cast<std::size_t>(region.ndim()), false),
+    broadcast_shapes(*this, pair, {std::vector<bool>(static_cast<std::size_t>(region.ndim()), false),
                                     node.inputs[1].broadcastable()});
     dispatch(x.dtype(), [&]<class T>() {
         T* base = static_cast<T*>(region.raw_data());

@@ -294,7 +294,10 @@ std::string format_row(const std::vector<std::string>& words, const std::string&
     }
     if (!words.empty()) extend_line(s, line, words.back(), elem_width, hanging);
     s += line;
-    return "[" + s.substr(hanging.size()) + "]";
+    std::string out("[");
+    out.append(s, hanging.size(), std::string::npos);
+    out += ']';
+    return out;
 }
 
 }  // namespace
@@ -310,9 +313,14 @@ std::string array_str(const std::vector<double>& values, const Shape& shape, boo
     for (std::size_t r = 0; r < rows; ++r) {
         std::vector<std::string> row(words.begin() + static_cast<std::ptrdiff_t>(r * cols),
                                      words.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols));
-        s += " " + format_row(row, "  ", kLineWidth - 1) + (r + 1 < rows ? "\n" : "");
+        s += ' ';
+        s += format_row(row, "  ", kLineWidth - 1);
+        if (r + 1 < rows) s += '\n';
     }
-    return "[" + s.substr(1) + "]";
+    std::string out("[");
+    out.append(s, 1, std::string::npos);
+    out += ']';
+    return out;
 }
 
 std::string scalar_str(double v, bool float32) {
