@@ -677,25 +677,40 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
             throw InternalError(fmt::format("{}: grad of a scan whose output {} keeps only its last steps", who, j));
         }
     }
-    // The step must not read a float shared state: its value at each step is not kept.
+    // Shared states the step's outputs read (random generator states, variables the loop
+    // updates): the reversed loop needs their value at every step, so a second forward loop,
+    // the same step with those values stacked as extra outputs, records them (it draws the
+    // very same numbers: it starts from the same states). The states themselves get no
+    // gradient (Theano's "Shared Variable with update").
+    std::vector<std::size_t> read_states;
     {
-        std::unordered_set<const Node*> states;
-        for (std::size_t m = 0; m < info.n_shared; ++m) states.insert(inner_->inputs[il.shared0 + m].node_ptr().get());
         std::vector<Variable> outs(inner_->outputs.begin(), inner_->outputs.begin() + static_cast<std::ptrdiff_t>(n_out));
-        for (const auto& nd : toposort(outs)) {
-            if (!states.count(nd.get())) continue;
-            const std::size_t m = static_cast<std::size_t>(
-                std::find_if(inner_->inputs.begin(), inner_->inputs.end(),
-                             [&](const Variable& v) { return v.node_ptr().get() == nd.get(); }) -
-                inner_->inputs.begin()) - il.shared0;
-            const std::string reason = fmt::format(
-                "the step reads shared variable '{}', which the loop updates (Shared Variable with update); the "
-                "gradient through such a loop is not defined", node.inputs[ol.shared0 + m].label());
-            for (std::size_t i = 1; i < node.inputs.size(); ++i) {
-                if (is_float(node.inputs[i].dtype())) result[i] = not_differentiable(*this, static_cast<int>(i), reason);
+        std::unordered_set<const Node*> reached;
+        for (const auto& nd : toposort(outs)) reached.insert(nd.get());
+        for (std::size_t m = 0; m < info.n_shared; ++m) {
+            if (!reached.count(inner_->inputs[il.shared0 + m].node_ptr().get())) continue;
+            read_states.push_back(m);
+            if (is_float(node.inputs[ol.shared0 + m].dtype())) {
+                result[ol.shared0 + m] = not_differentiable(
+                    *this, static_cast<int>(ol.shared0 + m),
+                    fmt::format("shared variable '{}' is updated inside the loop (Shared Variable with update)",
+                                node.inputs[ol.shared0 + m].label()));
             }
-            return result;
         }
+    }
+    std::vector<Variable> state_stacks;
+    if (!read_states.empty()) {
+        ScanInfo rec = info;
+        std::vector<Variable> rec_outs(inner_->outputs.begin(), inner_->outputs.begin() + static_cast<std::ptrdiff_t>(n_out));
+        for (std::size_t m : read_states) {
+            rec.out_taps.emplace_back();
+            rec.keep_last.push_back(0);
+            rec_outs.push_back(inner_->inputs[il.shared0 + m]);
+        }
+        rec_outs.insert(rec_outs.end(), inner_->outputs.begin() + static_cast<std::ptrdiff_t>(n_out), inner_->outputs.end());
+        rec.name = "states_of_" + (info.name.empty() ? std::string("scan_fn") : info.name);
+        auto outs = make_scan_node(rec, inner_->inputs, rec_outs, node.inputs, inner_->where);
+        for (std::size_t i = 0; i < read_states.size(); ++i) state_stacks.push_back(outs[n_out + i]);
     }
 
     const Variable n = node.inputs[0];
@@ -721,6 +736,7 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
             bseqs.emplace_back(subtensor(H[j], {slice(L + k, add(n, constant(static_cast<double>(L + k), DType::int64)))}));
         }
     }
+    for (const Variable& st : state_stacks) bseqs.emplace_back(st);
     std::vector<std::size_t> gy_pos(n_out, std::string::npos);
     for (std::size_t j = 0; j < n_out; ++j) {
         if (!out_grads[j].defined()) continue;
@@ -748,7 +764,8 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
                                   node.inputs.begin() + static_cast<std::ptrdiff_t>(ol.end));
 
     auto inner = inner_;
-    auto bwd = [inner, info, il, n_out, gy_pos, nacc_out, float_nonseq, n_seq_grads](const std::vector<Variable>& args) {
+    auto bwd = [inner, info, il, n_out, gy_pos, nacc_out, float_nonseq, n_seq_grads,
+                read_states](const std::vector<Variable>& args) {
         // args: sequence windows, H windows, outside gradients; accumulators; non-sequences.
         std::size_t k = 0;
         VarMap<Variable> rep;
@@ -761,6 +778,7 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
             tap_args.push_back(args[k]);
             rep[key(inner->inputs[info.n_seq_inputs() + q])] = args[k++];
         }
+        for (std::size_t m : read_states) rep[key(inner->inputs[il.shared0 + m])] = args[k++];
         std::vector<Variable> gy(n_out);
         for (std::size_t j = 0; j < n_out; ++j) {
             if (gy_pos[j] != std::string::npos) gy[j] = args[k++];
