@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
         io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
         CompileOptions options;
         options.nan_guard = options.nan_guard || common.nan_guard;
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size);
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size, common.scale());
         io::SharedSplits sets(d);
         const long bs = batch_size;
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
@@ -89,25 +89,26 @@ int main(int argc, char** argv) {
         const std::size_t n_layers = sda.dA_layers.size();
         std::size_t layer0 = 0;
         std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
-        double sum0 = 0;
+        io::EpochCosts costs0;
         if (resumed) io::set_values(*resumed, "state", state);
         if (resumed_in_pretraining) {
             layer0 = static_cast<std::size_t>(io::get_int(*resumed, "pretrain_layer"));
             epoch0 = io::get_int(*resumed, "pretrain_epoch");
             batch0 = io::get_int(*resumed, "pretrain_batch");
-            sum0 = io::get_double(*resumed, "pretrain_sum");
+            costs0 = io::EpochCosts::from_tensor(resumed->at("pretrain_costs"));
             steps = io::get_int(*resumed, "steps");
         } else if (resumed) {
             layer0 = n_layers;  // in fine-tuning
         }
         say("... pre-training the model", resumed);
-        auto pretrain_checkpoint = [&](std::size_t layer, std::int64_t epoch, std::int64_t batch, double sum) {
+        auto pretrain_checkpoint = [&](std::size_t layer, std::int64_t epoch, std::int64_t batch,
+                                       const io::EpochCosts& costs) {
             io::Checkpoint c;
             io::put_values(c, "state", state);
             c["pretrain_layer"] = io::int_entry(static_cast<std::int64_t>(layer));
             c["pretrain_epoch"] = io::int_entry(epoch);
             c["pretrain_batch"] = io::int_entry(batch);
-            c["pretrain_sum"] = io::double_entry(sum);
+            c["pretrain_costs"] = costs.to_tensor();
             c["steps"] = io::int_entry(steps);
             c["printed"] = run.out.to_tensor();
             run.checkpoints.save(c);
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
         for (std::size_t i = layer0; i < n_layers; ++i) {
             for (std::int64_t epoch = i == layer0 ? epoch0 : 0; epoch < pretrain_epochs; ++epoch) {
                 const bool resuming_here = i == layer0 && epoch == epoch0;
-                double c = resuming_here ? sum0 : 0;
+                io::EpochCosts c = resuming_here ? costs0 : io::EpochCosts();
                 io::Progress progress(fmt::format("pre-training layer {}, epoch {}", i, epoch));
                 for (std::int64_t b = resuming_here ? batch0 : 0; b < n_train; ++b) {
                     const double cost = pretraining_fns[i]
@@ -129,7 +130,7 @@ int main(int argc, char** argv) {
                                                      "{}; rerun with --nan-guard to find the op that made it", i, cost,
                                                      epoch, b));
                     }
-                    c += cost;
+                    c.add(cost);
                     ++steps;
                     progress.update(b + 1, n_train);
                     if (b + 1 < n_train && (run.checkpoints.due(steps) || io::stop_requested())) {
@@ -138,14 +139,14 @@ int main(int argc, char** argv) {
                     }
                 }
                 progress.clear();
-                run.out.print(fmt::sprintf("Pre-training layer %zu, epoch %d, cost %.10g", i, static_cast<int>(epoch),
-                                           c / static_cast<double>(n_train)));
+                run.out.print(fmt::sprintf("Pre-training layer %zu, epoch %d, cost %f", i, static_cast<int>(epoch),
+                                           c.mean()));
                 const bool last = i + 1 == n_layers && epoch + 1 == pretrain_epochs;
                 if (!last) {
                     if (epoch + 1 < pretrain_epochs) {
-                        pretrain_checkpoint(i, epoch + 1, 0, 0);
+                        pretrain_checkpoint(i, epoch + 1, 0, io::EpochCosts());
                     } else {
-                        pretrain_checkpoint(i + 1, 0, 0, 0);
+                        pretrain_checkpoint(i + 1, 0, 0, io::EpochCosts());
                     }
                     if (io::stop_requested()) throw io::Stopped{io::stop_status()};
                 }

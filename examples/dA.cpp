@@ -18,6 +18,8 @@
 #include "examples/io/checkpoint.hpp"
 #include "examples/io/files.hpp"
 #include "examples/io/mnist.hpp"
+#include "examples/io/numpy_like.hpp"
+#include "examples/io/training.hpp"
 #include "examples/io/npy.hpp"
 #include "examples/io/png.hpp"
 #include "examples/io/tile.hpp"
@@ -40,6 +42,7 @@ struct Flags {
     std::uint32_t seed = 123;
     int threads = 0;
     std::int64_t train_size = 50000;
+    int pixel_scale = 255;
     bool save_params = false;
     std::string checkpoint, resume;
     std::int64_t checkpoint_every = 500;
@@ -64,6 +67,8 @@ Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
   --seed N              seed of numpy_rng (default 123)
   --threads N           threads for matrix products (default: all cores)
   --train-size N        training images used, from the start (default 50000)
+  --pixel-scale 255|256 pixels as byte/255 (default, as the tutorial's loader) or byte/256
+                        (as the original mnist.pkl.gz behind the documented figures)
   --save-params         also write W, b and b' of each model as .npy files
   --checkpoint DIR      write DIR/checkpoint.bin every --checkpoint-every minibatches, at
                         each epoch's end and on SIGINT/SIGTERM (then exit)
@@ -149,6 +154,10 @@ Flags parse(int argc, char** argv) {
         } else if (a == "--seed") f.seed = static_cast<std::uint32_t>(parse_int(a, value, 0, 4294967295L));
         else if (a == "--threads") f.threads = static_cast<int>(parse_int(a, value, 1, kIntMax));
         else if (a == "--train-size") f.train_size = parse_int(a, value, 1, std::numeric_limits<long>::max());
+        else if (a == "--pixel-scale") {
+            if (value != "255" && value != "256") bad_flag(fmt::format("--pixel-scale takes 255 or 256, got '{}'", value));
+            f.pixel_scale = value == "256" ? 256 : 255;
+        }
         else if (a == "--checkpoint") f.checkpoint = value;
         else if (a == "--resume") f.resume = value;
         else if (a == "--checkpoint-every") f.checkpoint_every = parse_int(a, value, 1, std::numeric_limits<long>::max());
@@ -157,15 +166,15 @@ Flags parse(int argc, char** argv) {
     return f;
 }
 
-// Where a run is: model (corruption level index), epoch, next minibatch, the sum of this
-// epoch's costs so far, minibatches run in all, and the lines printed.
-io::Checkpoint position(std::size_t level, std::int64_t epoch, std::int64_t batch, double total, std::int64_t steps,
-                        const io::PrintedLines& out) {
+// Where a run is: model (corruption level index), epoch, next minibatch, this epoch's costs
+// so far, minibatches run in all, and the lines printed.
+io::Checkpoint position(std::size_t level, std::int64_t epoch, std::int64_t batch, const io::EpochCosts& costs,
+                        std::int64_t steps, const io::PrintedLines& out) {
     io::Checkpoint c;
     c["level"] = io::int_entry(static_cast<std::int64_t>(level));
     c["epoch"] = io::int_entry(epoch);
     c["batch"] = io::int_entry(batch);
-    c["total"] = io::double_entry(total);
+    c["costs"] = costs.to_tensor();
     c["steps"] = io::int_entry(steps);
     c["printed"] = out.to_tensor();
     return c;
@@ -193,7 +202,7 @@ int main(int argc, char** argv) {
         io::install_stop_signals();
         io::Mnist mnist = io::load_mnist(flags.data);
         const std::int64_t n_train = std::min<std::int64_t>(flags.train_size, mnist.train_images.dim(0));
-        SharedVariable train_set_x = shared(io::mnist_pixels(mnist.train_images, 0, n_train, fx), "train_set_x", true);
+        SharedVariable train_set_x = shared(io::mnist_pixels(mnist.train_images, 0, n_train, fx, flags.pixel_scale), "train_set_x", true);
         const std::int64_t n_batches = n_train / flags.batch_size;
         if (n_batches < 1) {
             bad_flag(fmt::format("--train-size {} is smaller than one batch of {}", n_train, flags.batch_size));
@@ -205,13 +214,13 @@ int main(int argc, char** argv) {
         io::PrintedLines out;
         std::size_t first_level = 0;
         std::int64_t start_epoch = 0, start_batch = 0, steps = 0;
-        double start_total = 0;
+        io::EpochCosts start_costs;
         if (resumed) {
             out.replay(resumed->at("printed"));
             first_level = static_cast<std::size_t>(io::get_int(*resumed, "level"));
             start_epoch = io::get_int(*resumed, "epoch");
             start_batch = io::get_int(*resumed, "batch");
-            start_total = io::get_double(*resumed, "total");
+            start_costs = io::EpochCosts::from_tensor(resumed->at("costs"));
             steps = io::get_int(*resumed, "steps");
         }
 
@@ -238,17 +247,17 @@ int main(int argc, char** argv) {
             const std::vector<SharedVariable> params = {da.W, da.b, da.b_prime};
 
             std::int64_t epoch0 = 0, batch0 = 0;
-            double total = 0;
+            io::EpochCosts costs;
             if (resumed && li == first_level && resumed->count("param0")) {
                 io::set_values(*resumed, "param", params);
                 io::set_values(*resumed, "rng", rng_states);
                 epoch0 = start_epoch;
                 batch0 = start_batch;
-                total = start_total;
+                costs = start_costs;
             }
             // Everything a resumed run needs to continue from minibatch `batch` of `epoch`.
             auto checkpoint = [&](std::int64_t epoch, std::int64_t batch) {
-                io::Checkpoint c = position(li, epoch, batch, total, steps, out);
+                io::Checkpoint c = position(li, epoch, batch, costs, steps, out);
                 io::put_values(c, "param", params);
                 io::put_values(c, "rng", rng_states);
                 checkpoints.save(c);
@@ -266,7 +275,7 @@ int main(int argc, char** argv) {
                                                  c, epoch, i, level);
                         return 1;
                     }
-                    total += c;
+                    costs.add(c);
                     ++steps;
                     progress.update(i + 1, n_batches);
                     if (i + 1 < n_batches) {
@@ -278,8 +287,9 @@ int main(int argc, char** argv) {
                     }
                 }
                 progress.clear();
-                out.print(fmt::format("Training epoch {}, cost {:.15g}", epoch, total / static_cast<double>(n_batches)));
-                total = 0;
+                // print('Training epoch %d, cost ' % epoch, numpy.mean(c, dtype='float64'))
+                out.print(fmt::format("Training epoch {}, cost  {}", epoch, io::numpy::scalar_str(costs.mean())));
+                costs = io::EpochCosts();
                 if (epoch + 1 < flags.epochs) {
                     checkpoint(epoch + 1, 0);
                     if (io::stop_requested()) return stopped(checkpoints);
@@ -300,11 +310,11 @@ int main(int argc, char** argv) {
                 io::save_npy(base + "b_prime.npy", da.b_prime.get_value(true));
             }
             // The next model starts from scratch.
-            if (li + 1 < flags.corruption.size()) checkpoints.save(position(li + 1, 0, 0, 0, steps, out));
+            if (li + 1 < flags.corruption.size()) checkpoints.save(position(li + 1, 0, 0, io::EpochCosts(), steps, out));
             if (io::stop_requested() && li + 1 < flags.corruption.size()) return stopped(checkpoints);
         }
         // A finished run: resuming it prints its lines and trains nothing.
-        checkpoints.save(position(flags.corruption.size(), 0, 0, 0, steps, out));
+        checkpoints.save(position(flags.corruption.size(), 0, 0, io::EpochCosts(), steps, out));
     } catch (const theanine::Error& e) {
         std::cerr << "dA: " << e.what() << "\n";
         return 1;

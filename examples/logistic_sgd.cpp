@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
         io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
         CompileOptions options;
         options.nan_guard = options.nan_guard || common.nan_guard;
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size);
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size, common.scale());
         io::SharedSplits sets(d);
         const long bs = batch_size;
         Variable index = lscalar("index");

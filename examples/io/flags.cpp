@@ -143,6 +143,8 @@ void CommonFlags::add_to(FlagParser& parser, const std::string& save_help) {
     parser.add("threads", &threads, 0, "threads for products, 0 for all cores");
     parser.add("save-params", &save, save_help);
     parser.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
+    parser.add("pixel-scale", &pixel_scale, "pixels as byte/255 (as the tutorials' data loader) or byte/256 (as the "
+                                            "original mnist.pkl.gz, which the documented figures used)", {"255", "256"});
     parser.add("checkpoint", &checkpoint, "write DIR/checkpoint.bin every --checkpoint-every minibatches, at each "
                                           "epoch's end and on SIGINT/SIGTERM (then exit)");
     parser.add("checkpoint-every", &checkpoint_every, 1, "minibatches between checkpoints");

@@ -40,12 +40,14 @@ struct CommonFlags {
     std::string save;  // folder for parameter files; empty: do not save
     int threads = 0;
     std::int64_t train_size = 50000;  // training images, from the start of the training file
+    std::string pixel_scale = "255";  // pixels as byte / 255 (the default) or byte / 256
     std::string checkpoint, resume;
     std::int64_t checkpoint_every = 1000;
     bool nan_guard = false;
     void add_to(FlagParser& parser, const std::string& save_help);
     // Sets config().floatX and the thread count; checks that --save-params can be written.
     void apply() const;
+    int scale() const { return pixel_scale == "256" ? 256 : 255; }
 };
 
 // "1000,1000,1000" -> {1000, 1000, 1000}; throws UsageError naming the flag on a bad item.

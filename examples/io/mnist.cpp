@@ -181,7 +181,10 @@ Mnist load_mnist(const std::string& dir) {
     return m;
 }
 
-Tensor mnist_pixels(const Tensor& images, std::int64_t begin, std::int64_t end, DType dtype) {
+Tensor mnist_pixels(const Tensor& images, std::int64_t begin, std::int64_t end, DType dtype, int pixel_scale) {
+    if (pixel_scale != 255 && pixel_scale != 256) {
+        throw UsageError(fmt::format("mnist_pixels: the pixel scale must be 255 or 256, got {}", pixel_scale));
+    }
     if (begin < 0 || end > images.dim(0) || begin > end) {
         throw UsageError(fmt::format("mnist_pixels: range [{}, {}) outside the {} images", begin, end, images.dim(0)));
     }
@@ -189,7 +192,7 @@ Tensor mnist_pixels(const Tensor& images, std::int64_t begin, std::int64_t end, 
     Tensor out = Tensor::empty(dtype, {end - begin, row});
     const std::uint8_t* src = images.data<std::uint8_t>() + begin * row;
     float table[256];
-    for (int v = 0; v < 256; ++v) table[v] = static_cast<float>(v / 255.0);
+    for (int v = 0; v < 256; ++v) table[v] = static_cast<float>(v / static_cast<double>(pixel_scale));
     const std::int64_t n = out.size();
     if (dtype == DType::float32) {
         float* d = out.data<float>();

@@ -24,6 +24,8 @@ Mnist load_mnist(const std::string& dir);
 
 // Images [begin, end) of a (n, 28, 28) uint8 tensor as an (end-begin, 784) matrix of
 // float32(byte / 255), as the tutorial's mnist.pkl.gz stores them, then cast to dtype.
-Tensor mnist_pixels(const Tensor& images, std::int64_t begin, std::int64_t end, DType dtype);
+// pixel_scale 256 gives float32(byte / 256), as the original mnist.pkl.gz held them (the
+// tutorials' documented figures were made with those).
+Tensor mnist_pixels(const Tensor& images, std::int64_t begin, std::int64_t end, DType dtype, int pixel_scale = 255);
 
 }  // namespace theanine::io

@@ -1,5 +1,7 @@
 #include "examples/io/training.hpp"
 
+#include "examples/io/numpy_like.hpp"
+
 #include "examples/io/files.hpp"
 
 #include <chrono>
@@ -20,7 +22,7 @@
 
 namespace theanine::io {
 
-MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size) {
+MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size, int pixel_scale) {
     Mnist m = load_mnist(dir);
     if (m.train_images.dim(0) < 60000 && train_size == 50000) {
         throw UsageError(fmt::format("MNIST in {} has {} training images, expected 60000", dir, m.train_images.dim(0)));
@@ -35,11 +37,11 @@ MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t 
     };
     const std::int64_t n = m.train_images.dim(0);
     MnistSplits s;
-    s.train_x = mnist_pixels(m.train_images, 0, train_size, dtype);
+    s.train_x = mnist_pixels(m.train_images, 0, train_size, dtype, pixel_scale);
     s.train_y = labels(m.train_labels, 0, train_size);
-    s.valid_x = mnist_pixels(m.train_images, n - 10000, n, dtype);
+    s.valid_x = mnist_pixels(m.train_images, n - 10000, n, dtype, pixel_scale);
     s.valid_y = labels(m.train_labels, n - 10000, n);
-    s.test_x = mnist_pixels(m.test_images, 0, m.test_images.dim(0), dtype);
+    s.test_x = mnist_pixels(m.test_images, 0, m.test_images.dim(0), dtype, pixel_scale);
     s.test_y = labels(m.test_labels, 0, m.test_labels.dim(0));
     return s;
 }
@@ -78,9 +80,28 @@ std::int64_t count_batches(std::int64_t n, std::int64_t batch_size, const std::s
 
 double mean_over_batches(Function& f, std::int64_t n) {
     if (n < 1) throw UsageError("mean_over_batches: no batches");
-    double s = 0;
-    for (std::int64_t i = 0; i < n; ++i) s += f.scalar({static_cast<long>(i)});
-    return s / static_cast<double>(n);
+    std::vector<double> v(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = f.scalar({static_cast<long>(i)});
+    return numpy::mean(v.data(), n);
+}
+
+double EpochCosts::mean() const {
+    if (values.empty()) throw UsageError("EpochCosts::mean: no costs");
+    return numpy::mean(values.data(), static_cast<std::int64_t>(values.size()));
+}
+
+Tensor EpochCosts::to_tensor() const {
+    return Tensor::from_vector<double>({static_cast<std::int64_t>(values.size())}, values);
+}
+
+EpochCosts EpochCosts::from_tensor(const Tensor& t) {
+    if (t.dtype() != DType::float64 || t.ndim() != 1) {
+        throw UsageError(fmt::format("checkpoint: the epoch's costs are {} {}, expected a float64 vector",
+                                     dtype_name(t.dtype()), shape_string(t.shape())));
+    }
+    EpochCosts c;
+    c.values = t.to_doubles();
+    return c;
 }
 
 void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix) {

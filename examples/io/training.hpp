@@ -19,7 +19,8 @@ namespace theanine::io {
 struct MnistSplits {
     Tensor train_x, train_y, valid_x, valid_y, test_x, test_y;
 };
-MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size = 50000);
+MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size = 50000,
+                              int pixel_scale = 255);
 
 // The splits as shared variables (borrowing the tensors), as the tutorials' shared_dataset.
 struct SharedSplits {
@@ -37,8 +38,19 @@ Function minibatch_function(const Variable& index, const std::vector<Variable>& 
 // naming the split when not even one fits (an epoch of nothing, an error rate of 0 / 0).
 std::int64_t count_batches(std::int64_t n, std::int64_t batch_size, const std::string& split);
 
-// The mean of f(i) over batches i = 0 .. n-1 (a scalar-output compiled function).
+// The mean of f(i) over batches i = 0 .. n-1 (a scalar-output compiled function), summed as
+// numpy.mean sums a list of them (pairwise, in float64).
 double mean_over_batches(Function& f, std::int64_t n);
+
+// An epoch's minibatch costs, averaged as the tutorials' numpy.mean(c, dtype='float64')
+// averages them (pairwise sums); kept whole so that a checkpoint can carry them.
+struct EpochCosts {
+    std::vector<double> values;
+    void add(double c) { values.push_back(c); }
+    double mean() const;
+    Tensor to_tensor() const;  // float64 vector
+    static EpochCosts from_tensor(const Tensor& t);
+};
 
 // Writes each shared variable to dir/<prefix><name>.npy (names must be unique).
 void save_params(const std::vector<SharedVariable>& params, const std::string& dir, const std::string& prefix);
