@@ -19,3 +19,4 @@
 #include "ops/shape.hpp"
 #include "models/dA.hpp"
 #include "models/mlp.hpp"
+#include "models/rbm.hpp"

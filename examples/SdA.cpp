@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
             io::minibatch_function(index, {sda.finetune_cost}, updates, sda.x, sda.y, sets.train_x, sets.train_y, bs, options);
         Function valid_fn = io::minibatch_function(index, {sda.errors}, {}, sda.x, sda.y, sets.valid_x, sets.valid_y, bs);
         Function test_fn = io::minibatch_function(index, {sda.errors}, {}, sda.x, sda.y, sets.test_x, sets.test_y, bs);
-        say("... finetuning the model", finetune_resumed);
+        say("... finetunning the model", finetune_resumed);  // sic, as SdA.py prints it
         io::EarlyStopping rule;
         rule.n_epochs = finetune_epochs;
         rule.patience = 10 * n_train;

@@ -74,9 +74,12 @@ void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T*
         d = (-A(0).abs()).exp();
         log1p_unit(dst, n);
         return;
-    case K::relu_add:
-        d = A(0).max(T(0)) + A(1);
+    case K::relu_add: {
+        // Theano's softplus is x itself above 16 (float32: 14).
+        constexpr T hi = std::is_same_v<T, float> ? T(14) : T(16);
+        d = (A(0) > hi).select(A(0), A(0).max(T(0)) + A(1));
         return;
+    }
     case K::cast_identity:
         d = A(0);
         return;
@@ -112,6 +115,9 @@ void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T*
     case ScalarOp::gt: compare(dst, P(0), P(1), n, [](T x, T y) { return x > y; }); break;
     case ScalarOp::ge: compare(dst, P(0), P(1), n, [](T x, T y) { return x >= y; }); break;
     case ScalarOp::second: d = A(1); break;
+    case ScalarOp::int_div: case ScalarOp::mod: case ScalarOp::round_half_to_even:
+        internal_check(false, "Composite: floor division, remainder and rounding are not fused");
+        break;
     }
 }
 

@@ -53,8 +53,11 @@ constexpr ScalarOpInfo kScalarOps[] = {
     {ScalarOp::gt, "gt", 2, false, true, false},
     {ScalarOp::ge, "ge", 2, false, true, false},
     {ScalarOp::second, "second", 2, false, false, false},
+    {ScalarOp::int_div, "int_div", 2, false, false, false},
+    {ScalarOp::mod, "mod", 2, false, false, false},
+    {ScalarOp::round_half_to_even, "round_half_to_even", 1, false, false, false},
 };
-static_assert(std::size(kScalarOps) == static_cast<std::size_t>(ScalarOp::second) + 1,
+static_assert(std::size(kScalarOps) == static_cast<std::size_t>(ScalarOp::round_half_to_even) + 1,
               "every ScalarOp needs a table entry, in enum order");
 
 const ScalarOpInfo& info(ScalarOp op) { return kScalarOps[static_cast<std::size_t>(op)]; }
@@ -70,10 +73,14 @@ T stable_sigmoid(T x) {
     return e / (T(1) + e);
 }
 
+// Theano's softplus: log1p(exp(x)), with x itself above 16 (float32: 14), where the two
+// agree to within exp(-x), and 0 below -745 (float32: -103), where exp(x) is 0.
 template <class T>
 T stable_softplus(T x) {
-    // log(1 + exp(x)) without overflow: x + log1p(exp(-x)) for x > 0.
-    if (x > T(0)) return x + std::log1p(std::exp(-x));
+    constexpr T lo = std::is_same_v<T, float> ? T(-103) : T(-745);
+    constexpr T hi = std::is_same_v<T, float> ? T(14) : T(16);
+    if (x < lo) return T(0);
+    if (x > hi) return x;
     return std::log1p(std::exp(x));
 }
 
@@ -95,6 +102,40 @@ T abs_of(T x) {
     }
 }
 
+// Python's floor division and remainder (the remainder takes the divisor's sign), for
+// integers and floats; an integer division by zero gives 0, as numpy's does.
+template <class T>
+T floor_divide(T x, T y) {
+    if constexpr (std::is_floating_point_v<T>) {
+        if (y == 0) return std::floor(x / y);
+        if (y < 0) return x < 0 ? std::floor((-x) / (-y)) : -std::floor(x / (-y)) - (std::fmod(x, -y) == 0 ? 0 : 1);
+        return x < 0 ? -std::floor((-x) / y) - (std::fmod(-x, y) == 0 ? 0 : 1) : std::floor(x / y);
+    } else if constexpr (std::is_same_v<T, bool>) {
+        return y ? x : false;
+    } else {
+        if (y == 0) return T(0);
+        T q = static_cast<T>(x / y);
+        if ((x % y != 0) && ((x < 0) != (y < 0))) q = static_cast<T>(q - 1);
+        return q;
+    }
+}
+
+template <class T>
+T python_mod(T x, T y) {
+    if constexpr (std::is_floating_point_v<T>) {
+        T r = std::fmod(x, y);
+        if (r != 0 && ((r < 0) != (y < 0))) r += y;
+        return r;
+    } else if constexpr (std::is_same_v<T, bool>) {
+        return false;
+    } else {
+        if (y == 0) return T(0);
+        T r = static_cast<T>(x % y);
+        if (r != 0 && ((r < 0) != (y < 0))) r = static_cast<T>(r + y);
+        return r;
+    }
+}
+
 template <class T>
 void run_op(ScalarOp op, std::span<const Tensor* const> in, Tensor& out) {
     using C = calc_t<T>;
@@ -112,6 +153,14 @@ void run_op(ScalarOp op, std::span<const Tensor* const> in, Tensor& out) {
     case ScalarOp::sgn: return elemwise_loop<T, T>(a1, out, [](T x) { return sign_of(x); });
     case ScalarOp::sqrt: return elemwise_loop<T, T>(a1, out, [&](T x) { return static_cast<T>(std::sqrt(c(x))); });
     case ScalarOp::sqr: return elemwise_loop<T, T>(a1, out, [](T x) { return static_cast<T>(x * x); });
+    case ScalarOp::round_half_to_even:
+        return elemwise_loop<T, T>(a1, out, [](T x) {
+            if constexpr (std::is_floating_point_v<T>) {
+                return std::nearbyint(x);
+            } else {
+                return x;
+            }
+        });
     default: break;
     }
     std::array<const Tensor*, 2> a2{in[0], in.size() > 1 ? in[1] : nullptr};
@@ -124,6 +173,8 @@ void run_op(ScalarOp op, std::span<const Tensor* const> in, Tensor& out) {
     case ScalarOp::maximum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return x < y ? y : x; });
     case ScalarOp::minimum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return y < x ? y : x; });
     case ScalarOp::second: return elemwise_loop<T, T>(a2, out, [](T, T y) { return y; });
+    case ScalarOp::int_div: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return floor_divide(x, y); });
+    case ScalarOp::mod: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return python_mod(x, y); });
     case ScalarOp::eq: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x == y; });
     case ScalarOp::neq: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x != y; });
     case ScalarOp::lt: return elemwise_loop<bool, T>(a2, out, [](T x, T y) { return x < y; });
@@ -334,6 +385,9 @@ std::vector<Variable> Elemwise::pullback(const Node& node, const std::vector<Var
     case ScalarOp::tanh: return {mul(g, sub(1.0, sqr(out)))};
     case ScalarOp::abs: return {mul(g, sgn(x[0]))};
     case ScalarOp::sgn: return {zeros_like(x[0])};
+    case ScalarOp::int_div: return {zeros_like(x[0]), zeros_like(x[1])};
+    case ScalarOp::round_half_to_even: return {zeros_like(x[0])};
+    case ScalarOp::mod: return {g, neg(mul(g, int_div(x[0], x[1])))};
     case ScalarOp::sqrt: return {true_div(mul(g, 0.5), out)};
     case ScalarOp::sqr: return {mul(g, mul(x[0], 2.0))};
     case ScalarOp::pow:
@@ -443,6 +497,9 @@ Variable softplus(const Operand& a) { return elemwise(ScalarOp::softplus, {a.var
 Variable tanh(const Operand& a) { return elemwise(ScalarOp::tanh, {a.var}, a.where); }
 Variable abs(const Operand& a) { return elemwise(ScalarOp::abs, {a.var}, a.where); }
 Variable sgn(const Operand& a) { return elemwise(ScalarOp::sgn, {a.var}, a.where); }
+Variable int_div(const Operand& a, const Operand& b) { return elemwise(ScalarOp::int_div, {a.var, b.var}, a.where); }
+Variable mod(const Operand& a, const Operand& b) { return elemwise(ScalarOp::mod, {a.var, b.var}, a.where); }
+Variable round_half_to_even(const Operand& a) { return elemwise(ScalarOp::round_half_to_even, {a.var}, a.where); }
 Variable sqrt(const Operand& a) { return elemwise(ScalarOp::sqrt, {a.var}, a.where); }
 Variable sqr(const Operand& a) { return elemwise(ScalarOp::sqr, {a.var}, a.where); }
 Variable pow(const Operand& a, const Operand& b) { return elemwise(ScalarOp::pow, {a.var, b.var}, a.where); }

@@ -19,6 +19,9 @@ namespace theanine {
 enum class ScalarOp {
     add, sub, mul, true_div, neg, exp, log, log1p, sigmoid, softplus, tanh, abs, sgn, sqrt, sqr,
     pow, maximum, minimum, switch_, eq, neq, lt, le, gt, ge, second,
+    int_div,             // Python's //: floor division (zero gradient, as Theano's int_div)
+    mod,                 // Python's %: the remainder takes the divisor's sign
+    round_half_to_even,  // numpy.round / Theano's round (zero gradient)
 };
 
 const char* scalar_op_name(ScalarOp op);
@@ -118,6 +121,9 @@ Variable gt(const Operand& a, const Operand& b);
 Variable ge(const Operand& a, const Operand& b);
 // second(a, b): b broadcast to the shape of a (Theano's fill).
 Variable second(const Operand& a, const Operand& b);
+Variable int_div(const Operand& a, const Operand& b);  // a // b
+Variable mod(const Operand& a, const Operand& b);      // a % b
+Variable round_half_to_even(const Operand& a);
 Variable cast(const Operand& a, DType to);
 Variable zeros_like(const Variable& a);
 Variable ones_like(const Variable& a);

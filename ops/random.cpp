@@ -765,11 +765,14 @@ Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, double p,
 
 Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, const Variable& p, std::optional<DType> dtype) {
     if (n != 1) throw UsageError(fmt::format("MRG_RandomStreams::binomial: only n=1 is supported, got n={}", n));
-    if (p.ndim() != 0 || !is_float(p.dtype())) {
-        throw UsageError(fmt::format("MRG_RandomStreams::binomial: p must be a float scalar, got {}", p.type().str()));
+    if (!is_float(p.dtype())) {
+        throw UsageError(fmt::format("MRG_RandomStreams::binomial: p must be a float scalar or tensor, got {}",
+                                     p.type().str()));
     }
+    // cast(uniform(size) < p): p may be a tensor of the sample's shape (an RBM's sigmoid
+    // means), compared in the wider of the two dtypes as Theano compares them.
     Variable u = uniform(size, 0.0, 1.0, config().floatX);
-    return cast(lt(u, cast(p, config().floatX)), dtype.value_or(DType::int64));
+    return cast(lt(u, p), dtype.value_or(DType::int64));
 }
 
 Variable MRG_RandomStreams::normal(const Size& size, double avg, double std, std::optional<DType> dtype) {

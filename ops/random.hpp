@@ -194,7 +194,8 @@ public:
 
     Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
                      std::optional<DType> dtype = std::nullopt) override;
-    // cast(uniform(size) < p, dtype): uniforms in floatX, p a floatX constant (Theano's rule).
+    // cast(uniform(size) < p, dtype): uniforms in floatX, p a floatX constant (Theano's rule),
+    // or a float scalar or tensor (broadcast against the sample).
     Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
     Variable binomial(const Size& size, std::int64_t n, const Variable& p,
                       std::optional<DType> dtype = std::nullopt) override;

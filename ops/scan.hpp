@@ -93,7 +93,7 @@ struct ScanArgs {
     std::vector<ScanSequence> sequences;
     std::vector<ScanOutput> outputs_info;
     std::vector<Variable> non_sequences;
-    Bound n_steps;              // a constant or an integer scalar; absent: the sequences' length
+    Bound n_steps = Bound();    // a constant or an integer scalar; absent: the sequences' length
     int truncate_gradient = -1; // -1: full backpropagation through time
     bool go_backwards = false;  // iterate over the sequences from their last row
     std::string name;           // for messages and debugprint

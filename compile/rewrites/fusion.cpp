@@ -33,7 +33,11 @@ bool is_member_dtype(DType dt, DType compute) { return dt == compute || dt == DT
 bool fusible(const Node& n, DType compute) {
     if (n.kind != NodeKind::apply || n.n_outputs() != 1) return false;
     if (!is_member_dtype(n.types[0].dtype, compute)) return false;
-    if (dynamic_cast<const Elemwise*>(n.op.get())) return true;
+    if (const auto* e = dynamic_cast<const Elemwise*>(n.op.get())) {
+        // Floor division, remainder and rounding run unfused (the fused loops do not have them).
+        const ScalarOp op = e->scalar_op();
+        return op != ScalarOp::int_div && op != ScalarOp::mod && op != ScalarOp::round_half_to_even;
+    }
     if (const auto* c = dynamic_cast<const Cast*>(n.op.get())) {
         return is_member_dtype(c->to(), compute) || (is_float(c->to()) && c->to() == compute);
     }

@@ -53,12 +53,20 @@ std::optional<std::vector<Variable>> local_log1p(const Node& n) {
     return typed(out, keep_shape(n.inputs[0], log1p(*x)));
 }
 
+// log1p(exp(x)) -> softplus(x)
+std::optional<std::vector<Variable>> local_log1p_exp(const Node& n) {
+    Variable out = n.output(0);
+    if (!is(out, ScalarOp::log1p) || !is(n.inputs[0], ScalarOp::exp)) return std::nullopt;
+    return typed(out, softplus(n.inputs[0].node().inputs[0]));
+}
+
 }  // namespace
 
 void register_stabilize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_log_sigmoid", "stabilize", {"fast_run"}, local_log_sigmoid});
     r.add(NodeRewriter{"local_log_one_minus_sigmoid", "stabilize", {"fast_run"}, local_log_one_minus_sigmoid});
     r.add(NodeRewriter{"local_log1p", "stabilize", {"fast_run"}, local_log1p});
+    r.add(NodeRewriter{"local_log1p_exp", "stabilize", {"fast_run"}, local_log1p_exp});
 }
 
 }  // namespace theanine

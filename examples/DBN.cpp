@@ -1,0 +1,181 @@
+// The tutorials' DBN.py: a deep belief network, its RBM layers pretrained one after the other
+// by CD-k (each layer's function takes index and lr, lr with a default, called by name), then
+// fine-tuned as a whole with a logistic regression on top.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+#include <fmt/printf.h>
+
+#include "examples/io/flags.hpp"
+#include "examples/io/numpy_like.hpp"
+#include "examples/io/training.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+
+int main(int argc, char** argv) {
+    int pretrain_epochs = 100, finetune_epochs = 1000, batch_size = 10, k = 1;
+    std::uint32_t seed = 123;
+    double pretrain_lr = 0.01, finetune_lr = 0.1;
+    std::string hidden_text = "1000,1000,1000";
+    io::CommonFlags common;
+    io::FlagParser flags("DBN", "A deep belief network on MNIST, as the tutorials' DBN.py.");
+    flags.add("pretrain-epochs", &pretrain_epochs, 0, "pretraining epochs per layer");
+    flags.add("finetune-epochs", &finetune_epochs, 1, "maximum fine-tuning epochs");
+    flags.add("batch-size", &batch_size, 1, "minibatch size");
+    flags.add("k", &k, 1, "Gibbs steps of CD-k in pretraining");
+    flags.add("pretrain-lr", &pretrain_lr, 0, 1e6, "pretraining SGD step");
+    flags.add("finetune-lr", &finetune_lr, 0, 1e6, "fine-tuning SGD step");
+    flags.add("hidden", &hidden_text, "hidden layer sizes, comma separated");
+    flags.add("seed", &seed, "seed of numpy_rng");
+    common.add_to(flags, "folder to write the parameters into");
+    flags.parse(argc, argv);
+    try {
+        common.apply();
+        std::vector<int> hidden = io::parse_int_list("hidden", hidden_text);
+        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || common.nan_guard;
+        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size, common.scale());
+        io::SharedSplits sets(d);
+        const long bs = batch_size;
+        const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
+                           n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
+                           n_test = io::count_batches(d.test_x.dim(0), bs, "test");
+
+        // A resumed run: where pretraining stopped (n_layers: it had finished), or in fine-tuning.
+        const io::Checkpoint* resumed = run.resumed ? &*run.resumed : nullptr;
+        const bool resumed_in_pretraining = resumed && resumed->count("pretrain_layer");
+        auto say = [&](const std::string& line, bool already_printed) {
+            if (!already_printed) run.out.print(line);
+        };
+
+        RandomState numpy_rng(seed);
+        // DBN.py draws the MRG streams' seed from numpy_rng before the layers' weights.
+        auto theano_rng = std::make_shared<MRG_RandomStreams>(static_cast<std::uint32_t>(numpy_rng.randint(1LL << 30)));
+        say("... building the model", resumed);
+        models::DBN dbn(numpy_rng, theano_rng, 28 * 28, hidden, 10);
+
+        say("... getting the pretraining functions", resumed);
+        auto pretraining_fns = dbn.pretraining_functions(sets.train_x, bs, k, options);
+        // Everything the steps update: the parameters, the RBMs' visible biases and the
+        // Gibbs chains' generator states.
+        std::vector<SharedVariable> state = dbn.params();
+        for (const auto& rbm : dbn.rbm_layers) state.push_back(rbm.vbias);
+        for (const auto& v : theano_rng->state_variables()) state.push_back(v);
+        const std::size_t n_layers = dbn.rbm_layers.size();
+        std::size_t layer0 = 0;
+        std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
+        io::EpochCosts costs0;
+        if (resumed) io::set_values(*resumed, "state", state);
+        if (resumed_in_pretraining) {
+            layer0 = static_cast<std::size_t>(io::get_int(*resumed, "pretrain_layer"));
+            epoch0 = io::get_int(*resumed, "pretrain_epoch");
+            batch0 = io::get_int(*resumed, "pretrain_batch");
+            costs0 = io::EpochCosts::from_tensor(resumed->at("pretrain_costs"));
+            steps = io::get_int(*resumed, "steps");
+        } else if (resumed) {
+            layer0 = n_layers;  // in fine-tuning
+        }
+        say("... pre-training the model", resumed);
+        auto pretrain_checkpoint = [&](std::size_t layer, std::int64_t epoch, std::int64_t batch,
+                                       const io::EpochCosts& costs) {
+            io::Checkpoint c;
+            io::put_values(c, "state", state);
+            c["pretrain_layer"] = io::int_entry(static_cast<std::int64_t>(layer));
+            c["pretrain_epoch"] = io::int_entry(epoch);
+            c["pretrain_batch"] = io::int_entry(batch);
+            c["pretrain_costs"] = costs.to_tensor();
+            c["steps"] = io::int_entry(steps);
+            c["printed"] = run.out.to_tensor();
+            run.checkpoints.save(c);
+        };
+        auto t0 = std::chrono::steady_clock::now();
+        for (std::size_t i = layer0; i < n_layers; ++i) {
+            for (std::int64_t epoch = i == layer0 ? epoch0 : 0; epoch < pretrain_epochs; ++epoch) {
+                const bool resuming_here = i == layer0 && epoch == epoch0;
+                io::EpochCosts c = resuming_here ? costs0 : io::EpochCosts();
+                io::Progress progress(fmt::format("pre-training layer {}, epoch {}", i, epoch));
+                for (std::int64_t b = resuming_here ? batch0 : 0; b < n_train; ++b) {
+                    const double cost =
+                        pretraining_fns[i].call_named({arg("index", static_cast<long>(b)), arg("lr", pretrain_lr)})[0].item();
+                    if (!std::isfinite(cost)) {
+                        progress.clear();
+                        throw UsageError(fmt::format("the pre-training cost of layer {} became {} at epoch {}, minibatch "
+                                                     "{}; rerun with --nan-guard to find the op that made it", i, cost,
+                                                     epoch, b));
+                    }
+                    c.add(cost);
+                    ++steps;
+                    progress.update(b + 1, n_train);
+                    if (b + 1 < n_train && (run.checkpoints.due(steps) || io::stop_requested())) {
+                        pretrain_checkpoint(i, epoch, b + 1, c);
+                        if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+                    }
+                }
+                progress.clear();
+                // print('Pre-training layer %i, epoch %d, cost ' % (i, epoch), end=' ')
+                // print(numpy.mean(c, dtype='float64'))
+                run.out.print(fmt::format("Pre-training layer {}, epoch {}, cost  {}", i, epoch,
+                                          io::numpy::scalar_str(c.mean())));
+                const bool last = i + 1 == n_layers && epoch + 1 == pretrain_epochs;
+                if (!last) {
+                    if (epoch + 1 < pretrain_epochs) {
+                        pretrain_checkpoint(i, epoch + 1, 0, io::EpochCosts());
+                    } else {
+                        pretrain_checkpoint(i + 1, 0, 0, io::EpochCosts());
+                    }
+                    if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+                }
+            }
+        }
+        const bool finetune_resumed = resumed && !resumed_in_pretraining;
+        if (!finetune_resumed) {
+            const double pretrain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            std::fprintf(stderr, "The pretraining code for file DBN ran for %.2fm\n", pretrain_s / 60);
+        }
+
+        say("... getting the finetuning functions", finetune_resumed);
+        Variable index = lscalar("index");
+        auto params = dbn.params();
+        std::vector<Variable> pv(params.begin(), params.end());
+        auto g = grad(dbn.finetune_cost, pv);
+        Updates updates;
+        for (std::size_t i = 0; i < params.size(); ++i) updates.emplace_back(params[i], params[i] - finetune_lr * g[i]);
+        Function train_fn =
+            io::minibatch_function(index, {dbn.finetune_cost}, updates, dbn.x, dbn.y, sets.train_x, sets.train_y, bs, options);
+        Function valid_fn = io::minibatch_function(index, {dbn.errors}, {}, dbn.x, dbn.y, sets.valid_x, sets.valid_y, bs);
+        Function test_fn = io::minibatch_function(index, {dbn.errors}, {}, dbn.x, dbn.y, sets.test_x, sets.test_y, bs);
+        say("... finetuning the model", finetune_resumed);
+        io::EarlyStopping rule;
+        rule.n_epochs = finetune_epochs;
+        rule.patience = 4 * n_train;
+        io::Resumable finetuning = run.resumable(state);
+        if (!finetune_resumed) finetuning.resume = nullptr;
+        auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_fn.scalar({static_cast<long>(i)}); },
+                                               n_train, [&] { return io::mean_over_batches(valid_fn, n_valid); },
+                                               [&] { return io::mean_over_batches(test_fn, n_test); }, rule, finetuning);
+        std::printf("Optimization complete with best validation score of %f %%, obtained at iteration %lld, with test "
+                    "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
+        std::fprintf(stderr, "The fine tuning code for file DBN ran for %.2fm\n", r.seconds / 60);
+        if (!common.save.empty()) {
+            for (std::size_t i = 0; i < dbn.sigmoid_layers.size(); ++i) {
+                io::save_params(dbn.sigmoid_layers[i].params(), common.save, "dbn_layer" + std::to_string(i) + "_");
+            }
+            io::save_params(dbn.log_layer->params(), common.save, "dbn_logistic_");
+        }
+    } catch (const io::Stopped& stop) {
+        std::cerr << "DBN: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
+        return stop.status;
+    } catch (const Error& e) {
+        std::cerr << "DBN: " << e.what() << "\n";
+        return 1;
+    } catch (const std::exception& e) {
+        std::cerr << "DBN: " << e.what() << "\n";
+        return 2;
+    }
+    return 0;
+}

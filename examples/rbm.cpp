@@ -1,0 +1,130 @@
+// The tutorials' rbm.py (test_rbm): an RBM trained on MNIST by PCD-15 with MRG binomial draws,
+// the filters written after every epoch, then samples from a persistent chain started at test
+// images, each after plot_every Gibbs steps (a 1000-step scan of gibbs_vhv).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "examples/io/files.hpp"
+#include "examples/io/flags.hpp"
+#include "examples/io/mnist.hpp"
+#include "examples/io/numpy_like.hpp"
+#include "examples/io/png.hpp"
+#include "examples/io/tile.hpp"
+#include "examples/io/training.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+namespace np = theanine::io::numpy;
+
+namespace {
+
+// numpy.mean of a list of the cost's values, in the cost's dtype, as Python prints it.
+std::string mean_text(const std::vector<double>& v, DType dt) {
+    if (dt == DType::float32) {
+        std::vector<float> f(v.begin(), v.end());
+        return np::scalar_str(np::mean(f.data(), static_cast<std::int64_t>(f.size())), true);
+    }
+    return np::scalar_str(np::mean(v.data(), static_cast<std::int64_t>(v.size())));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int epochs = 15, batch_size = 20, k = 15, hidden = 500, chains = 20, samples = 10, plot_every = 1000, threads = 0;
+    double learning_rate = 0.1;
+    std::int64_t train_size = 50000;
+    std::string data = "data/mnist", output = "rbm_plots", floatX = "float64", pixel_scale = "255";
+    io::FlagParser flags("rbm", "A restricted Boltzmann machine trained by PCD-k on MNIST, then sampled, as the "
+                                "tutorials' rbm.py.");
+    flags.add("epochs", &epochs, 1, "training epochs");
+    flags.add("batch-size", &batch_size, 1, "minibatch size (and the persistent chain's rows)");
+    flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
+    flags.add("k", &k, 1, "Gibbs steps per update (PCD-k)");
+    flags.add("hidden", &hidden, 1, "hidden units");
+    flags.add("chains", &chains, 1, "parallel chains sampled after training");
+    flags.add("samples", &samples, 0, "samples plotted per chain");
+    flags.add("plot-every", &plot_every, 1, "Gibbs steps between plotted samples");
+    flags.add("data", &data, "folder with the MNIST IDX files");
+    flags.add("output", &output, "folder for filters_at_epoch_N.png and samples.png");
+    flags.add("floatX", &floatX, "float type of the graph", {"float64", "float32"});
+    flags.add("threads", &threads, 0, "threads for products, 0 for all cores");
+    flags.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
+    flags.add("pixel-scale", &pixel_scale, "pixels as byte/255 or byte/256", {"255", "256"});
+    flags.parse(argc, argv);
+    try {
+        config().floatX = dtype_from_name(floatX);
+        const DType fx = config().floatX;
+        if (threads > 0) set_num_threads(threads);
+        io::check_writable_dir(output, "--output");
+        io::MnistSplits d = io::load_mnist_splits(data, fx, train_size, pixel_scale == "256" ? 256 : 255);
+        SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
+        const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
+
+        Variable index = lscalar("index");
+        Variable x = matrix("x");
+        RandomState rng(123);
+        auto theano_rng = std::make_shared<MRG_RandomStreams>(static_cast<std::uint32_t>(rng.randint(1LL << 30)));
+        SharedVariable persistent_chain = shared(Tensor::zeros(fx, {batch_size, hidden}), "persistent_chain", true);
+        models::RBM rbm(x, 28 * 28, hidden, rng, theano_rng);
+        auto [cost, updates] = rbm.get_cost_updates(learning_rate, persistent_chain, k);
+        const long bs = batch_size;
+        Function train_rbm = function({index}, {cost}, updates, {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}});
+
+        double plotting_time = 0;
+        const auto start = std::chrono::steady_clock::now();
+        for (int epoch = 0; epoch < epochs; ++epoch) {
+            std::vector<double> mean_cost;
+            io::Progress progress(fmt::format("epoch {}", epoch));
+            for (std::int64_t b = 0; b < n_train_batches; ++b) {
+                mean_cost.push_back(train_rbm.scalar({static_cast<long>(b)}));
+                progress.update(b + 1, n_train_batches);
+            }
+            progress.clear();
+            std::printf("Training epoch %d, cost is  %s\n", epoch, mean_text(mean_cost, fx).c_str());
+            std::fflush(stdout);
+            const auto p0 = std::chrono::steady_clock::now();
+            Tensor image = io::tile_raster_images(rbm.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
+            io::write_png_gray(fmt::format("{}/filters_at_epoch_{}.png", output, epoch), image);
+            plotting_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - p0).count();
+        }
+        const double training = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - plotting_time;
+        std::printf("Training took %f minutes\n", training / 60.);
+
+        // Sampling: persistent chains started at `chains` consecutive test images.
+        const std::int64_t n_test = d.test_x.dim(0);
+        if (n_test <= chains) throw UsageError(fmt::format("--chains {} needs more than {} test images", chains, n_test));
+        const std::int64_t test_idx = rng.randint(n_test - chains);
+        SharedVariable persistent_vis_chain =
+            shared(d.test_x.slice(0, test_idx, test_idx + chains, 1).copy(), "persistent_vis_chain");
+        ScanResult r = scan(
+            [&rbm](const std::vector<Variable>& a) {
+                auto g = rbm.gibbs_vhv(a[0]);
+                return ScanStep(std::vector<Variable>(g.begin(), g.end()));
+            },
+            {},
+            {ScanOutput::none(), ScanOutput::none(), ScanOutput::none(), ScanOutput::none(), ScanOutput::none(),
+             ScanOutput(persistent_vis_chain)},
+            {}, plot_every, -1, false, "gibbs_vhv");
+        Updates sample_updates = r.updates;
+        Variable vis_mf = r[4][{-1}], vis_sample = r[5][{-1}];
+        sample_updates.emplace_back(persistent_vis_chain, vis_sample);
+        Function sample_fn = function({}, {vis_mf, vis_sample}, sample_updates);
+        Tensor image_data = Tensor::zeros(DType::uint8, {29 * samples + 1, 29 * chains - 1});
+        for (int idx = 0; idx < samples; ++idx) {
+            auto out = sample_fn();
+            std::printf(" ... plotting sample %d\n", idx);
+            std::fflush(stdout);
+            Tensor tiles = io::tile_raster_images(out[0], {28, 28}, {1, chains}, {1, 1});
+            image_data.slice(0, 29 * idx, 29 * idx + 28, 1).copy_from(tiles);
+        }
+        io::write_png_gray(output + "/samples.png", image_data);
+    } catch (const Error& e) {
+        std::cerr << "rbm: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
