@@ -20,3 +20,4 @@
 #include "models/dA.hpp"
 #include "models/mlp.hpp"
 #include "models/rbm.hpp"
+#include "models/cA.hpp"

@@ -50,6 +50,17 @@ Variable fit_to(const Variable& g, const Variable& var, const Node& node, std::s
     return out;
 }
 
+// Whether g is zeros_like(x) (second(x, 0)): a gradient known to be zero, as floor division,
+// rounding and comparisons give. Such a gradient is not propagated further (the whole
+// backward graph behind it would compute zeros), but the variable still counts as reached.
+bool is_zero_gradient(const Variable& g) {
+    if (!g.is_apply()) return false;
+    const auto* e = dynamic_cast<const Elemwise*>(g.node().op.get());
+    if (!e || e->scalar_op() != ScalarOp::second) return false;
+    const Variable& c = g.node().inputs[1];
+    return c.is_constant() && c.node().value.size() == 1 && c.node().value.item() == 0.0;
+}
+
 Variable sum_terms(const std::vector<Variable>& terms) {
     Variable total = terms[0];
     for (std::size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i]);
@@ -96,6 +107,7 @@ std::vector<Variable> vjp(const std::vector<Variable>& outputs, const std::vecto
     }
 
     VarMap<std::vector<Variable>> contrib;
+    VarMap<bool> zero_reached;  // variables reached only by gradients known to be zero
     for (std::size_t i = 0; i < outputs.size(); ++i) {
         if (!output_grads[i].defined()) continue;
         contrib[key(outputs[i])].push_back(fit_to(output_grads[i], outputs[i], outputs[i].node(), 0));
@@ -129,6 +141,10 @@ std::vector<Variable> vjp(const std::vector<Variable>& outputs, const std::vecto
         for (std::size_t i = 0; i < node->inputs.size(); ++i) {
             const Variable& in = node->inputs[i];
             if (!depends.count(key(in)) || !in_grads[i].defined()) continue;
+            if (is_zero_gradient(in_grads[i])) {
+                zero_reached[key(in)] = true;
+                continue;
+            }
             if (is_not_differentiable(in_grads[i])) {
                 const std::string reason = not_differentiable_reason(in_grads[i]);
                 throw UsageError(fmt::format(
@@ -146,6 +162,10 @@ std::vector<Variable> vjp(const std::vector<Variable>& outputs, const std::vecto
         auto c = contrib.find(key(wrt[i]));
         if (c != contrib.end()) {
             result.push_back(sum_terms(c->second));
+            continue;
+        }
+        if (zero_reached.count(key(wrt[i]))) {
+            result.push_back(zeros_like(wrt[i]));
             continue;
         }
         std::string msg = fmt::format(

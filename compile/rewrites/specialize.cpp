@@ -147,7 +147,24 @@ std::optional<std::vector<Variable>> local_gemm_merge(const Node& n) {
 
 }  // namespace
 
+// pow(x, 2) -> sqr(x), pow(x, 1) -> x, pow(x, 0.5) -> sqrt(x), pow(x, -1) -> 1 / x (as Theano's
+// local_pow_specialize: a library pow per element costs many multiplications)
+std::optional<std::vector<Variable>> local_pow_specialize(const Node& n) {
+    if (!pattern::is_elemwise(n.output(0), static_cast<int>(ScalarOp::pow))) return std::nullopt;
+    const Variable out = n.output(0);
+    const Variable& x = n.inputs[0];
+    if (x.dtype() != out.dtype() || x.broadcastable() != out.broadcastable()) return std::nullopt;
+    Variable rep;
+    if (pattern::is_constant_value(n.inputs[1], 2.0)) rep = sqr(x);
+    else if (pattern::is_constant_value(n.inputs[1], 1.0)) rep = x;
+    else if (pattern::is_constant_value(n.inputs[1], 0.5) && is_float(x.dtype())) rep = sqrt(x);
+    else if (pattern::is_constant_value(n.inputs[1], -1.0) && is_float(x.dtype())) rep = true_div(1.0, x);
+    if (!rep.defined() || rep.dtype() != out.dtype()) return std::nullopt;
+    return std::vector<Variable>{rep};
+}
+
 void register_specialize(RewriteRegistry& r) {
+    r.add(NodeRewriter{"local_pow_specialize", "specialize", {"fast_run"}, local_pow_specialize});
     r.add(NodeRewriter{"local_transpose_of_transpose", "canonicalize", {"fast_run"}, local_transpose_of_transpose});
     r.add(NodeRewriter{"local_transpose_of_dot", "canonicalize", {"fast_run"}, local_transpose_of_dot});
     r.add(NodeRewriter{"local_dot22", "specialize", {"fast_run", "blas"}, local_dot22});

@@ -1,0 +1,100 @@
+// The tutorials' cA.py (test_cA): a contractive autoencoder on MNIST, printing per epoch the
+// numbers the tutorial prints (numpy.mean(c_array[0]) and numpy.mean(sqrt(c_array[1])): the
+// first two minibatches' [reconstruction cost, Jacobian norm] pairs, as the tutorial takes
+// them), then writing cae_filters.png.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "examples/io/files.hpp"
+#include "examples/io/flags.hpp"
+#include "examples/io/numpy_like.hpp"
+#include "examples/io/png.hpp"
+#include "examples/io/tile.hpp"
+#include "examples/io/training.hpp"
+#include "models/cA.hpp"
+#include "theanine.hpp"
+
+using namespace theanine;
+namespace np = theanine::io::numpy;
+
+namespace {
+
+// numpy.mean of two values of the outputs' dtype, as Python prints it.
+std::string mean2(double a, double b, DType dt) {
+    if (dt == DType::float32) {
+        const float v[2] = {static_cast<float>(a), static_cast<float>(b)};
+        return np::scalar_str(np::mean(v, 2), true);
+    }
+    const double v[2] = {a, b};
+    return np::scalar_str(np::mean(v, 2));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int epochs = 20, batch_size = 10, hidden = 500, threads = 0;
+    double learning_rate = 0.01, contraction_level = 0.1;
+    std::int64_t train_size = 50000;
+    std::string data = "data/mnist", output = "cA_plots", floatX = "float64", pixel_scale = "255";
+    io::FlagParser flags("cA", "A contractive autoencoder on MNIST, as the tutorials' cA.py.");
+    flags.add("epochs", &epochs, 1, "training epochs");
+    flags.add("batch-size", &batch_size, 1, "minibatch size");
+    flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
+    flags.add("contraction-level", &contraction_level, 0, 1e6, "weight of the Jacobian norm in the cost");
+    flags.add("hidden", &hidden, 1, "hidden units");
+    flags.add("data", &data, "folder with the MNIST IDX files");
+    flags.add("output", &output, "folder for cae_filters.png");
+    flags.add("floatX", &floatX, "float type of the graph", {"float64", "float32"});
+    flags.add("threads", &threads, 0, "threads for products, 0 for all cores");
+    flags.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
+    flags.add("pixel-scale", &pixel_scale, "pixels as byte/255 or byte/256", {"255", "256"});
+    flags.parse(argc, argv);
+    try {
+        config().floatX = dtype_from_name(floatX);
+        const DType fx = config().floatX;
+        if (threads > 0) set_num_threads(threads);
+        io::check_writable_dir(output, "--output");
+        io::MnistSplits d = io::load_mnist_splits(data, fx, train_size, pixel_scale == "256" ? 256 : 255);
+        SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
+        const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
+        if (n_train_batches < 2) throw UsageError("cA: needs at least two minibatches (the tutorial prints from two)");
+        Variable index = lscalar("index");
+        Variable x = matrix("x");
+        RandomState rng(123);
+        models::cA ca(rng, x, 28 * 28, hidden, batch_size);
+        auto [cost, updates] = ca.get_cost_updates(contraction_level, learning_rate);
+        const long bs = batch_size;
+        Function train_ca = function({index}, {ca.L_rec.mean(), ca.L_jacob}, updates,
+                                     {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}});
+        const auto start = std::chrono::steady_clock::now();
+        for (int epoch = 0; epoch < epochs; ++epoch) {
+            // c_array = numpy.vstack(c): row i holds minibatch i's [mean L_rec, L_jacob].
+            std::vector<std::array<double, 2>> c;
+            io::Progress progress(fmt::format("epoch {}", epoch));
+            for (std::int64_t b = 0; b < n_train_batches; ++b) {
+                auto out = train_ca({static_cast<long>(b)});
+                c.push_back({out[0].item(), out[1].item()});
+                progress.update(b + 1, n_train_batches);
+            }
+            progress.clear();
+            const std::string rec = mean2(c[0][0], c[0][1], fx);
+            const std::string jac = fx == DType::float32
+                                        ? mean2(std::sqrt(static_cast<float>(c[1][0])), std::sqrt(static_cast<float>(c[1][1])), fx)
+                                        : mean2(std::sqrt(c[1][0]), std::sqrt(c[1][1]), fx);
+            std::printf("Training epoch %d, reconstruction cost  %s  jacobian norm  %s\n", epoch, rec.c_str(), jac.c_str());
+            std::fflush(stdout);
+        }
+        const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+        std::fprintf(stderr, "The code for file cA ran for %.2fm\n", minutes);
+        Tensor image = io::tile_raster_images(ca.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
+        io::write_png_gray(output + "/cae_filters.png", image);
+    } catch (const Error& e) {
+        std::cerr << "cA: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
