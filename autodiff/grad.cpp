@@ -126,7 +126,17 @@ std::vector<Variable> vjp(const std::vector<Variable>& outputs, const std::vecto
             out_grads[o] = sum_terms(c->second);
             any_out = true;
         }
-        if (!any_out) continue;
+        if (!any_out) {
+            // Only zero gradients reach this node: its inputs are reached, with zeros.
+            bool zero = false;
+            for (int o = 0; o < node->n_outputs(); ++o) zero = zero || zero_reached.count(VarKey{node.get(), o});
+            if (zero) {
+                for (const auto& in : node->inputs) {
+                    if (depends.count(key(in))) zero_reached[key(in)] = true;
+                }
+            }
+            continue;
+        }
         // Outputs without a gradient get zeros when the op needs all of them.
         for (int o = 0; o < node->n_outputs(); ++o) {
             if (!out_grads[o].defined() && node->n_outputs() > 1 && is_float(node->types[o].dtype)) {
