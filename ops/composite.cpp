@@ -75,9 +75,10 @@ void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T*
         log1p_unit(dst, n);
         return;
     case K::relu_add: {
-        // Theano's softplus is x itself above 16 (float32: 14).
+        // Theano's softplus is x itself above 16 and 0 below -745 (float32: 14 and -103).
         constexpr T hi = std::is_same_v<T, float> ? T(14) : T(16);
-        d = (A(0) > hi).select(A(0), A(0).max(T(0)) + A(1));
+        constexpr T lo = std::is_same_v<T, float> ? T(-103) : T(-745);
+        d = (A(0) > hi).select(A(0), (A(0) < lo).select(T(0), A(0).max(T(0)) + A(1)));
         return;
     }
     case K::cast_identity:

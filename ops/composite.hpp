@@ -28,8 +28,8 @@ class Composite final : public Op {
 public:
     struct Instr {
         // Made by lowering softplus: softplus_tail is log1p(exp(-|x|)), the even part of
-        // softplus; relu_add is max(x, 0) + y, or x itself above Theano's softplus cut (16;
-        // float32: 14).
+        // softplus; relu_add is max(x, 0) + y, or x itself above Theano's softplus cut-off
+        // (16; float32: 14) and 0 below its lower one (-745; float32: -103).
         enum class Kind { scalar, cast_bool, cast_identity, softplus_tail, relu_add } kind = Kind::scalar;
         ScalarOp op = ScalarOp::add;
         std::vector<int> args;  // register indices

@@ -125,3 +125,43 @@ TEST_CASE("ops have value identity through their props") {
     CHECK_FALSE(c.equals(a));
     CHECK(a.infer_shape({{2, 1}, {1, 3}})->at(0) == Shape{2, 3});
 }
+
+TEST_CASE("floor division, remainder and rounding as Python and numpy define them") {
+    Variable a = vector("a"), b = vector("b");
+    Tensor av = T64({6}, {7, -7, 7.5, -7.5, 7, -7}), bv = T64({6}, {2, 2, 2, 2, -3, 3});
+    auto got = eval({a, b}, {int_div(a, b), mod(a, b)}, {av, bv});
+    CHECK(got[0].to_doubles() == std::vector<double>{3, -4, 3, -4, -3, -3});
+    CHECK(got[1].to_doubles() == std::vector<double>{1, 1, 1.5, 0.5, -2, 2});
+    Variable i = lvector("i"), j = lvector("j");
+    auto gi = eval({i, j}, {int_div(i, j), mod(i, j)}, {I64({4}, {7, -7, 7, -7}), I64({4}, {2, 2, -3, 3})});
+    CHECK(gi[0].to_doubles() == std::vector<double>{3, -4, -3, -3});
+    CHECK(gi[1].to_doubles() == std::vector<double>{1, 1, -2, 2});
+    Tensor r = eval1({a}, round_half_to_even(a), {T64({6}, {0.5, 1.5, 2.5, -0.5, -1.5, 0.49999999999999994})});
+    CHECK(r.to_doubles() == std::vector<double>{0, 2, 2, -0.0, -2, 0});
+    // No gradient flows through floor division or rounding (Theano's rule): zeros.
+    Variable s = scalar("s");
+    auto g = eval({s}, {grad(int_div(s * 3.0, 2.0), s), grad(round_half_to_even(s * 3.0), s)}, {1.3});
+    CHECK(g[0].item() == 0.0);
+    CHECK(g[1].item() == 0.0);
+}
+
+TEST_CASE("softplus as Theano computes it: x above 16, 0 below -745, log1p(exp(x)) between") {
+    Variable a = vector("a");
+    CompileOptions unfused;
+    unfused.rewrites.none = true;
+    // The plain kernel and the fused loop (which computes log1p(exp(x)) its own way, to an ulp).
+    for (bool fused : {false, true}) {
+        CAPTURE(fused);
+        Function f = fused ? function({a}, {softplus(a)}) : function({a}, {softplus(a)}, {}, {}, unfused);
+        const auto v = f({T64({5}, {20, 16, 1, -800, -30})})[0].to_doubles();
+        CHECK(v[0] == 20.0);
+        CHECK(v[1] == doctest::Approx(std::log1p(std::exp(16.0))).epsilon(1e-15));
+        CHECK(v[2] == doctest::Approx(std::log1p(std::exp(1.0))).epsilon(1e-15));
+        CHECK(v[3] == 0.0);
+        CHECK(v[4] == doctest::Approx(std::log1p(std::exp(-30.0))).epsilon(1e-15));
+    }
+    // log(1 + exp(x)) becomes softplus(x): finite where exp overflows.
+    Tensor big = eval1({a}, log(1.0 + exp(a)), {T64({2}, {800, 0})});
+    CHECK(big.at({0}) == 800.0);
+    CHECK(big.at({1}) == doctest::Approx(std::log(2.0)).epsilon(1e-15));
+}
