@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "examples/io/checkpoint.hpp"
 #include "examples/io/files.hpp"
 #include "examples/io/flags.hpp"
 #include "examples/io/numpy_like.hpp"
@@ -40,6 +41,8 @@ int main(int argc, char** argv) {
     double learning_rate = 0.01, contraction_level = 0.1;
     std::int64_t train_size = 50000;
     std::string data = "data/mnist", output = "cA_plots", floatX = "float64", pixel_scale = "255";
+    std::string checkpoint_dir, resume_dir;
+    std::int64_t checkpoint_every = 500;
     io::FlagParser flags("cA", "A contractive autoencoder on MNIST, as the tutorials' cA.py.");
     flags.add("epochs", &epochs, 1, "training epochs");
     flags.add("batch-size", &batch_size, 1, "minibatch size");
@@ -52,6 +55,10 @@ int main(int argc, char** argv) {
     flags.add("threads", &threads, 0, "threads for products, 0 for all cores");
     flags.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
     flags.add("pixel-scale", &pixel_scale, "pixels as byte/255 or byte/256", {"255", "256"});
+    flags.add("checkpoint", &checkpoint_dir, "write DIR/checkpoint.bin every --checkpoint-every minibatches, at each "
+                                             "epoch's end and on SIGINT/SIGTERM (then exit)");
+    flags.add("checkpoint-every", &checkpoint_every, 1, "minibatches between checkpoints");
+    flags.add("resume", &resume_dir, "continue the run checkpointed in DIR (same flags), printing its lines again");
     flags.parse(argc, argv);
     try {
         config().floatX = dtype_from_name(floatX);
@@ -70,28 +77,72 @@ int main(int argc, char** argv) {
         const long bs = batch_size;
         Function train_ca = function({index}, {ca.L_rec.mean(), ca.L_jacob}, updates,
                                      {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}});
+        // Resumable: the parameters, the position, and the epoch's first two minibatches'
+        // figures (all the epoch's line needs).
+        io::Run run(checkpoint_dir, checkpoint_every, resume_dir);
+        const std::vector<SharedVariable> state = ca.params();
+        std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
+        std::vector<double> first0;
+        if (run.resumed) {
+            io::set_values(*run.resumed, "state", state);
+            epoch0 = io::get_int(*run.resumed, "epoch");
+            batch0 = io::get_int(*run.resumed, "batch");
+            steps = io::get_int(*run.resumed, "steps");
+            first0 = run.resumed->at("first").to_doubles();
+        }
+        auto checkpoint = [&](std::int64_t epoch, std::int64_t batch, const std::vector<double>& first) {
+            io::Checkpoint ck;
+            io::put_values(ck, "state", state);
+            ck["epoch"] = io::int_entry(epoch);
+            ck["batch"] = io::int_entry(batch);
+            ck["steps"] = io::int_entry(steps);
+            ck["first"] = Tensor::from_vector<double>({static_cast<std::int64_t>(first.size())}, first);
+            ck["printed"] = run.out.to_tensor();
+            run.checkpoints.save(ck);
+        };
         const auto start = std::chrono::steady_clock::now();
-        for (int epoch = 0; epoch < epochs; ++epoch) {
-            // c_array = numpy.vstack(c): row i holds minibatch i's [mean L_rec, L_jacob].
-            std::vector<std::array<double, 2>> c;
+        for (std::int64_t epoch = epoch0; epoch < epochs; ++epoch) {
+            // c_array = numpy.vstack(c): row i holds minibatch i's [mean L_rec, L_jacob]; the
+            // line reads rows 0 and 1 only, kept here as [r0, j0, r1, j1].
+            std::vector<double> first = epoch == epoch0 ? first0 : std::vector<double>();
             io::Progress progress(fmt::format("epoch {}", epoch));
-            for (std::int64_t b = 0; b < n_train_batches; ++b) {
+            for (std::int64_t b = epoch == epoch0 ? batch0 : 0; b < n_train_batches; ++b) {
                 auto out = train_ca({static_cast<long>(b)});
-                c.push_back({out[0].item(), out[1].item()});
+                if (!std::isfinite(out[0].item())) {
+                    progress.clear();
+                    throw UsageError(fmt::format("the reconstruction cost became {} at epoch {}, minibatch {}",
+                                                 out[0].item(), epoch, b));
+                }
+                if (b < 2) {
+                    first.push_back(out[0].item());
+                    first.push_back(out[1].item());
+                }
+                ++steps;
                 progress.update(b + 1, n_train_batches);
+                if (b + 1 < n_train_batches && (run.checkpoints.due(steps) || io::stop_requested())) {
+                    checkpoint(epoch, b + 1, first);
+                    if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+                }
             }
+            const std::vector<std::array<double, 2>> c = {{first[0], first[1]}, {first[2], first[3]}};
             progress.clear();
             const std::string rec = mean2(c[0][0], c[0][1], fx);
             const std::string jac = fx == DType::float32
                                         ? mean2(std::sqrt(static_cast<float>(c[1][0])), std::sqrt(static_cast<float>(c[1][1])), fx)
                                         : mean2(std::sqrt(c[1][0]), std::sqrt(c[1][1]), fx);
-            std::printf("Training epoch %d, reconstruction cost  %s  jacobian norm  %s\n", epoch, rec.c_str(), jac.c_str());
-            std::fflush(stdout);
+            run.out.print(fmt::format("Training epoch {}, reconstruction cost  {}  jacobian norm  {}", epoch, rec, jac));
+            if (epoch + 1 < epochs) {
+                checkpoint(epoch + 1, 0, {});
+                if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+            }
         }
         const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
         std::fprintf(stderr, "The code for file cA ran for %.2fm\n", minutes);
         Tensor image = io::tile_raster_images(ca.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
         io::write_png_gray(output + "/cae_filters.png", image);
+    } catch (const io::Stopped& stop) {
+        std::cerr << "cA: stopped by a signal; resume with --resume " << checkpoint_dir << "\n";
+        return stop.status;
     } catch (const Error& e) {
         std::cerr << "cA: " << e.what() << "\n";
         return 1;

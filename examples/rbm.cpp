@@ -2,12 +2,14 @@
 // the filters written after every epoch, then samples from a persistent chain started at test
 // images, each after plot_every Gibbs steps (a 1000-step scan of gibbs_vhv).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 
 #include <fmt/format.h>
 
+#include "examples/io/checkpoint.hpp"
 #include "examples/io/files.hpp"
 #include "examples/io/flags.hpp"
 #include "examples/io/mnist.hpp"
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
     double learning_rate = 0.1;
     std::int64_t train_size = 50000;
     std::string data = "data/mnist", output = "rbm_plots", floatX = "float64", pixel_scale = "255";
+    std::string checkpoint_dir, resume_dir;
+    std::int64_t checkpoint_every = 500;
     io::FlagParser flags("rbm", "A restricted Boltzmann machine trained by PCD-k on MNIST, then sampled, as the "
                                 "tutorials' rbm.py.");
     flags.add("epochs", &epochs, 1, "training epochs");
@@ -54,6 +58,10 @@ int main(int argc, char** argv) {
     flags.add("threads", &threads, 0, "threads for products, 0 for all cores");
     flags.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
     flags.add("pixel-scale", &pixel_scale, "pixels as byte/255 or byte/256", {"255", "256"});
+    flags.add("checkpoint", &checkpoint_dir, "write DIR/checkpoint.bin every --checkpoint-every minibatches, at each "
+                                             "epoch's end and on SIGINT/SIGTERM (then exit)");
+    flags.add("checkpoint-every", &checkpoint_every, 1, "minibatches between checkpoints");
+    flags.add("resume", &resume_dir, "continue the run checkpointed in DIR (same flags), printing its lines again");
     flags.parse(argc, argv);
     try {
         config().floatX = dtype_from_name(floatX);
@@ -74,25 +82,63 @@ int main(int argc, char** argv) {
         const long bs = batch_size;
         Function train_rbm = function({index}, {cost}, updates, {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}});
 
+        // Everything a step changes: the parameters, the persistent chain, the bit index of the
+        // pseudo-likelihood and the generator states; with the position and the epoch's costs.
+        io::Run run(checkpoint_dir, checkpoint_every, resume_dir);
+        std::vector<SharedVariable> state = rbm.params();
+        state.push_back(persistent_chain);
+        state.push_back(*rbm.bit_i_idx);
+        for (const auto& v : theano_rng->state_variables()) state.push_back(v);
+        std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
+        io::EpochCosts costs0;
+        if (run.resumed) {
+            io::set_values(*run.resumed, "state", state);
+            epoch0 = io::get_int(*run.resumed, "epoch");
+            batch0 = io::get_int(*run.resumed, "batch");
+            steps = io::get_int(*run.resumed, "steps");
+            costs0 = io::EpochCosts::from_tensor(run.resumed->at("costs"));
+        }
+        auto checkpoint = [&](std::int64_t epoch, std::int64_t batch, const io::EpochCosts& costs) {
+            io::Checkpoint c;
+            io::put_values(c, "state", state);
+            c["epoch"] = io::int_entry(epoch);
+            c["batch"] = io::int_entry(batch);
+            c["steps"] = io::int_entry(steps);
+            c["costs"] = costs.to_tensor();
+            c["printed"] = run.out.to_tensor();
+            run.checkpoints.save(c);
+        };
+
         double plotting_time = 0;
         const auto start = std::chrono::steady_clock::now();
-        for (int epoch = 0; epoch < epochs; ++epoch) {
-            std::vector<double> mean_cost;
+        for (std::int64_t epoch = epoch0; epoch < epochs; ++epoch) {
+            io::EpochCosts c = epoch == epoch0 ? costs0 : io::EpochCosts();
             io::Progress progress(fmt::format("epoch {}", epoch));
-            for (std::int64_t b = 0; b < n_train_batches; ++b) {
-                mean_cost.push_back(train_rbm.scalar({static_cast<long>(b)}));
+            for (std::int64_t b = epoch == epoch0 ? batch0 : 0; b < n_train_batches; ++b) {
+                const double v = train_rbm.scalar({static_cast<long>(b)});
+                if (!std::isfinite(v)) {
+                    progress.clear();
+                    throw UsageError(fmt::format("the cost became {} at epoch {}, minibatch {}", v, epoch, b));
+                }
+                c.add(v);
+                ++steps;
                 progress.update(b + 1, n_train_batches);
+                if (b + 1 < n_train_batches && (run.checkpoints.due(steps) || io::stop_requested())) {
+                    checkpoint(epoch, b + 1, c);
+                    if (io::stop_requested()) throw io::Stopped{io::stop_status()};
+                }
             }
             progress.clear();
-            std::printf("Training epoch %d, cost is  %s\n", epoch, mean_text(mean_cost, fx).c_str());
-            std::fflush(stdout);
+            run.out.print(fmt::format("Training epoch {}, cost is  {}", epoch, mean_text(c.values, fx)));
             const auto p0 = std::chrono::steady_clock::now();
             Tensor image = io::tile_raster_images(rbm.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
             io::write_png_gray(fmt::format("{}/filters_at_epoch_{}.png", output, epoch), image);
             plotting_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - p0).count();
+            checkpoint(epoch + 1, 0, io::EpochCosts());
+            if (io::stop_requested()) throw io::Stopped{io::stop_status()};
         }
         const double training = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - plotting_time;
-        std::printf("Training took %f minutes\n", training / 60.);
+        run.out.print(fmt::format("Training took {:f} minutes", training / 60.));
 
         // Sampling: persistent chains started at `chains` consecutive test images.
         const std::int64_t n_test = d.test_x.dim(0);
@@ -116,12 +162,14 @@ int main(int argc, char** argv) {
         Tensor image_data = Tensor::zeros(DType::uint8, {29 * samples + 1, 29 * chains - 1});
         for (int idx = 0; idx < samples; ++idx) {
             auto out = sample_fn();
-            std::printf(" ... plotting sample %d\n", idx);
-            std::fflush(stdout);
+            run.out.print(fmt::format(" ... plotting sample {}", idx));
             Tensor tiles = io::tile_raster_images(out[0], {28, 28}, {1, chains}, {1, 1});
             image_data.slice(0, 29 * idx, 29 * idx + 28, 1).copy_from(tiles);
         }
         io::write_png_gray(output + "/samples.png", image_data);
+    } catch (const io::Stopped& stop) {
+        std::cerr << "rbm: stopped by a signal; resume with --resume " << checkpoint_dir << "\n";
+        return stop.status;
     } catch (const Error& e) {
         std::cerr << "rbm: " << e.what() << "\n";
         return 1;
