@@ -18,26 +18,16 @@
 #include <Eigen/Dense>
 #include <fmt/format.h>
 
+#include "bench/timing.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::median_seconds;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Vec = Eigen::RowVectorXd;
-
-double median_seconds(int reps, const std::function<void()>& f) {
-    std::vector<double> t;
-    for (int r = 0; r < reps; ++r) {
-        auto t0 = Clock::now();
-        f();
-        t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
 
 volatile double sink = 0;
 

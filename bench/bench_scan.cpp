@@ -14,25 +14,14 @@
 #include <Eigen/Dense>
 #include <fmt/format.h>
 
+#include "bench/timing.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::median_seconds;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// The median over `reps` runs of f's seconds.
-double median_seconds(int reps, const std::function<void()>& f) {
-    std::vector<double> t;
-    for (int r = 0; r < reps; ++r) {
-        auto t0 = Clock::now();
-        f();
-        t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
 
 volatile double sink = 0;
 

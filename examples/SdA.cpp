@@ -58,7 +58,6 @@ int main(int argc, char** argv) {
 
         // A resumed run: where pretraining stopped (n_layers: it had finished), or in fine-tuning.
         const io::Checkpoint* resumed = run.resumed ? &*run.resumed : nullptr;
-        const bool resumed_in_pretraining = resumed && resumed->count("pretrain_layer");
         auto say = [&](const std::string& line, bool already_printed) {
             if (!already_printed) run.out.print(line);
         };
@@ -86,77 +85,19 @@ int main(int argc, char** argv) {
         if (auto* r = dynamic_cast<RandomStreams*>(theano_rng.get())) {
             for (const auto& v : r->state_variables()) state.push_back(v);
         }
-        const std::size_t n_layers = sda.dA_layers.size();
-        std::size_t layer0 = 0;
-        std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
-        io::EpochCosts costs0;
-        if (resumed) io::set_values(*resumed, "state", state);
-        if (resumed_in_pretraining) {
-            layer0 = static_cast<std::size_t>(io::get_int(*resumed, "pretrain_layer"));
-            epoch0 = io::get_int(*resumed, "pretrain_epoch");
-            batch0 = io::get_int(*resumed, "pretrain_batch");
-            costs0 = io::EpochCosts::from_tensor(resumed->at("pretrain_costs"));
-            steps = io::get_int(*resumed, "steps");
-        } else if (resumed) {
-            layer0 = n_layers;  // in fine-tuning
-        }
         say("... pre-training the model", resumed);
-        auto pretrain_checkpoint = [&](std::size_t layer, std::int64_t epoch, std::int64_t batch,
-                                       const io::EpochCosts& costs) {
-            io::Checkpoint c;
-            io::put_values(c, "state", state);
-            c["pretrain_layer"] = io::int_entry(static_cast<std::int64_t>(layer));
-            c["pretrain_epoch"] = io::int_entry(epoch);
-            c["pretrain_batch"] = io::int_entry(batch);
-            c["pretrain_costs"] = costs.to_tensor();
-            c["steps"] = io::int_entry(steps);
-            c["printed"] = run.out.to_tensor();
-            run.checkpoints.save(c);
-        };
-        auto t0 = std::chrono::steady_clock::now();
-        for (std::size_t i = layer0; i < n_layers; ++i) {
-            for (std::int64_t epoch = i == layer0 ? epoch0 : 0; epoch < pretrain_epochs; ++epoch) {
-                const bool resuming_here = i == layer0 && epoch == epoch0;
-                io::EpochCosts c = resuming_here ? costs0 : io::EpochCosts();
-                io::Progress progress(fmt::format("pre-training layer {}, epoch {}", i, epoch));
-                for (std::int64_t b = resuming_here ? batch0 : 0; b < n_train; ++b) {
-                    const double cost = pretraining_fns[i]
-                                            .call_named({arg("index", static_cast<long>(b)), arg("corruption", corruption[i]),
-                                                         arg("lr", pretrain_lr)})[0]
-                                            .item();
-                    if (!std::isfinite(cost)) {
-                        progress.clear();
-                        throw UsageError(fmt::format("the pre-training cost of layer {} became {} at epoch {}, minibatch "
-                                                     "{}; rerun with --nan-guard to find the op that made it", i, cost,
-                                                     epoch, b));
-                    }
-                    c.add(cost);
-                    ++steps;
-                    progress.update(b + 1, n_train);
-                    if (b + 1 < n_train && (run.checkpoints.due(steps) || io::stop_requested())) {
-                        pretrain_checkpoint(i, epoch, b + 1, c);
-                        if (io::stop_requested()) throw io::Stopped{io::stop_status()};
-                    }
-                }
-                progress.clear();
-                run.out.print(fmt::sprintf("Pre-training layer %zu, epoch %d, cost %f", i, static_cast<int>(epoch),
-                                           c.mean()));
-                const bool last = i + 1 == n_layers && epoch + 1 == pretrain_epochs;
-                if (!last) {
-                    if (epoch + 1 < pretrain_epochs) {
-                        pretrain_checkpoint(i, epoch + 1, 0, io::EpochCosts());
-                    } else {
-                        pretrain_checkpoint(i + 1, 0, 0, io::EpochCosts());
-                    }
-                    if (io::stop_requested()) throw io::Stopped{io::stop_status()};
-                }
-            }
-        }
-        const bool finetune_resumed = resumed && !resumed_in_pretraining;
-        if (!finetune_resumed) {
-            const double pretrain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            run.out.print(fmt::sprintf("The pretraining code ran for %.2fm", pretrain_s / 60));
-        }
+        const double pretrain_s = io::pretrain_layers(
+            run, sda.dA_layers.size(), pretrain_epochs, n_train, state,
+            [&](std::size_t i, std::int64_t b) {
+                return pretraining_fns[i]
+                    .call_named({arg("index", static_cast<long>(b)), arg("corruption", corruption[i]), arg("lr", pretrain_lr)})[0]
+                    .item();
+            },
+            [](std::size_t i, std::int64_t epoch, double cost) {
+                return fmt::sprintf("Pre-training layer %zu, epoch %d, cost %f", i, static_cast<int>(epoch), cost);
+            });
+        const bool finetune_resumed = io::resumed_in_finetuning(run);
+        if (!finetune_resumed) run.out.print(fmt::sprintf("The pretraining code ran for %.2fm", pretrain_s / 60));
 
         say("... getting the finetuning functions", finetune_resumed);
         Variable index = lscalar("index");

@@ -37,35 +37,24 @@ std::string mean2(double a, double b, DType dt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int epochs = 20, batch_size = 10, hidden = 500, threads = 0;
+    int epochs = 20, batch_size = 10, hidden = 500;
     double learning_rate = 0.01, contraction_level = 0.1;
-    std::int64_t train_size = 50000;
-    std::string data = "data/mnist", output = "cA_plots", floatX = "float64", pixel_scale = "255";
-    std::string checkpoint_dir, resume_dir;
-    std::int64_t checkpoint_every = 500;
+    std::string output = "cA_plots";
+    io::CommonFlags common;
     io::FlagParser flags("cA", "A contractive autoencoder on MNIST, as the tutorials' cA.py.");
     flags.add("epochs", &epochs, 1, "training epochs");
     flags.add("batch-size", &batch_size, 1, "minibatch size");
     flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
     flags.add("contraction-level", &contraction_level, 0, 1e6, "weight of the Jacobian norm in the cost");
     flags.add("hidden", &hidden, 1, "hidden units");
-    flags.add("data", &data, "folder with the MNIST IDX files");
     flags.add("output", &output, "folder for cae_filters.png");
-    flags.add("floatX", &floatX, "float type of the graph", {"float64", "float32"});
-    flags.add("threads", &threads, 0, "threads for products, 0 for all cores");
-    flags.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
-    flags.add("pixel-scale", &pixel_scale, "pixels as byte/255 or byte/256", {"255", "256"});
-    flags.add("checkpoint", &checkpoint_dir, "write DIR/checkpoint.bin every --checkpoint-every minibatches, at each "
-                                             "epoch's end and on SIGINT/SIGTERM (then exit)");
-    flags.add("checkpoint-every", &checkpoint_every, 1, "minibatches between checkpoints");
-    flags.add("resume", &resume_dir, "continue the run checkpointed in DIR (same flags), printing its lines again");
+    common.add_to(flags, "folder to write W, b and b_prime into (cA_*.npy)");
     flags.parse(argc, argv);
     try {
-        config().floatX = dtype_from_name(floatX);
+        common.apply();
         const DType fx = config().floatX;
-        if (threads > 0) set_num_threads(threads);
         io::check_writable_dir(output, "--output");
-        io::MnistSplits d = io::load_mnist_splits(data, fx, train_size, pixel_scale == "256" ? 256 : 255);
+        io::MnistSplits d = io::load_mnist_splits(common.data, fx, common.train_size, common.scale());
         SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
         const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
         if (n_train_batches < 2) throw UsageError("cA: needs at least two minibatches (the tutorial prints from two)");
@@ -75,11 +64,13 @@ int main(int argc, char** argv) {
         models::cA ca(rng, x, 28 * 28, hidden, batch_size);
         auto [cost, updates] = ca.get_cost_updates(contraction_level, learning_rate);
         const long bs = batch_size;
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || common.nan_guard;
         Function train_ca = function({index}, {ca.L_rec.mean(), ca.L_jacob}, updates,
-                                     {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}});
+                                     {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}}, options);
         // Resumable: the parameters, the position, and the epoch's first two minibatches'
         // figures (all the epoch's line needs).
-        io::Run run(checkpoint_dir, checkpoint_every, resume_dir);
+        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
         const std::vector<SharedVariable> state = ca.params();
         std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
         std::vector<double> first0;
@@ -140,8 +131,9 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "The code for file cA ran for %.2fm\n", minutes);
         Tensor image = io::tile_raster_images(ca.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
         io::write_png_gray(output + "/cae_filters.png", image);
+        if (!common.save.empty()) io::save_params(ca.params(), common.save, "cA_");
     } catch (const io::Stopped& stop) {
-        std::cerr << "cA: stopped by a signal; resume with --resume " << checkpoint_dir << "\n";
+        std::cerr << "cA: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
         return stop.status;
     } catch (const Error& e) {
         std::cerr << "cA: " << e.what() << "\n";

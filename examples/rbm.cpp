@@ -36,12 +36,10 @@ std::string mean_text(const std::vector<double>& v, DType dt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int epochs = 15, batch_size = 20, k = 15, hidden = 500, chains = 20, samples = 10, plot_every = 1000, threads = 0;
+    int epochs = 15, batch_size = 20, k = 15, hidden = 500, chains = 20, samples = 10, plot_every = 1000;
     double learning_rate = 0.1;
-    std::int64_t train_size = 50000;
-    std::string data = "data/mnist", output = "rbm_plots", floatX = "float64", pixel_scale = "255";
-    std::string checkpoint_dir, resume_dir;
-    std::int64_t checkpoint_every = 500;
+    std::string output = "rbm_plots";
+    io::CommonFlags common;
     io::FlagParser flags("rbm", "A restricted Boltzmann machine trained by PCD-k on MNIST, then sampled, as the "
                                 "tutorials' rbm.py.");
     flags.add("epochs", &epochs, 1, "training epochs");
@@ -52,23 +50,14 @@ int main(int argc, char** argv) {
     flags.add("chains", &chains, 1, "parallel chains sampled after training");
     flags.add("samples", &samples, 0, "samples plotted per chain");
     flags.add("plot-every", &plot_every, 1, "Gibbs steps between plotted samples");
-    flags.add("data", &data, "folder with the MNIST IDX files");
     flags.add("output", &output, "folder for filters_at_epoch_N.png and samples.png");
-    flags.add("floatX", &floatX, "float type of the graph", {"float64", "float32"});
-    flags.add("threads", &threads, 0, "threads for products, 0 for all cores");
-    flags.add("train-size", &train_size, 1, "training images used, from the start (at most 50000)");
-    flags.add("pixel-scale", &pixel_scale, "pixels as byte/255 or byte/256", {"255", "256"});
-    flags.add("checkpoint", &checkpoint_dir, "write DIR/checkpoint.bin every --checkpoint-every minibatches, at each "
-                                             "epoch's end and on SIGINT/SIGTERM (then exit)");
-    flags.add("checkpoint-every", &checkpoint_every, 1, "minibatches between checkpoints");
-    flags.add("resume", &resume_dir, "continue the run checkpointed in DIR (same flags), printing its lines again");
+    common.add_to(flags, "folder to write W, hbias and vbias into (rbm_*.npy)");
     flags.parse(argc, argv);
     try {
-        config().floatX = dtype_from_name(floatX);
+        common.apply();
         const DType fx = config().floatX;
-        if (threads > 0) set_num_threads(threads);
         io::check_writable_dir(output, "--output");
-        io::MnistSplits d = io::load_mnist_splits(data, fx, train_size, pixel_scale == "256" ? 256 : 255);
+        io::MnistSplits d = io::load_mnist_splits(common.data, fx, common.train_size, common.scale());
         SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
         const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
 
@@ -80,11 +69,14 @@ int main(int argc, char** argv) {
         models::RBM rbm(x, 28 * 28, hidden, rng, theano_rng);
         auto [cost, updates] = rbm.get_cost_updates(learning_rate, persistent_chain, k);
         const long bs = batch_size;
-        Function train_rbm = function({index}, {cost}, updates, {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}});
+        CompileOptions options;
+        options.nan_guard = options.nan_guard || common.nan_guard;
+        Function train_rbm =
+            function({index}, {cost}, updates, {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}}, options);
 
         // Everything a step changes: the parameters, the persistent chain, the bit index of the
         // pseudo-likelihood and the generator states; with the position and the epoch's costs.
-        io::Run run(checkpoint_dir, checkpoint_every, resume_dir);
+        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
         std::vector<SharedVariable> state = rbm.params();
         state.push_back(persistent_chain);
         state.push_back(*rbm.bit_i_idx);
@@ -139,6 +131,7 @@ int main(int argc, char** argv) {
         }
         const double training = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - plotting_time;
         run.out.print(fmt::format("Training took {:f} minutes", training / 60.));
+        if (!common.save.empty()) io::save_params(rbm.params(), common.save, "rbm_");
 
         // Sampling: persistent chains started at `chains` consecutive test images.
         const std::int64_t n_test = d.test_x.dim(0);
@@ -168,7 +161,7 @@ int main(int argc, char** argv) {
         }
         io::write_png_gray(output + "/samples.png", image_data);
     } catch (const io::Stopped& stop) {
-        std::cerr << "rbm: stopped by a signal; resume with --resume " << checkpoint_dir << "\n";
+        std::cerr << "rbm: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
         return stop.status;
     } catch (const Error& e) {
         std::cerr << "rbm: " << e.what() << "\n";

@@ -86,16 +86,18 @@ SdA::SdA(RandomState& numpy_rng, std::shared_ptr<RandomStreamsBase> theano_rng, 
     errors = log_layer->errors(y);
 }
 
-std::vector<SharedVariable> SdA::params() const {
+std::vector<SharedVariable> stacked_params(const std::vector<HiddenLayer>& layers, const LogisticRegression& top) {
     std::vector<SharedVariable> ps;
-    for (const auto& h : sigmoid_layers) {
+    for (const auto& h : layers) {
         ps.push_back(h.W);
         ps.push_back(h.b);
     }
-    ps.push_back(log_layer->W);
-    ps.push_back(log_layer->b);
+    ps.push_back(top.W);
+    ps.push_back(top.b);
     return ps;
 }
+
+std::vector<SharedVariable> SdA::params() const { return stacked_params(sigmoid_layers, *log_layer); }
 
 std::vector<Function> SdA::pretraining_functions(const SharedVariable& train_set_x, long batch_size,
                                                 const CompileOptions& options) {

@@ -42,6 +42,9 @@ public:
     Variable input, output;
 };
 
+// The parameters of a stack of hidden layers and its logistic regression, bottom up (SdA, DBN).
+std::vector<SharedVariable> stacked_params(const std::vector<HiddenLayer>& layers, const LogisticRegression& top);
+
 // One tanh hidden layer and a logistic regression on top, with L1 and L2 terms.
 class MLP {
 public:

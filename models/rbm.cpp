@@ -147,16 +147,7 @@ DBN::DBN(RandomState& numpy_rng, std::shared_ptr<RandomStreamsBase> theano_rng, 
     errors = log_layer->errors(y);
 }
 
-std::vector<SharedVariable> DBN::params() const {
-    std::vector<SharedVariable> ps;
-    for (const auto& h : sigmoid_layers) {
-        ps.push_back(h.W);
-        ps.push_back(h.b);
-    }
-    ps.push_back(log_layer->W);
-    ps.push_back(log_layer->b);
-    return ps;
-}
+std::vector<SharedVariable> DBN::params() const { return stacked_params(sigmoid_layers, *log_layer); }
 
 std::vector<Function> DBN::pretraining_functions(const SharedVariable& train_set_x, long batch_size, int k,
                                                 const CompileOptions& options) {

@@ -221,6 +221,14 @@ TEST_CASE("the SdA resumes after kill -9 in pretraining or fine-tuning and print
                     temp_dir("sda_ckpt"));
 }
 
+TEST_CASE("the DBN resumes after kill -9 in pretraining or fine-tuning and prints what an uninterrupted run prints") {
+    const fs::path data = make_mnist(10100, 200);
+    kill_and_resume({THEANINE_DBN_PROGRAM, "--data", data.string(), "--train-size", "400", "--hidden", "120,100",
+                     "--pretrain-epochs", "3", "--finetune-epochs", "4", "--batch-size", "10", "--k", "2",
+                     "--checkpoint-every", "9", "--threads", "2"},
+                    temp_dir("dbn_ckpt"));
+}
+
 TEST_CASE("the rbm resumes after kill -9 in training and draws the same samples") {
     const fs::path data = make_mnist(10100, 200);
     const fs::path out = temp_dir("rbm_out");

@@ -66,6 +66,73 @@ Run::Run(const std::string& checkpoint_dir, std::int64_t every, const std::strin
     install_stop_signals();
 }
 
+bool resumed_in_finetuning(const Run& run) { return run.resumed && !run.resumed->count("pretrain_layer"); }
+
+double pretrain_layers(Run& run, std::size_t n_layers, std::int64_t epochs, std::int64_t n_batches,
+                       const std::vector<SharedVariable>& state,
+                       const std::function<double(std::size_t, std::int64_t)>& step,
+                       const std::function<std::string(std::size_t, std::int64_t, double)>& line) {
+    const Checkpoint* resumed = run.resumed ? &*run.resumed : nullptr;
+    if (resumed) set_values(*resumed, "state", state);
+    if (resumed_in_finetuning(run)) return 0;
+    std::size_t layer0 = 0;
+    std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
+    EpochCosts costs0;
+    if (resumed) {
+        layer0 = static_cast<std::size_t>(get_int(*resumed, "pretrain_layer"));
+        epoch0 = get_int(*resumed, "pretrain_epoch");
+        batch0 = get_int(*resumed, "pretrain_batch");
+        costs0 = EpochCosts::from_tensor(resumed->at("pretrain_costs"));
+        steps = get_int(*resumed, "steps");
+    }
+    auto checkpoint = [&](std::size_t layer, std::int64_t epoch, std::int64_t batch, const EpochCosts& costs) {
+        Checkpoint c;
+        put_values(c, "state", state);
+        c["pretrain_layer"] = int_entry(static_cast<std::int64_t>(layer));
+        c["pretrain_epoch"] = int_entry(epoch);
+        c["pretrain_batch"] = int_entry(batch);
+        c["pretrain_costs"] = costs.to_tensor();
+        c["steps"] = int_entry(steps);
+        c["printed"] = run.out.to_tensor();
+        run.checkpoints.save(c);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::size_t i = layer0; i < n_layers; ++i) {
+        for (std::int64_t epoch = i == layer0 ? epoch0 : 0; epoch < epochs; ++epoch) {
+            const bool resuming_here = i == layer0 && epoch == epoch0;
+            EpochCosts c = resuming_here ? costs0 : EpochCosts();
+            Progress progress(fmt::format("pre-training layer {}, epoch {}", i, epoch));
+            for (std::int64_t b = resuming_here ? batch0 : 0; b < n_batches; ++b) {
+                const double cost = step(i, b);
+                if (!std::isfinite(cost)) {
+                    progress.clear();
+                    throw UsageError(fmt::format("the pre-training cost of layer {} became {} at epoch {}, minibatch {}; "
+                                                 "rerun with --nan-guard to find the op that made it", i, cost, epoch, b));
+                }
+                c.add(cost);
+                ++steps;
+                progress.update(b + 1, n_batches);
+                if (b + 1 < n_batches && (run.checkpoints.due(steps) || stop_requested())) {
+                    checkpoint(i, epoch, b + 1, c);
+                    if (stop_requested()) throw Stopped{stop_status()};
+                }
+            }
+            progress.clear();
+            run.out.print(line(i, epoch, c.mean()));
+            const bool last = i + 1 == n_layers && epoch + 1 == epochs;
+            if (!last) {
+                if (epoch + 1 < epochs) {
+                    checkpoint(i, epoch + 1, 0, EpochCosts());
+                } else {
+                    checkpoint(i + 1, 0, 0, EpochCosts());
+                }
+                if (stop_requested()) throw Stopped{stop_status()};
+            }
+        }
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 Resumable Run::resumable(std::vector<SharedVariable> state) {
     return Resumable{&checkpoints, std::move(state), &out, resumed ? &*resumed : nullptr};
 }

@@ -108,4 +108,17 @@ struct Run {
     Resumable resumable(std::vector<SharedVariable> state);
 };
 
+// Greedy layer-wise pre-training as SdA.py and DBN.py run it: for each of n_layers layers,
+// `epochs` epochs of step(layer, minibatch) over n_batches minibatches, printing
+// line(layer, epoch, mean cost) after each epoch (a cost that is not finite stops it with an
+// error naming the minibatch). Resumable: checkpoints carry state, the position and the
+// epoch's costs so far; a run resumed in fine-tuning skips it all. Returns the seconds it ran
+// (0 when skipped).
+double pretrain_layers(Run& run, std::size_t n_layers, std::int64_t epochs, std::int64_t n_batches,
+                       const std::vector<SharedVariable>& state,
+                       const std::function<double(std::size_t, std::int64_t)>& step,
+                       const std::function<std::string(std::size_t, std::int64_t, double)>& line);
+// Whether the run resumed in fine-tuning (past pre-training).
+bool resumed_in_finetuning(const Run& run);
+
 }  // namespace theanine::io
