@@ -1,7 +1,6 @@
 #include "ops/scan.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <unordered_set>
 
@@ -9,7 +8,6 @@
 
 #include "autodiff/grad.hpp"
 #include "compile/plan.hpp"
-#include "graph/printing.hpp"
 #include "ops/elemwise.hpp"
 
 namespace theanine {
@@ -168,17 +166,6 @@ std::vector<TensorType> ScanOp::make_types(const std::vector<Variable>& inputs) 
 }
 
 // ------------------------------------------------------------------ the kernel
-
-namespace {
-
-// A compiled inner plan with the kernel's own buffers, checked out of the op's pool.
-struct ScanWorker {
-    std::unique_ptr<Function> fn;
-    std::vector<Tensor> state, next_state;  // per shared state: this step's and the next one's
-    std::vector<Tensor> scratch;            // per output: rotation space for keep_last
-};
-
-}  // namespace
 
 struct ScanAccess {
     static Plan& plan(Function& f) { return f.plan(); }
@@ -368,7 +355,7 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
     }
 }
 
-// ------------------------------------------------------------------ printing and profile
+// ------------------------------------------------------------------ profile
 
 std::string ScanOp::inner_profile() const {
     std::lock_guard<std::mutex> lock(inner_->mutex);
