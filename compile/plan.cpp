@@ -235,8 +235,20 @@ void Plan::check_finite(const Step& s) const {
     }
 }
 
+namespace {
+thread_local LoopOptions t_running;
+}  // namespace
+
+const LoopOptions& running_options() { return t_running; }
+
 void Plan::run_steps() {
     if (profile) step_seconds.resize(steps.size(), 0.0);
+    // Loops among the steps run their step with this call's options; restored on the way out.
+    struct Scope {
+        LoopOptions saved;
+        explicit Scope(const LoopOptions& now) : saved(t_running) { t_running = now; }
+        ~Scope() { t_running = saved; }
+    } scope(LoopOptions{profile, nan_guard, nan_guard_big});
     WorkerLimit limit(workers.limit());
     // Calls are timed only for the worker choice (reading the clock costs as much as a tiny step).
     const bool timed = workers.adapt && num_threads() > 1;

@@ -169,10 +169,13 @@ std::vector<TensorType> ScanOp::make_types(const std::vector<Variable>& inputs) 
 
 struct ScanAccess {
     static Plan& plan(Function& f) { return f.plan(); }
-    static Function compile(const ScanInner& inner) {
+    static Function compile(const ScanInner& inner, const LoopOptions& loop) {
         std::vector<In> ins(inner.inputs.begin(), inner.inputs.end());
         std::vector<Out> outs(inner.outputs.begin(), inner.outputs.end());
         CompileOptions opt;
+        opt.profile = loop.profile;
+        opt.nan_guard = loop.nan_guard;
+        opt.nan_guard_big = loop.nan_guard_big;
         opt.on_unused_input = CompileOptions::UnusedInput::ignore;
         opt.no_default_updates = true;
         // The outer call chooses the workers for the whole loop (WorkerLimit nests).
@@ -185,19 +188,21 @@ namespace {
 
 class WorkerLease {
 public:
-    explicit WorkerLease(const ScanInner& inner) : inner_(inner) {
+    explicit WorkerLease(const ScanInner& inner) : inner_(inner), options_(running_options()) {
         {
             std::lock_guard<std::mutex> lock(inner.mutex);
-            if (!inner.pool.empty()) {
-                fn_ = std::move(inner.pool.back());
-                inner.pool.pop_back();
+            for (std::size_t i = inner.pool.size(); i-- > 0;) {
+                if (!(inner.pool[i].first == options_)) continue;
+                fn_ = std::move(inner.pool[i].second);
+                inner.pool.erase(inner.pool.begin() + static_cast<std::ptrdiff_t>(i));
+                break;
             }
         }
-        if (!fn_) fn_ = std::make_unique<Function>(ScanAccess::compile(inner));
+        if (!fn_) fn_ = std::make_unique<Function>(ScanAccess::compile(inner, options_));
     }
     ~WorkerLease() {
         std::lock_guard<std::mutex> lock(inner_.mutex);
-        inner_.pool.push_back(std::move(fn_));
+        inner_.pool.emplace_back(options_, std::move(fn_));
     }
     WorkerLease(const WorkerLease&) = delete;
     WorkerLease& operator=(const WorkerLease&) = delete;
@@ -205,6 +210,7 @@ public:
 
 private:
     const ScanInner& inner_;
+    LoopOptions options_;
     std::unique_ptr<Function> fn_;
 };
 
@@ -360,8 +366,8 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
 std::string ScanOp::inner_profile() const {
     std::lock_guard<std::mutex> lock(inner_->mutex);
     std::string s;
-    for (const auto& f : inner_->pool) {
-        if (f) s += f->profile_summary();
+    for (const auto& [options, f] : inner_->pool) {
+        if (f && options.profile) s += f->profile_summary();
     }
     return s;
 }

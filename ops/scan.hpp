@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "compile/function.hpp"
+#include "compile/plan.hpp"
 #include "graph/graph.hpp"
 #include "ops/shape.hpp"
 
@@ -152,9 +153,10 @@ struct ScanInner {
     std::vector<Variable> outputs;
     std::source_location where;
 
-    // Compiled plans, checked out by a running kernel and returned after it.
+    // Compiled plans, checked out by a running kernel and returned after it; each compiled
+    // with the profiling and NaN-check options of the function that runs the loop.
     mutable std::mutex mutex;
-    mutable std::vector<std::unique_ptr<Function>> pool;
+    mutable std::vector<std::pair<LoopOptions, std::unique_ptr<Function>>> pool;
 };
 
 class ScanOp final : public Op {

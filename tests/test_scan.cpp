@@ -579,3 +579,22 @@ TEST_CASE("scan with designated arguments, as the README writes it") {
     auto g = grad(r[0][{-1}].sum(), {W, U, b});
     CHECK(g.size() == 3);
 }
+
+TEST_CASE("a loop's step runs with the calling function's profile and NaN-guard options") {
+    Variable x = vector("x"), s0 = scalar("s0");
+    ScanResult r = scan([](const std::vector<Variable>& a) { return ScanStep(log(a[0]) + a[1]); }, {x}, {s0}, {},
+                        std::nullopt, -1, false, "logsum");
+    CompileOptions guarded;
+    guarded.nan_guard = true;
+    guarded.profile = true;
+    Function f = function({x, s0}, {r[0]}, {}, {}, guarded);
+    CHECK(vals(f({T64({2}, {1, 1}), 0.0})[0]) == std::vector<double>{0, 0});
+    CHECK(f.profile_summary().find("inner steps of step") != std::string::npos);
+    const std::string e = error_of([&] { f({T64({3}, {1, -1, 1}), 0.0}); });
+    CHECK(e.find("scan 'logsum' step 1: NaN guard:") != std::string::npos);
+    CHECK(e.find("log") != std::string::npos);
+    // The same loop in a function without the guard returns the NaN.
+    Function g = function({x, s0}, {r[0]});
+    CHECK(std::isnan(g({T64({3}, {1, -1, 1}), 0.0})[0].at({1})));
+    CHECK(g.profile_summary().find("inner steps") == std::string::npos);
+}
