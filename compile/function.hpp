@@ -112,6 +112,13 @@ using Givens = std::vector<std::pair<Variable, Variable>>;
 
 struct Plan;
 
+// What a loop's step (ops/scan) takes from the function that runs the loop: it is compiled and
+// run with the same profiling and NaN checks.
+struct LoopOptions {
+    bool profile = false, nan_guard = false, nan_guard_big = false;
+    bool operator==(const LoopOptions&) const = default;
+};
+
 class Function {
 public:
     // Positional call; missing trailing arguments take their inputs' defaults.

@@ -70,12 +70,7 @@ private:
     std::int64_t long_calls = 0, since_probe = 0;
 };
 
-// The options of the plan whose steps are running on this thread: a loop's step (ops/scan)
-// is compiled and run with the profiling and NaN checks of the call that runs the loop.
-struct LoopOptions {
-    bool profile = false, nan_guard = false, nan_guard_big = false;
-    bool operator==(const LoopOptions&) const = default;
-};
+// The options of the plan whose steps are running on this thread (LoopOptions in function.hpp).
 const LoopOptions& running_options();
 
 struct Plan {

@@ -38,7 +38,6 @@
 #include <vector>
 
 #include "compile/function.hpp"
-#include "compile/plan.hpp"
 #include "graph/graph.hpp"
 #include "ops/shape.hpp"
 
