@@ -598,3 +598,26 @@ TEST_CASE("a loop's step runs with the calling function's profile and NaN-guard 
     CHECK(std::isnan(g({T64({3}, {1, -1, 1}), 0.0})[0].at({1})));
     CHECK(g.profile_summary().find("inner steps") == std::string::npos);
 }
+
+TEST_CASE("a call whose loop fails at a later step changes no shared variable and no generator state") {
+    SharedVariable count = shared(Tensor::scalar<double>(0), "count");
+    MRG_RandomStreams srng(3);
+    Variable x = vector("x");
+    ScanResult r = scan(
+        [&](const std::vector<Variable>& a) {
+            return ScanStep({log(a[0]) + srng.uniform(std::vector<std::int64_t>{})}, {{count, count + 1.0}});
+        },
+        {x});
+    CompileOptions guarded;
+    guarded.nan_guard = true;
+    Function f = function({x}, {r[0]}, r.updates, {}, guarded);
+    f({T64({2}, {1, 2})});
+    CHECK(count.get_value().item() == 2);
+    std::vector<Tensor> states;
+    for (const auto& s : srng.state_variables()) states.push_back(s.get_value());
+    CHECK_THROWS_WITH_AS(f({T64({3}, {1, 2, -1})}), doctest::Contains("step 2: NaN guard"), UsageError);
+    CHECK(count.get_value().item() == 2);
+    for (std::size_t i = 0; i < states.size(); ++i) {
+        CHECK(srng.state_variables()[i].get_value().to_doubles() == states[i].to_doubles());
+    }
+}
