@@ -37,9 +37,8 @@ int main(int argc, char** argv) {
         common.apply();
         std::vector<int> hidden = io::parse_int_list("hidden", hidden_text);
         io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
-        CompileOptions options;
-        options.nan_guard = options.nan_guard || common.nan_guard;
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size, common.scale());
+        const CompileOptions options = io::compile_options(common);
+        io::MnistSplits d = io::load_mnist_splits(common);
         io::SharedSplits sets(d);
         const long bs = batch_size;
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),

@@ -47,9 +47,8 @@ int main(int argc, char** argv) {
             throw UsageError(fmt::format("--corruption has {} levels for {} hidden layers", corruption.size(), hidden.size()));
         }
         io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
-        CompileOptions options;
-        options.nan_guard = options.nan_guard || common.nan_guard;
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size, common.scale());
+        const CompileOptions options = io::compile_options(common);
+        io::MnistSplits d = io::load_mnist_splits(common);
         io::SharedSplits sets(d);
         const long bs = batch_size;
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),

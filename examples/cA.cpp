@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
         common.apply();
         const DType fx = config().floatX;
         io::check_writable_dir(output, "--output");
-        io::MnistSplits d = io::load_mnist_splits(common.data, fx, common.train_size, common.scale());
+        io::MnistSplits d = io::load_mnist_splits(common);
         SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
         const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
         if (n_train_batches < 2) throw UsageError("cA: needs at least two minibatches (the tutorial prints from two)");
@@ -64,8 +64,7 @@ int main(int argc, char** argv) {
         models::cA ca(rng, x, 28 * 28, hidden, batch_size);
         auto [cost, updates] = ca.get_cost_updates(contraction_level, learning_rate);
         const long bs = batch_size;
-        CompileOptions options;
-        options.nan_guard = options.nan_guard || common.nan_guard;
+        const CompileOptions options = io::compile_options(common);
         Function train_ca = function({index}, {ca.L_rec.mean(), ca.L_jacob}, updates,
                                      {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}}, options);
         // Resumable: the parameters, the position, and the epoch's first two minibatches'

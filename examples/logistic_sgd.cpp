@@ -24,9 +24,8 @@ int main(int argc, char** argv) {
     try {
         common.apply();
         io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
-        CompileOptions options;
-        options.nan_guard = options.nan_guard || common.nan_guard;
-        io::MnistSplits d = io::load_mnist_splits(common.data, config().floatX, common.train_size, common.scale());
+        const CompileOptions options = io::compile_options(common);
+        io::MnistSplits d = io::load_mnist_splits(common);
         io::SharedSplits sets(d);
         const long bs = batch_size;
         Variable index = lscalar("index");

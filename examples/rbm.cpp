@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
         common.apply();
         const DType fx = config().floatX;
         io::check_writable_dir(output, "--output");
-        io::MnistSplits d = io::load_mnist_splits(common.data, fx, common.train_size, common.scale());
+        io::MnistSplits d = io::load_mnist_splits(common);
         SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
         const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
 
@@ -69,8 +69,7 @@ int main(int argc, char** argv) {
         models::RBM rbm(x, 28 * 28, hidden, rng, theano_rng);
         auto [cost, updates] = rbm.get_cost_updates(learning_rate, persistent_chain, k);
         const long bs = batch_size;
-        CompileOptions options;
-        options.nan_guard = options.nan_guard || common.nan_guard;
+        const CompileOptions options = io::compile_options(common);
         Function train_rbm =
             function({index}, {cost}, updates, {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}}, options);
 

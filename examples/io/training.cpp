@@ -46,6 +46,16 @@ MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t 
     return s;
 }
 
+MnistSplits load_mnist_splits(const CommonFlags& flags) {
+    return load_mnist_splits(flags.data, config().floatX, flags.train_size, flags.scale());
+}
+
+CompileOptions compile_options(const CommonFlags& flags) {
+    CompileOptions options;
+    options.nan_guard = options.nan_guard || flags.nan_guard;
+    return options;
+}
+
 SharedSplits::SharedSplits(const MnistSplits& d)
     : train_x(shared(d.train_x, "train_x", true)), train_y(shared(d.train_y, "train_y", true)),
       valid_x(shared(d.valid_x, "valid_x", true)), valid_y(shared(d.valid_y, "valid_y", true)),

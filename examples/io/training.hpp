@@ -10,6 +10,7 @@
 
 #include "compile/function.hpp"
 #include "examples/io/checkpoint.hpp"
+#include "examples/io/flags.hpp"
 #include "graph/graph.hpp"
 
 namespace theanine::io {
@@ -21,6 +22,11 @@ struct MnistSplits {
 };
 MnistSplits load_mnist_splits(const std::string& dir, DType dtype, std::int64_t train_size = 50000,
                               int pixel_scale = 255);
+
+// The splits the program's flags ask for (--data, floatX, --train-size, --pixel-scale), and
+// the compile options they ask for (--nan-guard).
+MnistSplits load_mnist_splits(const CommonFlags& flags);
+CompileOptions compile_options(const CommonFlags& flags);
 
 // The splits as shared variables (borrowing the tensors), as the tutorials' shared_dataset.
 struct SharedSplits {
