@@ -16,6 +16,8 @@
 #include "ops/reduce.hpp"
 #include "ops/random.hpp"
 #include "ops/scan.hpp"
+#include "ops/conv.hpp"
+#include "ops/pool.hpp"
 #include "ops/shape.hpp"
 #include "models/dA.hpp"
 #include "models/mlp.hpp"

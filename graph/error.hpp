@@ -30,6 +30,9 @@ public:
 #if defined(__cpp_lib_source_location)  // (clang 14 with libstdc++, which builds the fuzz targets, lacks it)
 // "file.cpp:42" for a source location; empty when the location is unknown.
 std::string where_string(const std::source_location& loc);
+// Rethrows a kernel's error with "(node built at file.cpp:42)" appended: ops whose runtime
+// checks involve shapes the user declared or chose use it so the message names the line.
+[[noreturn]] void rethrow_at(const UsageError& e, const std::source_location& loc);
 #endif
 
 // Throws InternalError with the message when cond is false. The message is only built into

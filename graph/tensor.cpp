@@ -17,6 +17,12 @@ std::string where_string(const std::source_location& loc) {
     if (slash != std::string_view::npos) file = file.substr(slash + 1);
     return fmt::format("{}:{}", file, loc.line());
 }
+
+void rethrow_at(const UsageError& e, const std::source_location& loc) {
+    const std::string where = where_string(loc);
+    if (where.empty()) throw e;
+    throw UsageError(fmt::format("{} (node built at {})", e.what(), where));
+}
 #endif
 
 void internal_check(bool cond, const std::string& message) {

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <exception>
 #include <vector>
 
 #include <Eigen/Core>
@@ -356,6 +357,29 @@ thread_local int g_worker_limit = 0;  // 0: no limit
 int active_workers() {
     const int n = threads_for_products();
     return g_worker_limit > 0 ? std::min(n, g_worker_limit) : n;
+}
+
+void run_parts(int parts, const std::function<void(int)>& fn) {
+    const int workers = std::min(parts, active_workers());
+    if (workers <= 1) {
+        for (int p = 0; p < parts; ++p) fn(p);
+        return;
+    }
+    // The first exception a part throws is rethrown here once every thread has finished.
+    std::exception_ptr error;
+#pragma omp parallel num_threads(workers)
+    {
+        const int w = omp_get_thread_num(), n = omp_get_num_threads();
+        for (int p = w; p < parts; p += n) {
+            try {
+                fn(p);
+            } catch (...) {
+#pragma omp critical(theanine_run_parts)
+                if (!error) error = std::current_exception();
+            }
+        }
+    }
+    if (error) std::rethrow_exception(error);
 }
 
 WorkerLimit::WorkerLimit(int n) : saved_(g_worker_limit) {

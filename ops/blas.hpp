@@ -7,6 +7,8 @@
 // through Eigen on the tensors' storage.
 #pragma once
 
+#include <functional>
+
 #include "graph/graph.hpp"
 
 namespace theanine {
@@ -96,6 +98,11 @@ template <class T>
 void gemm_slice(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const T* a,
                 std::int64_t a_rows, std::int64_t a_cols, bool ta, const T* b, std::int64_t b_rows, std::int64_t b_cols,
                 bool tb, T beta);
+
+// Runs fn(part) for part = 0 .. parts-1 on up to active_workers() threads (the calling
+// thread among them). Kernels that split their work into num_threads() parts this way get
+// results that depend on the part count alone, never on how many threads ran the parts.
+void run_parts(int parts, const std::function<void(int)>& fn);
 
 // The columns [first, second) of n that thread t of nt works on: equal slices rounded up to
 // 16 columns (whole cache lines). Products split their output columns and fused loops their

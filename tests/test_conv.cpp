@@ -1,0 +1,411 @@
+// conv2d and pool_2d: values against nested loops written here from the definitions, hand
+// computations, verify_grad of every op and of the gradient ops, errors.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+
+namespace {
+
+using Fn = std::function<Variable(const std::vector<Variable>&)>;
+
+Tensor rt(const Shape& s, std::uint32_t seed, double lo = -1, double hi = 1) { return random_tensor(s, seed, lo, hi); }
+
+std::vector<double> values(const Tensor& t) {
+    const Tensor c = t.astype(DType::float64).contiguous();
+    return std::vector<double>(c.data<double>(), c.data<double>() + c.size());
+}
+
+// ---- conv2d from its definition: out[n,f,y,x] = sum in_pad[n,c,y*s+i*d, x*s+j*d] w[f,c,i',j'].
+struct ConvCase {
+    BorderMode border;
+    std::array<std::int64_t, 2> stride{1, 1};
+    std::array<std::int64_t, 2> dilation{1, 1};
+    bool flip = true;
+};
+
+std::int64_t pad_of(const ConvCase& c, int axis, std::int64_t k) {
+    const std::int64_t d = c.dilation[axis];
+    switch (c.border.kind) {
+        case BorderMode::Kind::valid: return 0;
+        case BorderMode::Kind::full: return d * (k - 1);
+        case BorderMode::Kind::half: return d * (k / 2);
+        case BorderMode::Kind::explicit_pad: return axis == 0 ? c.border.rows : c.border.cols;
+    }
+    return 0;
+}
+
+Tensor reference_conv(const Tensor& x, const Tensor& w, const ConvCase& c) {
+    const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+    const std::int64_t F = w.dim(0), KH = w.dim(2), KW = w.dim(3);
+    const std::int64_t ph = pad_of(c, 0, KH), pw = pad_of(c, 1, KW);
+    const std::int64_t OH = (H + 2 * ph - c.dilation[0] * (KH - 1) - 1) / c.stride[0] + 1;
+    const std::int64_t OW = (W + 2 * pw - c.dilation[1] * (KW - 1) - 1) / c.stride[1] + 1;
+    std::vector<double> xv = values(x), wv = values(w), o(static_cast<std::size_t>(N * F * OH * OW), 0.0);
+    for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t f = 0; f < F; ++f)
+            for (std::int64_t y = 0; y < OH; ++y)
+                for (std::int64_t xo = 0; xo < OW; ++xo) {
+                    double s = 0;
+                    for (std::int64_t ch = 0; ch < C; ++ch)
+                        for (std::int64_t i = 0; i < KH; ++i)
+                            for (std::int64_t j = 0; j < KW; ++j) {
+                                const std::int64_t iy = y * c.stride[0] + i * c.dilation[0] - ph;
+                                const std::int64_t ix = xo * c.stride[1] + j * c.dilation[1] - pw;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                const std::int64_t wi = c.flip ? KH - 1 - i : i, wj = c.flip ? KW - 1 - j : j;
+                                s += xv[static_cast<std::size_t>(((n * C + ch) * H + iy) * W + ix)] *
+                                     wv[static_cast<std::size_t>(((f * C + ch) * KH + wi) * KW + wj)];
+                            }
+                    o[static_cast<std::size_t>(((n * F + f) * OH + y) * OW + xo)] = s;
+                }
+    return T64({N, F, OH, OW}, o);
+}
+
+Conv2dArgs args_of(const ConvCase& c) {
+    Conv2dArgs a;
+    a.border_mode = c.border;
+    a.subsample = c.stride;
+    a.filter_dilation = c.dilation;
+    a.filter_flip = c.flip;
+    return a;
+}
+
+std::string case_name(const ConvCase& c) {
+    return fmt::format("{} stride ({}, {}) dilation ({}, {}) {}", c.border.str(), c.stride[0], c.stride[1],
+                       c.dilation[0], c.dilation[1], c.flip ? "conv" : "corr");
+}
+
+std::vector<ConvCase> conv_cases() {
+    std::vector<ConvCase> cs;
+    for (BorderMode b : {BorderMode("valid"), BorderMode("full"), BorderMode("half"), BorderMode(1, 2)}) {
+        for (std::array<std::int64_t, 2> s : {std::array<std::int64_t, 2>{1, 1}, {2, 3}}) {
+            for (std::array<std::int64_t, 2> d : {std::array<std::int64_t, 2>{1, 1}, {2, 1}}) {
+                for (bool flip : {true, false}) cs.push_back({b, s, d, flip});
+            }
+        }
+    }
+    return cs;
+}
+
+void check_grad(const std::string& name, const Fn& fn, const std::vector<Tensor>& pts) {
+    CAPTURE(name);
+    VerifyGradReport r;
+    CHECK_NOTHROW(r = verify_grad(fn, pts));
+    CHECK(r.n_checked > 0);
+}
+
+}  // namespace
+
+TEST_CASE("conv2d: a hand-computed convolution and correlation") {
+    // One 3x3 image, one 2x2 filter [[1, 2], [3, 4]].
+    Tensor x = T64({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
+    Tensor w = T64({1, 1, 2, 2}, {1, 2, 3, 4});
+    Variable xs = tensor4("x"), ws = tensor4("w");
+    // Correlation: top-left window [[1,2],[4,5]] . [[1,2],[3,4]] = 1 + 4 + 12 + 20 = 37.
+    CHECK(values(eval1({xs, ws}, conv2d(xs, ws, {.filter_flip = false}), {x, w})) ==
+          std::vector<double>{37, 47, 67, 77});
+    // Convolution flips the filter: [[1,2],[4,5]] . [[4,3],[2,1]] = 4 + 6 + 8 + 5 = 23.
+    CHECK(values(eval1({xs, ws}, conv2d(xs, ws), {x, w})) == std::vector<double>{23, 33, 53, 63});
+    // full: 4x4, the corner sees only x[0,0] * w[0,0] = 1.
+    Tensor full = eval1({xs, ws}, conv2d(xs, ws, {.border_mode = "full"}), {x, w});
+    CHECK(full.shape() == Shape{1, 1, 4, 4});
+    CHECK(values(full)[0] == 1.0);
+    CHECK(values(full)[15] == 36.0);  // x[2,2] * w[1,1] = 9 * 4
+    // Stride 2 over full: rows/cols 0 and 2 of the full result.
+    Tensor strided = eval1({xs, ws}, conv2d(xs, ws, {.border_mode = "full", .subsample = {2, 2}}), {x, w});
+    const auto fv = values(full);
+    CHECK(values(strided) == std::vector<double>{fv[0], fv[2], fv[8], fv[10]});
+}
+
+TEST_CASE("conv2d: every border mode, stride, dilation and flip against nested loops, float64 and float32") {
+    Tensor x = rt({3, 2, 7, 6}, 1), w = rt({4, 2, 3, 2}, 2);
+    Variable xs = tensor4("x"), ws = tensor4("w");
+    for (const ConvCase& c : conv_cases()) {
+        CAPTURE(case_name(c));
+        Tensor got = eval1({xs, ws}, conv2d(xs, ws, args_of(c)), {x, w});
+        Tensor want = reference_conv(x, w, c);
+        REQUIRE(got.shape() == want.shape());
+        CHECK(close(values(got), values(want), 1e-13));
+    }
+    Variable xf = tensor4("xf", DType::float32), wf = tensor4("wf", DType::float32);
+    Tensor x32 = x.astype(DType::float32), w32 = w.astype(DType::float32);
+    for (const ConvCase& c : {ConvCase{"valid"}, ConvCase{"half", {2, 2}}, ConvCase{"full", {1, 1}, {2, 2}, false}}) {
+        CAPTURE(case_name(c));
+        Tensor got = eval1({xf, wf}, conv2d(xf, wf, args_of(c)), {x32, w32});
+        CHECK(got.dtype() == DType::float32);
+        CHECK(close(values(got), values(reference_conv(x32, w32, c)), 1e-5));
+    }
+    // 1x1 filters at stride 1 read the image directly (no unrolling).
+    Tensor w1 = rt({5, 2, 1, 1}, 3);
+    CHECK(close(values(eval1({xs, ws}, conv2d(xs, ws), {x, w1})), values(reference_conv(x, w1, {})), 1e-13));
+}
+
+TEST_CASE("conv2d: gradients wrt input and filters by finite differences over every case") {
+    Tensor x = rt({2, 2, 5, 6}, 4), w = rt({3, 2, 3, 2}, 5);
+    for (const ConvCase& c : conv_cases()) {
+        check_grad(case_name(c), [&](auto v) { return conv2d(v[0], v[1], args_of(c)); }, {x, w});
+    }
+}
+
+TEST_CASE("conv2d: the gradient ops are differentiable (second order) and their own gradients close the family") {
+    Tensor x = rt({2, 2, 5, 4}, 6), w = rt({3, 2, 2, 3}, 7);
+    for (const ConvCase& c : {ConvCase{"valid"}, ConvCase{"full", {2, 1}}, ConvCase{"half", {1, 2}, {2, 1}, false},
+                              ConvCase{BorderMode(1, 0), {2, 2}}}) {
+        const ConvParams p{c.border, c.stride, c.dilation, c.flip};
+        const Shape top = reference_conv(x, w, c).shape();
+        Tensor g = rt(top, 8);
+        // gradInputs(w, top) wrt w and top; gradWeights(x, top) wrt x and top.
+        check_grad("gradInputs " + case_name(c),
+                   [&](auto v) { return conv2d_grad_inputs(v[0], v[1], constant(I64({2}, {x.dim(2), x.dim(3)})), p); },
+                   {w, g});
+        check_grad("gradWeights " + case_name(c),
+                   [&](auto v) { return conv2d_grad_weights(v[0], v[1], constant(I64({2}, {w.dim(2), w.dim(3)})), p); },
+                   {x, g});
+        // Through grad(): d/dx and d/dw of sum(grad(sum(conv^2), w)^2) and of the input gradient.
+        check_grad("grad of grad " + case_name(c),
+                   [&](auto v) {
+                       Variable out = conv2d(v[0], v[1], args_of(c));
+                       Variable gw = grad(sqr(out).sum(), v[1]);
+                       Variable gx = grad(sqr(out).sum(), v[0]);
+                       return sqr(gw).sum() + (gx * gx).sum();
+                   },
+                   {x, w});
+    }
+}
+
+TEST_CASE("conv2d: the gradient ops match the transposed products they stand for") {
+    // <top, conv(x, w)> = <gradWeights(x, top), w> = <gradInputs(w, top), x> for every case.
+    Tensor x = rt({2, 3, 6, 5}, 9), w = rt({2, 3, 3, 3}, 10);
+    Variable xs = tensor4("x"), ws = tensor4("w"), ts = tensor4("t");
+    for (const ConvCase& c : conv_cases()) {
+        CAPTURE(case_name(c));
+        const ConvParams p{c.border, c.stride, c.dilation, c.flip};
+        Tensor conv = reference_conv(x, w, c);
+        Tensor top = rt(conv.shape(), 11);
+        double lhs = 0;
+        for (std::size_t i = 0; i < values(conv).size(); ++i) lhs += values(conv)[i] * values(top)[i];
+        Tensor gw = eval1({xs, ws, ts}, conv2d_grad_weights(xs, ts, make_vector({ws.shape(2), ws.shape(3)}), p),
+                          {x, w, top});
+        Tensor gx = eval1({xs, ws, ts}, conv2d_grad_inputs(ws, ts, make_vector({xs.shape(2), xs.shape(3)}), p),
+                          {x, w, top});
+        auto dotp = [](const std::vector<double>& a, const std::vector<double>& b) {
+            double s = 0;
+            for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+            return s;
+        };
+        CHECK(dotp(values(gw), values(w)) == doctest::Approx(lhs).epsilon(1e-12));
+        CHECK(dotp(values(gx), values(x)) == doctest::Approx(lhs).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("conv2d: results do not depend on how many threads ran the parts") {
+    Tensor x = rt({9, 3, 10, 9}, 12), w = rt({4, 3, 3, 3}, 13);
+    Variable xs = tensor4("x"), ws = tensor4("w");
+    Variable out = conv2d(xs, ws, {.border_mode = "half"});
+    Variable cost = (sqr(out) * 0.5).sum();
+    const std::vector<Variable> outs{out, grad(cost, ws), grad(cost, xs)};
+    std::vector<Tensor> a = eval({xs, ws}, outs, {x, w}), b;
+    {
+        WorkerLimit one(1);
+        b = eval({xs, ws}, outs, {x, w});
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(values(a[i]) == values(b[i]));
+}
+
+TEST_CASE("conv2d: errors name the op, the shapes and the user's line") {
+    Variable xs = tensor4("x"), ws = tensor4("w");
+    Function f = function({xs, ws}, {conv2d(xs, ws)});
+    CHECK_THROWS_WITH_AS(f({rt({2, 3, 8, 8}, 1), rt({4, 2, 3, 3}, 2)}),
+                         doctest::Contains("Conv2d: the input of shape (2, 3, 8, 8) has 3 channels but the filters of "
+                                           "shape (4, 2, 3, 3) expect 2"),
+                         UsageError);
+    CHECK_THROWS_WITH_AS(f({rt({2, 3, 8, 8}, 1), rt({4, 2, 3, 3}, 2)}), doctest::Contains("test_conv.cpp:225"),
+                         UsageError);
+    CHECK_THROWS_WITH_AS(f({rt({1, 1, 4, 8}, 1), rt({1, 1, 5, 3}, 2)}),
+                         doctest::Contains("Conv2d: filters of shape (1, 1, 5, 3) do not fit the input of shape "
+                                           "(1, 1, 4, 8) (border mode valid"),
+                         UsageError);
+    Function declared = function({xs, ws}, {conv2d(xs, ws, {.input_shape = {{-1, 1, 28, 28}},
+                                                            .filter_shape = {{20, 1, 5, 5}}})});
+    CHECK_THROWS_WITH_AS(declared({rt({2, 1, 28, 27}, 1), rt({20, 1, 5, 5}, 2)}),
+                         doctest::Contains("Conv2d: input 0 (input) has shape (2, 1, 28, 27) but input_shape was "
+                                           "declared (None, 1, 28, 28)"),
+                         UsageError);
+    CHECK(declared({rt({3, 1, 28, 28}, 1), rt({20, 1, 5, 5}, 2)})[0].shape() == Shape{3, 20, 24, 24});
+    CHECK_THROWS_WITH_AS(conv2d(xs, ws, {.input_shape = {{-1, 3, 28, 28}}, .filter_shape = {{20, 1, 5, 5}}}),
+                         doctest::Contains("input_shape (None, 3, 28, 28) has 3 channels but filter_shape "
+                                           "(20, 1, 5, 5) has 1"),
+                         UsageError);
+    CHECK_THROWS_WITH_AS(conv2d(xs, ws, {.border_mode = "same"}), doctest::Contains("border_mode \"same\""),
+                         UsageError);
+    CHECK_THROWS_WITH_AS(conv2d(xs, ws, {.subsample = {0, 1}}), doctest::Contains("subsample (0, 1)"), UsageError);
+    CHECK_THROWS_WITH_AS(conv2d(matrix("m"), ws), doctest::Contains("4-d"), UsageError);
+}
+
+// ---------------------------------------------------------------- pooling
+
+namespace {
+
+// pool_2d from its definition: pad the image, windows [j*s, min(j*s+ws, padded)); max/sum/
+// exc_pad over the real positions, inc_pad divides by the window's padded size.
+Tensor reference_pool(const Tensor& x, std::array<std::int64_t, 2> ws, std::array<std::int64_t, 2> st,
+                      std::array<std::int64_t, 2> pad, bool ignore_border, const std::string& mode) {
+    const std::int64_t N = x.dim(0) * x.dim(1), H = x.dim(2), W = x.dim(3);
+    auto outn = [&](std::int64_t v, int a) -> std::int64_t {
+        v += 2 * pad[a];
+        if (ignore_border) return v >= ws[a] ? (v - ws[a]) / st[a] + 1 : 0;
+        // Window j starts at j*s below v; overlapping windows (s < ws) stop after the first
+        // one that reaches the end.
+        std::int64_t n = 1;
+        while (n * st[a] < v && (st[a] >= ws[a] || (n - 1) * st[a] + ws[a] < v)) ++n;
+        return n;
+    };
+    const std::int64_t OH = outn(H, 0), OW = outn(W, 1);
+    std::vector<double> xv = values(x), o;
+    for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t r = 0; r < OH; ++r)
+            for (std::int64_t c = 0; c < OW; ++c) {
+                const std::int64_t r0 = r * st[0], r1 = std::min(r0 + ws[0], H + 2 * pad[0]);
+                const std::int64_t c0 = c * st[1], c1 = std::min(c0 + ws[1], W + 2 * pad[1]);
+                double m = -std::numeric_limits<double>::infinity(), s = 0;
+                int count = 0;
+                for (std::int64_t i = r0; i < r1; ++i)
+                    for (std::int64_t j = c0; j < c1; ++j) {
+                        const std::int64_t ii = i - pad[0], jj = j - pad[1];
+                        if (ii < 0 || ii >= H || jj < 0 || jj >= W) continue;
+                        const double v = xv[static_cast<std::size_t>((n * H + ii) * W + jj)];
+                        m = std::max(m, v);
+                        s += v;
+                        ++count;
+                    }
+                if (mode == "max") o.push_back(m);
+                else if (mode == "sum") o.push_back(s);
+                else if (mode == "average_exc_pad") o.push_back(s / count);
+                else o.push_back(s / static_cast<double>((r1 - r0) * (c1 - c0)));
+            }
+    return T64({x.dim(0), x.dim(1), OH, OW}, o);
+}
+
+struct PoolCase {
+    std::array<std::int64_t, 2> ws, stride, pad;
+    bool ignore_border;
+};
+
+std::vector<PoolCase> pool_cases() {
+    return {{{2, 2}, {2, 2}, {0, 0}, true},  {{2, 2}, {2, 2}, {0, 0}, false}, {{3, 2}, {1, 1}, {0, 0}, true},
+            {{3, 2}, {1, 1}, {0, 0}, false}, {{3, 3}, {2, 2}, {0, 0}, false}, {{2, 3}, {3, 2}, {0, 0}, false},
+            {{3, 3}, {2, 2}, {1, 2}, true},  {{2, 2}, {1, 1}, {1, 1}, true},  {{4, 4}, {4, 4}, {0, 0}, false}};
+}
+
+std::string pool_name(const PoolCase& c, const std::string& mode) {
+    return fmt::format("{} ws ({}, {}) stride ({}, {}) pad ({}, {}) ignore_border {}", mode, c.ws[0], c.ws[1],
+                       c.stride[0], c.stride[1], c.pad[0], c.pad[1], c.ignore_border);
+}
+
+const std::vector<std::string> kModes{"max", "sum", "average_inc_pad", "average_exc_pad"};
+
+}  // namespace
+
+TEST_CASE("pool_2d: hand-computed windows, partial borders kept or dropped") {
+    // 3x5 image 0..14; 2x2 windows.
+    std::vector<double> v(15);
+    for (int i = 0; i < 15; ++i) v[static_cast<std::size_t>(i)] = i;
+    Tensor x = T64({1, 1, 3, 5}, v);
+    Variable xs = tensor4("x");
+    CHECK(values(eval1({xs}, pool_2d(xs, {2, 2}, {.ignore_border = true}), {x})) == std::vector<double>{6, 8});
+    // Kept partial windows: columns [4,5) and row [2,3).
+    CHECK(values(eval1({xs}, pool_2d(xs, {2, 2}), {x})) == std::vector<double>{6, 8, 9, 11, 13, 14});
+    CHECK(values(eval1({xs}, pool_2d(xs, {2, 2}, {.mode = "sum"}), {x})) ==
+          std::vector<double>{12, 20, 13, 21, 25, 14});
+    // inc_pad and exc_pad agree without padding: the partial window divides by what it covers.
+    CHECK(values(eval1({xs}, pool_2d(xs, {2, 2}, {.mode = "average_inc_pad"}), {x})) ==
+          std::vector<double>{3, 5, 6.5, 10.5, 12.5, 14});
+    // Padding 1: the top-left 2x2 window covers only x[0,0] = 0; inc_pad divides by 4.
+    Tensor inc = eval1({xs}, pool_2d(xs, {2, 2}, {.ignore_border = true, .pad = {1, 1}, .mode = "average_inc_pad"}),
+                       {x});
+    Tensor exc = eval1({xs}, pool_2d(xs, {2, 2}, {.ignore_border = true, .pad = {1, 1}, .mode = "average_exc_pad"}),
+                       {x});
+    CHECK(inc.shape() == Shape{1, 1, 2, 3});
+    CHECK(values(inc)[1] == (1 + 2) / 4.0);
+    CHECK(values(exc)[1] == (1 + 2) / 2.0);
+    // Window (0, 2): padded rows [0, 2), cols [4, 6) hold x[0, 3] = 3 and x[0, 4] = 4.
+    CHECK(values(inc)[2] == (3 + 4) / 4.0);
+    CHECK(values(exc)[2] == (3 + 4) / 2.0);
+    // Window (1, 2) lies inside the image: x[1:3, 3:5] = 8, 9, 13, 14.
+    CHECK(values(inc)[5] == 11.0);
+    CHECK(values(exc)[5] == 11.0);
+}
+
+TEST_CASE("pool_2d: every mode over strides, padding and borders against nested loops") {
+    Tensor x = rt({2, 3, 7, 6}, 21);
+    Variable xs = tensor4("x");
+    for (const PoolCase& c : pool_cases()) {
+        for (const std::string& mode : kModes) {
+            CAPTURE(pool_name(c, mode));
+            Tensor got = eval1({xs}, pool_2d(xs, c.ws, {c.ignore_border, c.stride, c.pad, mode}), {x});
+            Tensor want = reference_pool(x, c.ws, c.stride, c.pad, c.ignore_border, mode);
+            REQUIRE(got.shape() == want.shape());
+            CHECK(close(values(got), values(want), 1e-14));
+        }
+    }
+    // float32, and any number of leading axes.
+    Variable x3 = tensor3("x3", DType::float32);
+    Tensor t = rt({3, 7, 6}, 22).astype(DType::float32);
+    Tensor got = eval1({x3}, pool_2d(x3, {3, 2}, {.stride = {{2, 1}}, .mode = "average_exc_pad"}), {t});
+    Tensor want = reference_pool(T64({1, 3, 7, 6}, values(t)), {3, 2}, {2, 1}, {0, 0}, false, "average_exc_pad");
+    CHECK(got.dtype() == DType::float32);
+    CHECK(got.shape() == Shape{3, want.dim(2), want.dim(3)});
+    CHECK(close(values(got), values(want), 1e-6));
+}
+
+TEST_CASE("pool_2d: gradients by finite differences, and the gradient of the gradient") {
+    Tensor x = rt({2, 2, 7, 6}, 23);
+    for (const PoolCase& c : pool_cases()) {
+        for (const std::string& mode : kModes) {
+            const PoolArgs a{c.ignore_border, c.stride, c.pad, mode};
+            check_grad(pool_name(c, mode), [&](auto v) { return pool_2d(v[0], c.ws, a); }, {x});
+            // The gradient as a function of (x, gz): linear in gz, piecewise constant in x.
+            Tensor gz = rt(reference_pool(x, c.ws, c.stride, c.pad, c.ignore_border, mode).shape(), 24);
+            check_grad("grad of " + pool_name(c, mode),
+                       [&](auto v) { return grad((pool_2d(v[0], c.ws, a) * v[1]).sum(), v[0]); }, {x, gz});
+        }
+    }
+    // Third order for max: MaxPoolGradGrad's own gradient is MaxPoolGrad.
+    Tensor ggx = rt(x.shape(), 25);
+    check_grad("max grad grad", [&](auto v) {
+        Variable gx = grad((pool_2d(v[0], {3, 2}, {.stride = {{2, 1}}}) * v[1]).sum(), v[0]);
+        Variable ggz = grad((gx * v[2]).sum(), v[1]);
+        return ggz * v[1];
+    }, {x, rt(reference_pool(x, {3, 2}, {2, 1}, {0, 0}, false, "max").shape(), 26), ggx});
+}
+
+TEST_CASE("pool_2d: max gives every input tied for the maximum the window's gradient") {
+    Tensor x = T64({1, 1, 2, 4}, {5, 5, 1, 2, 0, 3, 2, 2});
+    Variable xs = tensor4("x");
+    Variable g = grad(pool_2d(xs, {2, 2}).sum(), xs);
+    CHECK(values(eval1({xs}, g, {x})) == std::vector<double>{1, 1, 0, 1, 0, 0, 1, 1});
+    // Overlapping windows add: stride 1 over a constant image gives each input its window count.
+    Tensor ones = Tensor::full(DType::float64, {1, 1, 3, 3}, 1.0);
+    Variable g2 = grad(pool_2d(xs, {2, 2}, {.ignore_border = true, .stride = {{1, 1}}}).sum(), xs);
+    CHECK(values(eval1({xs}, g2, {ones})) == std::vector<double>{1, 2, 1, 2, 4, 2, 1, 2, 1});
+}
+
+TEST_CASE("pool_2d: errors") {
+    Variable xs = tensor4("x");
+    CHECK_THROWS_WITH_AS(pool_2d(xs, {2, 2}, {.mode = "average"}), doctest::Contains("mode \"average\""), UsageError);
+    CHECK_THROWS_WITH_AS(pool_2d(xs, {2, 2}, {.pad = {1, 0}}),
+                         doctest::Contains("padding (1, 0) needs ignore_border=true"), UsageError);
+    CHECK_THROWS_WITH_AS(pool_2d(xs, {2, 2}, {.ignore_border = true, .pad = {2, 0}}),
+                         doctest::Contains("pad (2, 0) must be smaller than ws (2, 2)"), UsageError);
+    CHECK_THROWS_WITH_AS(pool_2d(vector("v"), {2, 2}), doctest::Contains("2 or more dims"), UsageError);
+    CHECK_THROWS_WITH_AS(pool_2d(xs, {0, 2}), doctest::Contains("ws (0, 2)"), UsageError);
+    CHECK_THROWS_WITH_AS(pool_2d(tensor4("i", DType::int64), {2, 2}), doctest::Contains("Pool: input 0"), UsageError);
+}
