@@ -23,3 +23,4 @@
 #include "models/mlp.hpp"
 #include "models/rbm.hpp"
 #include "models/cA.hpp"
+#include "models/lenet.hpp"

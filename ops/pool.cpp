@@ -97,6 +97,12 @@ Shape pooled_shape(const PoolParams& p, const Shape& xs) {
     return s;
 }
 
+// The larger of a and b, NaN when either is NaN (as numpy's max).
+template <class T>
+T max_nan(T a, T b) {
+    return (b > a || b != b) ? b : a;
+}
+
 // Runs fn(slice) over the slices, split into parts run on the worker threads.
 template <class F>
 void for_slices(std::int64_t slices, F&& fn) {
@@ -160,28 +166,37 @@ void Pool::perform(const Node& node, std::span<const Tensor* const> in,
         if constexpr (std::is_floating_point_v<T>) {
             const T* xp = x.data<T>();
             T* zp = out[0]->data<T>();
+            const bool is_max = p_.mode == PoolMode::max;
+            // Windows are rectangles, so max and sum are taken over the window's rows first
+            // (a vectorisable pass over whole input rows), then over its columns.
             for_slices(g.slices, [&](std::int64_t s) {
+                thread_local std::vector<T> row_acc;
+                row_acc.resize(static_cast<std::size_t>(g.cols));
+                T* acc = row_acc.data();
                 const T* xs = xp + s * g.rows * g.cols;
                 T* zs = zp + s * g.orows * g.ocols;
                 for (std::int64_t r = 0; r < g.orows; ++r) {
-                    for (std::int64_t c = 0; c < g.ocols; ++c) {
-                        T v;
-                        if (p_.mode == PoolMode::max) {
-                            v = -std::numeric_limits<T>::infinity();
-                            for (std::int64_t i = g.wr.lo[r]; i < g.wr.hi[r]; ++i) {
-                                for (std::int64_t j = g.wc.lo[c]; j < g.wc.hi[c]; ++j) {
-                                    const T e = xs[i * g.cols + j];
-                                    if (e > v || std::isnan(e)) v = std::isnan(v) ? v : e;
-                                }
-                            }
+                    const std::int64_t i0 = g.wr.lo[r], i1 = g.wr.hi[r];
+                    std::copy(xs + i0 * g.cols, xs + (i0 + 1) * g.cols, acc);
+                    for (std::int64_t i = i0 + 1; i < i1; ++i) {
+                        const T* xr = xs + i * g.cols;
+                        if (is_max) {
+                            for (std::int64_t j = 0; j < g.cols; ++j) acc[j] = max_nan(acc[j], xr[j]);
                         } else {
-                            v = 0;
-                            for (std::int64_t i = g.wr.lo[r]; i < g.wr.hi[r]; ++i) {
-                                for (std::int64_t j = g.wc.lo[c]; j < g.wc.hi[c]; ++j) v += xs[i * g.cols + j];
-                            }
+                            for (std::int64_t j = 0; j < g.cols; ++j) acc[j] += xr[j];
+                        }
+                    }
+                    T* zr = zs + r * g.ocols;
+                    for (std::int64_t c = 0; c < g.ocols; ++c) {
+                        const std::int64_t j0 = g.wc.lo[c], j1 = g.wc.hi[c];
+                        T v = acc[j0];
+                        if (is_max) {
+                            for (std::int64_t j = j0 + 1; j < j1; ++j) v = max_nan(v, acc[j]);
+                        } else {
+                            for (std::int64_t j = j0 + 1; j < j1; ++j) v += acc[j];
                             if (p_.mode != PoolMode::sum) v /= static_cast<T>(g.wr.div[r] * g.wc.div[c]);
                         }
-                        zs[r * g.ocols + c] = v;
+                        zr[c] = v;
                     }
                 }
             });
@@ -226,19 +241,30 @@ void MaxPoolGrad::perform(const Node& node, std::span<const Tensor* const> in,
             T* op = out[0]->data<T>();
             for_slices(g.slices, [&](std::int64_t s) {
                 const T* xs = xp + s * g.rows * g.cols;
+                const T* zs = zp + s * g.orows * g.ocols;
+                const T* gs = gp + s * g.orows * g.ocols;
                 T* os = op + s * g.rows * g.cols;
-                std::fill(os, os + g.rows * g.cols, T(0));
+                // Input rows are zeroed as the windows reach them (windows move down), so
+                // each row is written while it is in cache.
+                std::int64_t zeroed = 0;
                 for (std::int64_t r = 0; r < g.orows; ++r) {
-                    for (std::int64_t c = 0; c < g.ocols; ++c) {
-                        const std::int64_t k = s * g.orows * g.ocols + r * g.ocols + c;
-                        const T m = zp[k], d = gp[k];
-                        for (std::int64_t i = g.wr.lo[r]; i < g.wr.hi[r]; ++i) {
-                            for (std::int64_t j = g.wc.lo[c]; j < g.wc.hi[c]; ++j) {
-                                if (xs[i * g.cols + j] == m) os[i * g.cols + j] += d;
+                    const std::int64_t i0 = g.wr.lo[r], i1 = g.wr.hi[r];
+                    if (i1 > zeroed) {
+                        std::fill(os + zeroed * g.cols, os + i1 * g.cols, T(0));
+                        zeroed = i1;
+                    }
+                    for (std::int64_t i = i0; i < i1; ++i) {
+                        const T* xr = xs + i * g.cols;
+                        T* orow = os + i * g.cols;
+                        for (std::int64_t c = 0; c < g.ocols; ++c) {
+                            const T m = zs[r * g.ocols + c], d = gs[r * g.ocols + c];
+                            for (std::int64_t j = g.wc.lo[c], j1 = g.wc.hi[c]; j < j1; ++j) {
+                                orow[j] += xr[j] == m ? d : T(0);
                             }
                         }
                     }
                 }
+                std::fill(os + zeroed * g.cols, os + g.rows * g.cols, T(0));
             });
         }
     });

@@ -259,6 +259,11 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
         if (!resume_inside) ++epoch;
         Progress progress(fmt::format("epoch {}", epoch));
         for (std::int64_t b = resume_inside ? first_batch : 0; b < n_train_batches; ++b) {
+            const std::int64_t iter = (epoch - 1) * n_train_batches + b;
+            if (rule.print_iter_every > 0 && iter % rule.print_iter_every == 0) {
+                progress.clear();
+                out.print(fmt::format("training @ iter =  {}", iter));
+            }
             const double cost = train_batch(b);
             if (!std::isfinite(cost)) {
                 progress.clear();
@@ -266,7 +271,6 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
                                              "find the op that made it", cost, epoch, b));
             }
             progress.update(b + 1, n_train_batches);
-            const std::int64_t iter = (epoch - 1) * n_train_batches + b;
             if ((iter + 1) % validation_frequency == 0) {
                 const double v = validation_error();
                 progress.clear();

@@ -68,6 +68,7 @@ struct EarlyStopping {
     std::int64_t patience = 5000;         // look at this many minibatches regardless
     double patience_increase = 2;         // wait this much longer when a new best is found
     double improvement_threshold = 0.995; // a relative improvement of this much is significant
+    std::int64_t print_iter_every = 0;    // print "training @ iter =  N" every this many (0: never)
 };
 
 struct TrainResult {
