@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include <fmt/format.h>
+#include <fmt/printf.h>
 
 #include "examples/io/files.hpp"
 #include "examples/io/flags.hpp"
@@ -79,7 +80,8 @@ int main(int argc, char** argv) {
         Variable x = matrix("x");
         Variable y = lvector("y");
         RandomState rng(seed);
-        std::printf("... building the model\n");
+        // Printed once: a resumed run has printed them again from its checkpoint.
+        if (!run.resumed) run.out.print("... building the model");
         models::LeNet5 net(rng, x, bs, {nk[0], nk[1]});
         Variable cost = net.negative_log_likelihood(y);
         Function test_model = io::minibatch_function(index, {net.errors(y)}, {}, x, y, sets.test_x, sets.test_y, bs);
@@ -94,8 +96,7 @@ int main(int argc, char** argv) {
         const std::int64_t n_train = io::count_batches(d.train_x.dim(0), bs, "training"),
                            n_valid = io::count_batches(d.valid_x.dim(0), bs, "validation"),
                            n_test = io::count_batches(d.test_x.dim(0), bs, "test");
-        std::printf("... training\n");
-        std::fflush(stdout);
+        if (!run.resumed) run.out.print("... training");
         io::EarlyStopping rule;
         rule.n_epochs = epochs;
         rule.patience = 10000;
@@ -104,10 +105,10 @@ int main(int argc, char** argv) {
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
                                                [&] { return io::mean_over_batches(test_model, n_test); }, rule,
                                                run.resumable(params));
-        std::printf("Optimization complete.\n");
-        std::printf("Best validation score of %f %% obtained at iteration %lld, with test performance %f %%\n",
-                    r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
-        std::fflush(stdout);
+        run.out.print("Optimization complete.");
+        run.out.print(fmt::sprintf("Best validation score of %f %% obtained at iteration %lld, with test performance "
+                                   "%f %%", r.best_validation * 100, static_cast<long long>(r.best_iter + 1),
+                                   r.test_score * 100));
         std::fprintf(stderr, "The code for file convolutional_mlp ran for %.2fm (%d epochs, %.2f s per epoch)\n",
                      r.seconds / 60, r.epochs, r.seconds / r.epochs);
         io::write_png_gray(output + "/filters_layer0.png", filter_image(net.layer0.W.get_value(true), 8));

@@ -254,6 +254,15 @@ TEST_CASE("the cA resumes after kill -9 and prints what an uninterrupted run pri
                     temp_dir("ca_ckpt"));
 }
 
+TEST_CASE("convolutional_mlp (LeNet) resumes after kill -9 and prints what an uninterrupted run prints") {
+    const fs::path data = make_mnist(10100, 200);
+    const fs::path out = temp_dir("lenet_out");
+    kill_and_resume({THEANINE_LENET_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs", "4", "--nkerns",
+                     "4,6", "--batch-size", "20", "--checkpoint-every", "7", "--output", out.string(), "--threads", "2"},
+                    temp_dir("lenet_ckpt"));
+    CHECK(fs::file_size(out / "filters_layer0.png") > 0);
+}
+
 TEST_CASE("SIGTERM writes a checkpoint and exits cleanly; the resumed run finishes the same") {
     const fs::path data = make_mnist(600, 20);
     const fs::path out = temp_dir("term_out");

@@ -147,3 +147,57 @@ TEST_CASE("parameters saved to .npy reload to the same outputs") {
     CHECK_THROWS_WITH_AS(io::load_params({c.hidden.W}, dir.string(), "hidden_"),
                          doctest::Contains("holds float64 (6, 5), but 'W' is float64 (6, 7)"), UsageError);
 }
+
+TEST_CASE("LeNet5: the tutorial's initialisation order and bounds, and it learns to tell bars apart") {
+    // Weights come from one RandomState in the tutorial's order: layer0, layer1, the hidden
+    // layer; bounds sqrt(6 / (fan_in + fan_out)) with fan_out = filters*25 / 4 rounded down.
+    const std::int64_t batch = 20;
+    Variable x = matrix("x"), y = lvector("y");
+    RandomState rng(23455), expect(23455);
+    models::LeNet5 net(rng, x, batch, {4, 6});
+    const double b0 = std::sqrt(6.0 / (25 + 4 * 25 / 4)), b1 = std::sqrt(6.0 / (4 * 25 + 6 * 25 / 4));
+    const double b2 = std::sqrt(6.0 / (6 * 16 + 500));
+    CHECK(net.layer0.W.get_value().shape() == Shape{4, 1, 5, 5});
+    CHECK(net.layer0.W.get_value().to_doubles() == expect.uniform(-b0, b0, {4, 1, 5, 5}).to_doubles());
+    CHECK(net.layer1.W.get_value().to_doubles() == expect.uniform(-b1, b1, {6, 4, 5, 5}).to_doubles());
+    CHECK(net.layer2.W.get_value().to_doubles() == expect.uniform(-b2, b2, {96, 500}).to_doubles());
+    CHECK(net.params().size() == 8);
+    CHECK(net.params()[0].same(net.layer3.W));
+    CHECK(net.params()[7].same(net.layer0.b));
+
+    // Three classes of 28x28 images: a vertical, a horizontal or a diagonal bar at a random
+    // place, over noise.
+    const std::int64_t n = 200;
+    RandomState rs(5);
+    Tensor xv = Tensor::empty(DType::float64, {n, 784});
+    Tensor yv = Tensor::empty(DType::int64, {n});
+    for (std::int64_t i = 0; i < n; ++i) {
+        const int label = static_cast<int>(i % 3);
+        const std::int64_t at = 4 + static_cast<std::int64_t>(rs.next_double() * 20);
+        double* img = xv.data<double>() + i * 784;
+        for (int p = 0; p < 784; ++p) img[p] = 0.2 * rs.next_double();
+        for (std::int64_t k = 2; k < 26; ++k) {
+            const std::int64_t r = label == 0 ? k : label == 1 ? at : k;
+            const std::int64_t c = label == 0 ? at : label == 1 ? k : k;
+            img[r * 28 + c] = 1.0;
+        }
+        yv.data<std::int64_t>()[i] = label;
+    }
+    Setup s{shared(xv, "x"), shared(yv, "y")};
+    RandomState init(23455);
+    models::LeNet5 model(init, s.x, batch, {4, 6});
+    Variable cost = model.negative_log_likelihood(s.y);
+    auto params = model.params();
+    std::vector<Variable> pv(params.begin(), params.end());
+    auto g = grad(cost, pv);
+    Updates up;
+    for (std::size_t i = 0; i < params.size(); ++i) up.emplace_back(params[i], params[i] - 0.1 * g[i]);
+    Function train = function({s.index}, {cost}, up, s.batch(batch));
+    double first = 0;
+    const double last = train_epochs(train, 12, 10, &first);
+    CHECK(last < 0.3 * first);
+    Function err = function({s.index}, {model.errors(s.y)}, {}, s.batch(batch));
+    double errors = 0;
+    for (long b = 0; b < 10; ++b) errors += err({b})[0].item();
+    CHECK(errors / 10 < 0.1);  // chance is 2/3
+}
