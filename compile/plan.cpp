@@ -93,12 +93,22 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
 
 void Plan::run_step(Step& s) {
     for (int o : s.acquire) {
-        // A pooled buffer the op's ensure() will keep (large enough, at most about twice),
-        // the most recently released first, so buffers no step needs stay untouched.
+        // The smallest pooled buffer the op's ensure() will keep (large enough, at most about
+        // twice), the most recently released among equals, so buffers no step needs stay
+        // untouched and a value never takes the buffer a larger one needs later in the call.
         const std::size_t need = last_bytes[o];
+        std::size_t best = pool.size(), best_bytes = 0;
         for (std::size_t k = pool.size(); k-- > 0 && need > 0;) {
             const std::size_t have = pool[k].storage_bytes();
             if (have < need || have > 2 * need + 64) continue;
+            if (best == pool.size() || have < best_bytes) {
+                best = k;
+                best_bytes = have;
+                if (have == need) break;
+            }
+        }
+        if (best < pool.size()) {
+            std::size_t k = best;
             slots[o] = std::move(pool[k]);
             if (k < pool_idle) {
                 // Keep the untouched ones first: the last untouched one fills the hole.
@@ -108,7 +118,6 @@ void Plan::run_step(Step& s) {
             }
             if (k + 1 != pool.size()) pool[k] = std::move(pool.back());
             pool.pop_back();
-            break;
         }
     }
     s.op->perform(*s.node, s.in, s.out);

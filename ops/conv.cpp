@@ -198,7 +198,7 @@ int parts_for(std::int64_t images) {
     return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(num_threads(), images)));
 }
 
-void check_float4(const std::string& op, const std::vector<Variable>& inputs, std::size_t i, const char* what) {
+void check_float4(const char* op, const std::vector<Variable>& inputs, std::size_t i, const char* what) {
     const Variable& v = inputs[i];
     if (v.ndim() != 4 || !is_float(v.dtype())) {
         throw UsageError(fmt::format("{}: input {} ({}) must be a 4-d float tensor, got {}", op, i, what,
@@ -206,14 +206,14 @@ void check_float4(const std::string& op, const std::vector<Variable>& inputs, st
     }
 }
 
-void check_same_dtype(const std::string& op, const std::vector<Variable>& inputs, std::size_t a, std::size_t b) {
+void check_same_dtype(const char* op, const std::vector<Variable>& inputs, std::size_t a, std::size_t b) {
     if (inputs[a].dtype() != inputs[b].dtype()) {
         throw UsageError(fmt::format("{}: input {} is {} but input {} is {} (dtypes differ)", op, a,
                                      inputs[a].type().str(), b, inputs[b].type().str()));
     }
 }
 
-void check_size_vector(const std::string& op, const std::vector<Variable>& inputs, std::size_t i, const char* what) {
+void check_size_vector(const char* op, const std::vector<Variable>& inputs, std::size_t i, const char* what) {
     const Variable& v = inputs[i];
     if (v.ndim() != 1 || !is_integer(v.dtype())) {
         throw UsageError(fmt::format("{}: input {} ({}) must be an integer vector of 2 sizes, got {}", op, i, what,
@@ -222,17 +222,16 @@ void check_size_vector(const std::string& op, const std::vector<Variable>& input
 }
 
 // The two sizes held by a runtime size vector, checked.
-std::array<std::int64_t, 2> read_sizes(const std::string& op, const Tensor& t, const char* what) {
+std::array<std::int64_t, 2> read_sizes(const char* op, const Tensor& t, const char* what) {
     if (t.ndim() != 1 || t.dim(0) != 2) {
         throw UsageError(fmt::format("{}: {} must hold 2 sizes, got shape {}", op, what, shape_string(t.shape())));
     }
-    const Tensor c = t.astype(DType::int64).contiguous();
-    const std::int64_t* p = c.data<std::int64_t>();
+    const std::int64_t p[2] = {static_cast<std::int64_t>(t.at({0})), static_cast<std::int64_t>(t.at({1}))};
     if (p[0] < 1 || p[1] < 1) throw UsageError(fmt::format("{}: {} ({}, {}) must be positive", op, what, p[0], p[1]));
     return {p[0], p[1]};
 }
 
-void check_fits(const std::string& op, const Geom& g, const ConvParams& p, const Shape& xs, const Shape& ws) {
+void check_fits(const char* op, const Geom& g, const ConvParams& p, const Shape& xs, const Shape& ws) {
     if (g.OH < 1 || g.OW < 1) {
         throw UsageError(fmt::format("{}: filters of shape {} do not fit the input of shape {} (border mode {}, "
                                      "filter_dilation ({}, {})): the output would have {} x {} positions",
@@ -355,8 +354,8 @@ std::string Conv2dGradInputs::name() const { return fmt::format("Conv2dGradInput
 bool Conv2dGradInputs::props_equal(const Op& o) const { return p_ == static_cast<const Conv2dGradInputs&>(o).p_; }
 
 std::vector<TensorType> Conv2dGradInputs::make_types(const std::vector<Variable>& inputs) const {
-    const std::string op = "Conv2dGradInputs";
-    if (inputs.size() != 3) throw UsageError(op + ": takes 3 inputs (filters, top_grad, input_rows_cols)");
+    const char* const op = "Conv2dGradInputs";
+    if (inputs.size() != 3) throw UsageError(fmt::format("{}: takes 3 inputs (filters, top_grad, input_rows_cols)", op));
     check_float4(op, inputs, 0, "filters");
     check_float4(op, inputs, 1, "top_grad");
     check_same_dtype(op, inputs, 0, 1);
@@ -366,7 +365,7 @@ std::vector<TensorType> Conv2dGradInputs::make_types(const std::vector<Variable>
 
 void Conv2dGradInputs::perform(const Node& node, std::span<const Tensor* const> in,
                                std::span<Tensor* const> out) const try {
-    const std::string op = "Conv2dGradInputs";
+    const char* const op = "Conv2dGradInputs";
     const Tensor w = in[0]->contiguous();
     const Tensor top = in[1]->contiguous();
     const auto [H, W] = read_sizes(op, *in[2], "input_rows_cols");
@@ -431,8 +430,8 @@ std::string Conv2dGradWeights::name() const { return fmt::format("Conv2dGradWeig
 bool Conv2dGradWeights::props_equal(const Op& o) const { return p_ == static_cast<const Conv2dGradWeights&>(o).p_; }
 
 std::vector<TensorType> Conv2dGradWeights::make_types(const std::vector<Variable>& inputs) const {
-    const std::string op = "Conv2dGradWeights";
-    if (inputs.size() != 3) throw UsageError(op + ": takes 3 inputs (input, top_grad, filter_rows_cols)");
+    const char* const op = "Conv2dGradWeights";
+    if (inputs.size() != 3) throw UsageError(fmt::format("{}: takes 3 inputs (input, top_grad, filter_rows_cols)", op));
     check_float4(op, inputs, 0, "input");
     check_float4(op, inputs, 1, "top_grad");
     check_same_dtype(op, inputs, 0, 1);
@@ -442,7 +441,7 @@ std::vector<TensorType> Conv2dGradWeights::make_types(const std::vector<Variable
 
 void Conv2dGradWeights::perform(const Node& node, std::span<const Tensor* const> in,
                                 std::span<Tensor* const> out) const try {
-    const std::string op = "Conv2dGradWeights";
+    const char* const op = "Conv2dGradWeights";
     const Tensor x = in[0]->contiguous();
     const Tensor top = in[1]->contiguous();
     const auto [KH, KW] = read_sizes(op, *in[2], "filter_rows_cols");

@@ -48,25 +48,20 @@ std::int64_t PoolParams::out_size(int a, std::int64_t in) const {
 
 namespace {
 
-// The windows of one axis: for output position j, the input positions [lo, hi) it covers
-// (padding excluded) and the divisor of the averaging modes.
+// The windows of one axis: for output position j, the input positions [lo(j), hi(j)) it
+// covers (padding excluded) and the divisor of the averaging modes.
 struct AxisWindows {
-    std::vector<std::int64_t> lo, hi, div;
+    std::int64_t ws = 1, stride = 1, pad = 0, padded = 0;
+    bool inc_pad = false;
+    std::int64_t start(std::int64_t j) const { return j * stride; }
+    std::int64_t end(std::int64_t j) const { return std::min(start(j) + ws, padded); }
+    std::int64_t lo(std::int64_t j) const { return std::max(start(j), pad) - pad; }
+    std::int64_t hi(std::int64_t j) const { return std::max(lo(j), std::min(end(j), padded - pad) - pad); }
+    std::int64_t div(std::int64_t j) const { return inc_pad ? end(j) - start(j) : hi(j) - lo(j); }
 };
 
-AxisWindows windows(const PoolParams& p, int a, std::int64_t in, std::int64_t out) {
-    AxisWindows w;
-    const std::int64_t padded = in + 2 * p.pad[a];
-    for (std::int64_t j = 0; j < out; ++j) {
-        const std::int64_t start = j * p.stride[a];
-        const std::int64_t end = std::min(start + p.ws[a], padded);
-        const std::int64_t lo = std::max(start, p.pad[a]) - p.pad[a];
-        const std::int64_t hi = std::max(lo, std::min(end, padded - p.pad[a]) - p.pad[a]);
-        w.lo.push_back(lo);
-        w.hi.push_back(hi);
-        w.div.push_back(p.mode == PoolMode::average_inc_pad ? end - start : hi - lo);
-    }
-    return w;
+AxisWindows windows(const PoolParams& p, int a, std::int64_t in) {
+    return {p.ws[a], p.stride[a], p.pad[a], in + 2 * p.pad[a], p.mode == PoolMode::average_inc_pad};
 }
 
 // Runtime layout: the leading axes flattened into `slices` images of rows x cols.
@@ -84,8 +79,8 @@ PoolGeom pool_geom(const PoolParams& p, const Shape& xs) {
     for (std::size_t i = 0; i + 2 < nd; ++i) g.slices *= xs[i];
     g.orows = p.out_size(0, g.rows);
     g.ocols = p.out_size(1, g.cols);
-    g.wr = windows(p, 0, g.rows, g.orows);
-    g.wc = windows(p, 1, g.cols, g.ocols);
+    g.wr = windows(p, 0, g.rows);
+    g.wc = windows(p, 1, g.cols);
     return g;
 }
 
@@ -176,7 +171,7 @@ void Pool::perform(const Node& node, std::span<const Tensor* const> in,
                 const T* xs = xp + s * g.rows * g.cols;
                 T* zs = zp + s * g.orows * g.ocols;
                 for (std::int64_t r = 0; r < g.orows; ++r) {
-                    const std::int64_t i0 = g.wr.lo[r], i1 = g.wr.hi[r];
+                    const std::int64_t i0 = g.wr.lo(r), i1 = g.wr.hi(r);
                     std::copy(xs + i0 * g.cols, xs + (i0 + 1) * g.cols, acc);
                     for (std::int64_t i = i0 + 1; i < i1; ++i) {
                         const T* xr = xs + i * g.cols;
@@ -188,13 +183,13 @@ void Pool::perform(const Node& node, std::span<const Tensor* const> in,
                     }
                     T* zr = zs + r * g.ocols;
                     for (std::int64_t c = 0; c < g.ocols; ++c) {
-                        const std::int64_t j0 = g.wc.lo[c], j1 = g.wc.hi[c];
+                        const std::int64_t j0 = g.wc.lo(c), j1 = g.wc.hi(c);
                         T v = acc[j0];
                         if (is_max) {
                             for (std::int64_t j = j0 + 1; j < j1; ++j) v = max_nan(v, acc[j]);
                         } else {
                             for (std::int64_t j = j0 + 1; j < j1; ++j) v += acc[j];
-                            if (p_.mode != PoolMode::sum) v /= static_cast<T>(g.wr.div[r] * g.wc.div[c]);
+                            if (p_.mode != PoolMode::sum) v /= static_cast<T>(g.wr.div(r) * g.wc.div(c));
                         }
                         zr[c] = v;
                     }
@@ -248,7 +243,7 @@ void MaxPoolGrad::perform(const Node& node, std::span<const Tensor* const> in,
                 // each row is written while it is in cache.
                 std::int64_t zeroed = 0;
                 for (std::int64_t r = 0; r < g.orows; ++r) {
-                    const std::int64_t i0 = g.wr.lo[r], i1 = g.wr.hi[r];
+                    const std::int64_t i0 = g.wr.lo(r), i1 = g.wr.hi(r);
                     if (i1 > zeroed) {
                         std::fill(os + zeroed * g.cols, os + i1 * g.cols, T(0));
                         zeroed = i1;
@@ -258,7 +253,7 @@ void MaxPoolGrad::perform(const Node& node, std::span<const Tensor* const> in,
                         T* orow = os + i * g.cols;
                         for (std::int64_t c = 0; c < g.ocols; ++c) {
                             const T m = zs[r * g.ocols + c], d = gs[r * g.ocols + c];
-                            for (std::int64_t j = g.wc.lo[c], j1 = g.wc.hi[c]; j < j1; ++j) {
+                            for (std::int64_t j = g.wc.lo(c), j1 = g.wc.hi(c); j < j1; ++j) {
                                 orow[j] += xr[j] == m ? d : T(0);
                             }
                         }
@@ -308,9 +303,9 @@ void AveragePoolGrad::perform(const Node& node, std::span<const Tensor* const> i
                 for (std::int64_t r = 0; r < g.orows; ++r) {
                     for (std::int64_t c = 0; c < g.ocols; ++c) {
                         T d = gp[s * g.orows * g.ocols + r * g.ocols + c];
-                        if (p_.mode != PoolMode::sum) d /= static_cast<T>(g.wr.div[r] * g.wc.div[c]);
-                        for (std::int64_t i = g.wr.lo[r]; i < g.wr.hi[r]; ++i) {
-                            for (std::int64_t j = g.wc.lo[c]; j < g.wc.hi[c]; ++j) os[i * g.cols + j] += d;
+                        if (p_.mode != PoolMode::sum) d /= static_cast<T>(g.wr.div(r) * g.wc.div(c));
+                        for (std::int64_t i = g.wr.lo(r); i < g.wr.hi(r); ++i) {
+                            for (std::int64_t j = g.wc.lo(c); j < g.wc.hi(c); ++j) os[i * g.cols + j] += d;
                         }
                     }
                 }
@@ -359,8 +354,8 @@ void MaxPoolGradGrad::perform(const Node& node, std::span<const Tensor* const> i
                         const std::int64_t k = s * g.orows * g.ocols + r * g.ocols + c;
                         const T m = zp[k];
                         T acc = 0;
-                        for (std::int64_t i = g.wr.lo[r]; i < g.wr.hi[r]; ++i) {
-                            for (std::int64_t j = g.wc.lo[c]; j < g.wc.hi[c]; ++j) {
+                        for (std::int64_t i = g.wr.lo(r); i < g.wr.hi(r); ++i) {
+                            for (std::int64_t j = g.wc.lo(c); j < g.wc.hi(c); ++j) {
                                 if (xs[i * g.cols + j] == m) acc += gs[i * g.cols + j];
                             }
                         }
