@@ -164,7 +164,24 @@ void Pool::perform(const Node& node, std::span<const Tensor* const> in,
             const bool is_max = p_.mode == PoolMode::max;
             // Windows are rectangles, so max and sum are taken over the window's rows first
             // (a vectorisable pass over whole input rows), then over its columns.
+            // 2x2 max-pooling at stride 2 (the tutorials' layer) reads each window directly.
+            const bool max2 = is_max && p_.ws == std::array<std::int64_t, 2>{2, 2} && p_.stride == p_.ws &&
+                              p_.pad == std::array<std::int64_t, 2>{0, 0} &&
+                              g.orows * 2 <= g.rows && g.ocols * 2 <= g.cols;
             for_slices(g.slices, [&](std::int64_t s) {
+                if (max2) {
+                    const T* xs = xp + s * g.rows * g.cols;
+                    T* zs = zp + s * g.orows * g.ocols;
+                    for (std::int64_t r = 0; r < g.orows; ++r) {
+                        const T* a = xs + 2 * r * g.cols;
+                        const T* b = a + g.cols;
+                        T* zr = zs + r * g.ocols;
+                        for (std::int64_t c = 0; c < g.ocols; ++c) {
+                            zr[c] = max_nan(max_nan(a[2 * c], a[2 * c + 1]), max_nan(b[2 * c], b[2 * c + 1]));
+                        }
+                    }
+                    return;
+                }
                 thread_local std::vector<T> row_acc;
                 row_acc.resize(static_cast<std::size_t>(g.cols));
                 T* acc = row_acc.data();
@@ -234,11 +251,45 @@ void MaxPoolGrad::perform(const Node& node, std::span<const Tensor* const> in,
             const T* zp = z.data<T>();
             const T* gp = gz.data<T>();
             T* op = out[0]->data<T>();
+            // Windows that neither overlap nor skip columns (stride == ws, no padding): each
+            // input position belongs to at most one window, so gx is written in one pass.
+            // (Partial windows at the border, kept without ignore_border, take the general path.)
+            const bool tiled = p_.stride == p_.ws && p_.pad == std::array<std::int64_t, 2>{0, 0} &&
+                               g.orows * p_.ws[0] <= g.rows && g.ocols * p_.ws[1] <= g.cols;
             for_slices(g.slices, [&](std::int64_t s) {
                 const T* xs = xp + s * g.rows * g.cols;
                 const T* zs = zp + s * g.orows * g.ocols;
                 const T* gs = gp + s * g.orows * g.ocols;
                 T* os = op + s * g.rows * g.cols;
+                if (tiled) {
+                    const std::int64_t wr = p_.ws[0], wc = p_.ws[1];
+                    for (std::int64_t i = 0; i < g.rows; ++i) {
+                        const std::int64_t r = i / wr;
+                        T* orow = os + i * g.cols;
+                        if (r >= g.orows) {
+                            std::fill(orow, orow + g.cols, T(0));
+                            continue;
+                        }
+                        const T* xr = xs + i * g.cols;
+                        const T* zr = zs + r * g.ocols;
+                        const T* gr = gs + r * g.ocols;
+                        const std::int64_t covered = g.ocols * wc;
+                        if (wc == 2) {
+                            for (std::int64_t c = 0; c < g.ocols; ++c) {
+                                const T m = zr[c], d = gr[c];
+                                orow[2 * c] = xr[2 * c] == m ? d : T(0);
+                                orow[2 * c + 1] = xr[2 * c + 1] == m ? d : T(0);
+                            }
+                        } else {
+                            for (std::int64_t c = 0; c < g.ocols; ++c) {
+                                const T m = zr[c], d = gr[c];
+                                for (std::int64_t j = c * wc; j < (c + 1) * wc; ++j) orow[j] = xr[j] == m ? d : T(0);
+                            }
+                        }
+                        std::fill(orow + covered, orow + g.cols, T(0));
+                    }
+                    return;
+                }
                 // Input rows are zeroed as the windows reach them (windows move down), so
                 // each row is written while it is in cache.
                 std::int64_t zeroed = 0;
