@@ -162,8 +162,6 @@ void Pool::perform(const Node& node, std::span<const Tensor* const> in,
             const T* xp = x.data<T>();
             T* zp = out[0]->data<T>();
             const bool is_max = p_.mode == PoolMode::max;
-            // Windows are rectangles, so max and sum are taken over the window's rows first
-            // (a vectorisable pass over whole input rows), then over its columns.
             // 2x2 max-pooling at stride 2 (the tutorials' layer) reads each window directly.
             const bool max2 = is_max && p_.ws == std::array<std::int64_t, 2>{2, 2} && p_.stride == p_.ws &&
                               p_.pad == std::array<std::int64_t, 2>{0, 0} &&
@@ -182,6 +180,8 @@ void Pool::perform(const Node& node, std::span<const Tensor* const> in,
                     }
                     return;
                 }
+                // Otherwise: windows are rectangles, so max and sum are taken over the window's
+                // rows first (a vectorisable pass over whole input rows), then its columns.
                 thread_local std::vector<T> row_acc;
                 row_acc.resize(static_cast<std::size_t>(g.cols));
                 T* acc = row_acc.data();
