@@ -105,6 +105,7 @@ public:
         gW1p.assign(threads, Mat<T>::Zero(kF1, kF0 * 25));
         gb0p.assign(threads, Row<T>::Zero(kF0));
         gb1p.assign(threads, Row<T>::Zero(kF1));
+        scratch.resize(static_cast<std::size_t>(threads));
     }
 
     T step(const Mat<T>& X, const std::vector<int>& y, T lr) {
@@ -113,8 +114,8 @@ public:
         // ---- forward, images split over the threads
 #pragma omp parallel num_threads(threads)
         {
-            std::vector<T> col0(25 * 576), c0(kF0 * 576), pooled0(kF0 * 144), col1(kF0 * 25 * 64), c1(kF1 * 64),
-                pooled1(kF1 * 16);
+            Scratch& sc = scratch[static_cast<std::size_t>(omp_get_thread_num())];
+            auto& [col0, c0, pooled0, col1, c1, pooled1, dc0, dc1, dcol1, da0] = sc;
 #pragma omp for schedule(static)
             for (int n = 0; n < kBatch; ++n) {
                 im2col<T>(X.data() + n * 784, 1, 28, 28, 5, col0.data());
@@ -162,8 +163,8 @@ public:
             gW1p[t].setZero();
             gb0p[t].setZero();
             gb1p[t].setZero();
-            std::vector<T> col0(25 * 576), dc0(kF0 * 576), col1(kF0 * 25 * 64), dc1(kF1 * 64), dcol1(kF0 * 25 * 64),
-                da0(kF0 * 144);
+            Scratch& sc = scratch[static_cast<std::size_t>(t)];
+            auto& [col0, c0, pooled0, col1, c1, pooled1, dc0, dc1, dcol1, da0] = sc;
 #pragma omp for schedule(static)
             for (int n = 0; n < kBatch; ++n) {
                 // layer 1: through tanh, the pooling, the product
@@ -212,6 +213,15 @@ private:
     std::vector<int> arg0, arg1;
     Mat<T> h, p, dz2, dA1;
     int threads = 1;
+    // Per-thread buffers, kept between steps.
+    struct Scratch {
+        std::vector<T> col0 = std::vector<T>(25 * 576), c0 = std::vector<T>(kF0 * 576),
+                       pooled0 = std::vector<T>(kF0 * 144), col1 = std::vector<T>(kF0 * 25 * 64),
+                       c1 = std::vector<T>(kF1 * 64), pooled1 = std::vector<T>(kF1 * 16),
+                       dc0 = std::vector<T>(kF0 * 576), dc1 = std::vector<T>(kF1 * 64),
+                       dcol1 = std::vector<T>(kF0 * 25 * 64), da0 = std::vector<T>(kF0 * 144);
+    };
+    std::vector<Scratch> scratch;
     std::vector<Mat<T>> gW0p, gW1p;
     std::vector<Row<T>> gb0p, gb1p;
 };
