@@ -61,12 +61,13 @@ std::string ConvParams::str() const {
         s += fmt::format(", filter_dilation=({}, {})", dilation[0], dilation[1]);
     }
     if (!flip) s += ", correlation";
+    if (groups != 1) s += fmt::format(", num_groups={}", groups);
     return s;
 }
 
 std::size_t ConvParams::hash() const {
     std::size_t h = static_cast<std::size_t>(border.kind) * 1000003u;
-    for (std::int64_t v : {border.rows, border.cols, stride[0], stride[1], dilation[0], dilation[1]}) {
+    for (std::int64_t v : {border.rows, border.cols, stride[0], stride[1], dilation[0], dilation[1], groups}) {
         h = h * 31u + static_cast<std::size_t>(v);
     }
     return h * 2u + (flip ? 1u : 0u);
@@ -89,6 +90,7 @@ void check_params(const ConvParams& p) {
         throw UsageError(
             fmt::format("conv2d: filter_dilation ({}, {}) must be positive", p.dilation[0], p.dilation[1]));
     }
+    if (p.groups < 1) throw UsageError(fmt::format("conv2d: num_groups {} must be positive", p.groups));
 }
 
 std::string declared_str(const std::array<std::int64_t, 4>& s) {
@@ -96,11 +98,13 @@ std::string declared_str(const std::array<std::int64_t, 4>& s) {
     return fmt::format("({}, {}, {}, {})", one(s[0]), one(s[1]), one(s[2]), one(s[3]));
 }
 
-// The geometry of one call: sizes, padding, output size.
+// The geometry of one call: sizes, padding, output size. C and F count all channels and
+// filters; each of the G groups has C / G channels and F / G filters.
 struct Geom {
-    std::int64_t N, C, H, W, F, KH, KW, OH, OW, ph, pw, sh, sw, dh, dw;
+    std::int64_t N, C, H, W, F, KH, KW, OH, OW, ph, pw, sh, sw, dh, dw, G;
     bool flip;
-    std::int64_t ckk() const { return C * KH * KW; }
+    std::int64_t Fg() const { return F / G; }
+    std::int64_t ckk() const { return C / G * KH * KW; }  // unrolled rows of one group
     std::int64_t P() const { return OH * OW; }
     // 1x1 filters at stride 1 without padding read the image itself as the unrolled matrix.
     bool direct() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
@@ -116,6 +120,7 @@ Geom geometry(const ConvParams& p, std::int64_t N, std::int64_t C, std::int64_t 
     g.OH = p.out_size(0, H, KH);
     g.OW = p.out_size(1, W, KW);
     g.flip = p.flip;
+    g.G = p.groups;
     return g;
 }
 
@@ -240,6 +245,22 @@ void check_fits(const char* op, const Geom& g, const ConvParams& p, const Shape&
     }
 }
 
+// The input's channels must be the filters' channels times the groups, and the filters must
+// split evenly into the groups.
+void check_groups(const char* op, std::int64_t channels, std::int64_t filter_channels, std::int64_t filters,
+                  std::int64_t groups, const Shape& xs, const Shape& ws) {
+    if (channels != filter_channels * groups) {
+        throw UsageError(fmt::format("{}: the input of shape {} has {} channels but the filters of shape {} expect {}{}",
+                                     op, shape_string(xs), channels, shape_string(ws), filter_channels * groups,
+                                     groups > 1 ? fmt::format(" ({} per group, num_groups={})", filter_channels, groups)
+                                                : std::string()));
+    }
+    if (filters % groups != 0) {
+        throw UsageError(fmt::format("{}: {} filters (shape {}) do not split into num_groups={} groups", op, filters,
+                                     shape_string(ws), groups));
+    }
+}
+
 Variable size_vector(const Variable& x) { return make_vector({x.shape(2), x.shape(3)}); }
 
 }  // namespace
@@ -261,9 +282,11 @@ std::vector<TensorType> Conv2d::make_types(const std::vector<Variable>& inputs) 
     if (input_shape_ && filter_shape_) {
         const auto& is = *input_shape_;
         const auto& fs = *filter_shape_;
-        if (is[1] >= 0 && fs[1] >= 0 && is[1] != fs[1]) {
-            throw UsageError(fmt::format("Conv2d: input_shape {} has {} channels but filter_shape {} has {}",
-                                         declared_str(is), is[1], declared_str(fs), fs[1]));
+        if (is[1] >= 0 && fs[1] >= 0 && is[1] != fs[1] * p_.groups) {
+            throw UsageError(fmt::format("Conv2d: input_shape {} has {} channels but filter_shape {} has {}{}",
+                                         declared_str(is), is[1], declared_str(fs), fs[1],
+                                         p_.groups > 1 ? fmt::format(" per group of num_groups={}", p_.groups)
+                                                       : std::string()));
         }
         for (int a = 0; a < 2; ++a) {
             if (is[2 + a] >= 0 && fs[2 + a] >= 0 && p_.out_size(a, is[2 + a], fs[2 + a]) < 1) {
@@ -299,11 +322,7 @@ void Conv2d::perform(const Node& node, std::span<const Tensor* const> in,
     };
     check_declared(input_shape_, x, "input", 0);
     check_declared(filter_shape_, w, "filters", 1);
-    if (x.dim(1) != w.dim(1)) {
-        throw UsageError(fmt::format("Conv2d: the input of shape {} has {} channels but the filters of shape {} "
-                                     "expect {}", shape_string(x.shape()), x.dim(1), shape_string(w.shape()),
-                                     w.dim(1)));
-    }
+    check_groups("Conv2d", x.dim(1), w.dim(1), w.dim(0), p_.groups, x.shape(), w.shape());
     const Geom g = geometry(p_, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(2), w.dim(3));
     check_fits("Conv2d", g, p_, x.shape(), w.shape());
     out[0]->ensure(x.dtype(), {g.N, g.F, g.OH, g.OW});
@@ -321,7 +340,7 @@ void Conv2d::perform(const Node& node, std::span<const Tensor* const> in,
             run_parts(parts, [&](int part) {
                 thread_local std::vector<T> col;
                 const auto [n0, n1] = image_range(g.N, part, parts);
-                if (!g.direct()) col.resize(static_cast<std::size_t>(g.ckk() * g.P()));
+                if (!g.direct()) col.resize(static_cast<std::size_t>(g.G * g.ckk() * g.P()));
                 for (std::int64_t n = n0; n < n1; ++n) {
                     const T* xn = xp + n * g.C * g.H * g.W;
                     const T* cn = xn;
@@ -329,8 +348,12 @@ void Conv2d::perform(const Node& node, std::span<const Tensor* const> in,
                         im2col(xn, g, col.data());
                         cn = col.data();
                     }
-                    gemm_slice<T>(op + n * g.F * g.P(), g.F, g.P(), 0, g.P(), T(1), wp, g.F, g.ckk(), false, cn,
-                                  g.ckk(), g.P(), false, T(0));
+                    // Group k: its filters' rows of W times its channels' rows of the unrolled image.
+                    for (std::int64_t k = 0; k < g.G; ++k) {
+                        gemm_slice<T>(op + (n * g.F + k * g.Fg()) * g.P(), g.Fg(), g.P(), 0, g.P(), T(1),
+                                      wp + k * g.Fg() * g.ckk(), g.Fg(), g.ckk(), false, cn + k * g.ckk() * g.P(),
+                                      g.ckk(), g.P(), false, T(0));
+                    }
                 }
             });
         }
@@ -373,7 +396,8 @@ void Conv2dGradInputs::perform(const Node& node, std::span<const Tensor* const> 
         throw UsageError(fmt::format("{}: top_grad of shape {} has {} channels but there are {} filters (shape {})", op,
                                      shape_string(top.shape()), top.dim(1), w.dim(0), shape_string(w.shape())));
     }
-    const Geom g = geometry(p_, top.dim(0), w.dim(1), H, W, w.dim(0), w.dim(2), w.dim(3));
+    if (w.dim(0) % p_.groups != 0) check_groups(op, w.dim(1) * p_.groups, w.dim(1), w.dim(0), p_.groups, {}, w.shape());
+    const Geom g = geometry(p_, top.dim(0), w.dim(1) * p_.groups, H, W, w.dim(0), w.dim(2), w.dim(3));
     const Shape xs{g.N, g.C, H, W};
     check_fits(op, g, p_, xs, w.shape());
     if (top.dim(2) != g.OH || top.dim(3) != g.OW) {
@@ -392,18 +416,23 @@ void Conv2dGradInputs::perform(const Node& node, std::span<const Tensor* const> 
             run_parts(parts, [&](int part) {
                 thread_local std::vector<T> col;
                 const auto [n0, n1] = image_range(g.N, part, parts);
-                if (!g.direct()) col.resize(static_cast<std::size_t>(g.ckk() * g.P()));
+                if (!g.direct()) col.resize(static_cast<std::size_t>(g.G * g.ckk() * g.P()));
                 for (std::int64_t n = n0; n < n1; ++n) {
                     T* gn = gp + n * image;
                     const T* tn = tp + n * g.F * g.P();
                     if (g.F == 0) {
                         std::fill(gn, gn + image, T(0));
-                    } else if (g.direct()) {
-                        gemm_slice<T>(gn, g.ckk(), g.P(), 0, g.P(), T(1), wp, g.F, g.ckk(), true, tn, g.F, g.P(), false,
-                                      T(0));
-                    } else {
-                        gemm_slice<T>(col.data(), g.ckk(), g.P(), 0, g.P(), T(1), wp, g.F, g.ckk(), true, tn, g.F,
+                        continue;
+                    }
+                    // Group k: the unrolled rows of its channels = its filters^T times its
+                    // filters' output gradient (written straight into the image for 1x1 filters).
+                    T* dst = g.direct() ? gn : col.data();
+                    for (std::int64_t k = 0; k < g.G; ++k) {
+                        gemm_slice<T>(dst + k * g.ckk() * g.P(), g.ckk(), g.P(), 0, g.P(), T(1),
+                                      wp + k * g.Fg() * g.ckk(), g.Fg(), g.ckk(), true, tn + k * g.Fg() * g.P(), g.Fg(),
                                       g.P(), false, T(0));
+                    }
+                    if (!g.direct()) {
                         std::fill(gn, gn + image, T(0));
                         col2im(col.data(), g, gn);
                     }
@@ -449,8 +478,13 @@ void Conv2dGradWeights::perform(const Node& node, std::span<const Tensor* const>
         throw UsageError(fmt::format("{}: top_grad of shape {} holds {} images but the input of shape {} holds {}", op,
                                      shape_string(top.shape()), top.dim(0), shape_string(x.shape()), x.dim(0)));
     }
+    if (x.dim(1) % p_.groups != 0 || top.dim(1) % p_.groups != 0) {
+        throw UsageError(fmt::format("{}: the input of shape {} and top_grad of shape {} do not split into "
+                                     "num_groups={} groups of channels", op, shape_string(x.shape()),
+                                     shape_string(top.shape()), p_.groups));
+    }
     const Geom g = geometry(p_, x.dim(0), x.dim(1), x.dim(2), x.dim(3), top.dim(1), KH, KW);
-    const Shape ws{g.F, g.C, KH, KW};
+    const Shape ws{g.F, g.C / g.G, KH, KW};
     check_fits(op, g, p_, x.shape(), ws);
     if (top.dim(2) != g.OH || top.dim(3) != g.OW) {
         throw UsageError(fmt::format("{}: top_grad has shape {} but filters of shape {} give an output of {} x {}", op,
@@ -474,7 +508,7 @@ void Conv2dGradWeights::perform(const Node& node, std::span<const Tensor* const>
                 T* acc = part == 0 ? gp : partial_data + (part - 1) * wsize;
                 const auto [n0, n1] = image_range(g.N, part, parts);
                 if (n0 == n1) std::fill(acc, acc + wsize, T(0));
-                if (!g.direct()) col.resize(static_cast<std::size_t>(g.ckk() * g.P()));
+                if (!g.direct()) col.resize(static_cast<std::size_t>(g.G * g.ckk() * g.P()));
                 for (std::int64_t n = n0; n < n1; ++n) {
                     const T* xn = xp + n * g.C * g.H * g.W;
                     const T* cn = xn;
@@ -482,8 +516,13 @@ void Conv2dGradWeights::perform(const Node& node, std::span<const Tensor* const>
                         im2col(xn, g, col.data());
                         cn = col.data();
                     }
-                    gemm_slice<T>(acc, g.F, g.ckk(), 0, g.ckk(), T(1), tp + n * g.F * g.P(), g.F, g.P(), false, cn,
-                                  g.ckk(), g.P(), true, n == n0 ? T(0) : T(1));
+                    // Group k: its filters' gradient rows += their output gradient times the
+                    // unrolled rows of the group's channels.
+                    for (std::int64_t k = 0; k < g.G; ++k) {
+                        gemm_slice<T>(acc + k * g.Fg() * g.ckk(), g.Fg(), g.ckk(), 0, g.ckk(), T(1),
+                                      tp + (n * g.F + k * g.Fg()) * g.P(), g.Fg(), g.P(), false,
+                                      cn + k * g.ckk() * g.P(), g.ckk(), g.P(), true, n == n0 ? T(0) : T(1));
+                    }
                 }
             });
             for (int part = 1; part < parts; ++part) {
@@ -517,7 +556,7 @@ std::pair<Variable, Variable> common_float(const Variable& a, const Variable& b)
 }  // namespace
 
 Variable conv2d(const Variable& input, const Variable& filters, const Conv2dArgs& args, std::source_location where) {
-    ConvParams p{args.border_mode, args.subsample, args.filter_dilation, args.filter_flip};
+    ConvParams p{args.border_mode, args.subsample, args.filter_dilation, args.filter_flip, args.num_groups};
     check_params(p);
     if (input.ndim() != 4 || filters.ndim() != 4) {
         throw UsageError(fmt::format("conv2d: input and filters must be 4-d tensors, got {} and {}",

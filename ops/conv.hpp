@@ -11,7 +11,10 @@
 //   out_rows = (rows + 2 pad_rows - dy (kh - 1) - 1) / sy + 1    (rounded down)
 //
 // Border modes: "valid" (no padding), "full" (pad = dy (kh - 1)), "half" (pad = dy (kh / 2):
-// same size for odd filters and stride 1), or explicit padding {rows, cols}.
+// same size for odd filters and stride 1), or explicit padding {rows, cols}. With num_groups G
+// (Theano's grouped convolution) the channels and the filters are split into G groups: filters
+// are (n_filters, channels / G, rows, cols) and filter f sees only the channels of its group
+// f / (n_filters / G).
 //
 // The two gradients are ops of their own, as in Theano, so rewrites and the planner see them:
 // Conv2dGradInputs(filters, top_grad, input_rows_cols) and
@@ -61,6 +64,7 @@ struct Conv2dArgs {
     std::array<std::int64_t, 2> subsample{1, 1};
     bool filter_flip = true;
     std::array<std::int64_t, 2> filter_dilation{1, 1};
+    std::int64_t num_groups = 1;  // channels and filters split into this many independent groups
 };
 
 // The geometry shared by the three ops (no declared shapes).
@@ -69,6 +73,7 @@ struct ConvParams {
     std::array<std::int64_t, 2> stride{1, 1};
     std::array<std::int64_t, 2> dilation{1, 1};
     bool flip = true;
+    std::int64_t groups = 1;
     bool operator==(const ConvParams&) const = default;
     std::string str() const;
     std::size_t hash() const;

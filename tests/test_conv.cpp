@@ -29,6 +29,7 @@ struct ConvCase {
     std::array<std::int64_t, 2> stride{1, 1};
     std::array<std::int64_t, 2> dilation{1, 1};
     bool flip = true;
+    std::int64_t groups = 1;
 };
 
 std::int64_t pad_of(const ConvCase& c, int axis, std::int64_t k) {
@@ -44,7 +45,7 @@ std::int64_t pad_of(const ConvCase& c, int axis, std::int64_t k) {
 
 Tensor reference_conv(const Tensor& x, const Tensor& w, const ConvCase& c) {
     const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-    const std::int64_t F = w.dim(0), KH = w.dim(2), KW = w.dim(3);
+    const std::int64_t F = w.dim(0), KH = w.dim(2), KW = w.dim(3), Cg = w.dim(1), Fg = F / c.groups;
     const std::int64_t ph = pad_of(c, 0, KH), pw = pad_of(c, 1, KW);
     const std::int64_t OH = (H + 2 * ph - c.dilation[0] * (KH - 1) - 1) / c.stride[0] + 1;
     const std::int64_t OW = (W + 2 * pw - c.dilation[1] * (KW - 1) - 1) / c.stride[1] + 1;
@@ -54,15 +55,17 @@ Tensor reference_conv(const Tensor& x, const Tensor& w, const ConvCase& c) {
             for (std::int64_t y = 0; y < OH; ++y)
                 for (std::int64_t xo = 0; xo < OW; ++xo) {
                     double s = 0;
-                    for (std::int64_t ch = 0; ch < C; ++ch)
+                    // Filter f sees the Cg channels of its group f / Fg.
+                    for (std::int64_t cw = 0; cw < Cg; ++cw)
                         for (std::int64_t i = 0; i < KH; ++i)
                             for (std::int64_t j = 0; j < KW; ++j) {
                                 const std::int64_t iy = y * c.stride[0] + i * c.dilation[0] - ph;
                                 const std::int64_t ix = xo * c.stride[1] + j * c.dilation[1] - pw;
                                 if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
                                 const std::int64_t wi = c.flip ? KH - 1 - i : i, wj = c.flip ? KW - 1 - j : j;
+                                const std::int64_t ch = f / Fg * Cg + cw;
                                 s += xv[static_cast<std::size_t>(((n * C + ch) * H + iy) * W + ix)] *
-                                     wv[static_cast<std::size_t>(((f * C + ch) * KH + wi) * KW + wj)];
+                                     wv[static_cast<std::size_t>(((f * Cg + cw) * KH + wi) * KW + wj)];
                             }
                     o[static_cast<std::size_t>(((n * F + f) * OH + y) * OW + xo)] = s;
                 }
@@ -75,12 +78,13 @@ Conv2dArgs args_of(const ConvCase& c) {
     a.subsample = c.stride;
     a.filter_dilation = c.dilation;
     a.filter_flip = c.flip;
+    a.num_groups = c.groups;
     return a;
 }
 
 std::string case_name(const ConvCase& c) {
-    return fmt::format("{} stride ({}, {}) dilation ({}, {}) {}", c.border.str(), c.stride[0], c.stride[1],
-                       c.dilation[0], c.dilation[1], c.flip ? "conv" : "corr");
+    return fmt::format("{} stride ({}, {}) dilation ({}, {}) {} groups {}", c.border.str(), c.stride[0], c.stride[1],
+                       c.dilation[0], c.dilation[1], c.flip ? "conv" : "corr", c.groups);
 }
 
 std::vector<ConvCase> conv_cases() {
@@ -146,6 +150,45 @@ TEST_CASE("conv2d: every border mode, stride, dilation and flip against nested l
     // 1x1 filters at stride 1 read the image directly (no unrolling).
     Tensor w1 = rt({5, 2, 1, 1}, 3);
     CHECK(close(values(eval1({xs, ws}, conv2d(xs, ws), {x, w1})), values(reference_conv(x, w1, {})), 1e-13));
+}
+
+TEST_CASE("conv2d: grouped convolution (num_groups) against nested loops, its gradients and errors") {
+    // 4 channels in 2 groups, 6 filters (3 per group) of 2 channels each.
+    Tensor x = rt({2, 4, 6, 5}, 31), w = rt({6, 2, 3, 2}, 32);
+    Variable xs = tensor4("x"), ws = tensor4("w");
+    std::vector<ConvCase> cases{{"valid", {1, 1}, {1, 1}, true, 2}, {"full", {2, 1}, {1, 1}, false, 2},
+                                {"half", {1, 2}, {2, 1}, true, 2}, {BorderMode(1, 0), {1, 1}, {1, 1}, true, 2}};
+    for (const ConvCase& c : cases) {
+        CAPTURE(case_name(c));
+        Tensor got = eval1({xs, ws}, conv2d(xs, ws, args_of(c)), {x, w});
+        CHECK(close(values(got), values(reference_conv(x, w, c)), 1e-13));
+        check_grad("grouped " + case_name(c), [&](auto v) { return conv2d(v[0], v[1], args_of(c)); }, {x, w});
+        // Second order through both gradient ops.
+        check_grad("grouped grad of grad " + case_name(c), [&](auto v) {
+            Variable out = conv2d(v[0], v[1], args_of(c));
+            return sqr(grad(sqr(out).sum(), v[1])).sum() + sqr(grad(sqr(out).sum(), v[0])).sum();
+        }, {x, w});
+    }
+    // Each group is the ordinary convolution of its channels with its filters.
+    Tensor whole = eval1({xs, ws}, conv2d(xs, ws, {.num_groups = 2}), {x, w});
+    auto part = [&](const Variable& v, std::int64_t axis, std::int64_t a, std::int64_t b, const Tensor& t) {
+        return axis == 0 ? eval1({v}, v[{slice(a, b, std::nullopt)}], {t})
+                         : eval1({v}, v[{slice(std::nullopt, std::nullopt, std::nullopt), slice(a, b, std::nullopt)}], {t});
+    };
+    Tensor first = eval1({xs, ws}, conv2d(xs, ws), {part(xs, 1, 0, 2, x), part(ws, 0, 0, 3, w)});
+    Tensor second = eval1({xs, ws}, conv2d(xs, ws), {part(xs, 1, 2, 4, x), part(ws, 0, 3, 6, w)});
+    Tensor joined = eval1({xs, ws}, concatenate({xs, ws}, 1), {first, second});
+    CHECK(values(whole) == values(joined));
+    Function f = function({xs, ws}, {conv2d(xs, ws, {.num_groups = 2})});
+    CHECK_THROWS_WITH_AS(f({rt({2, 4, 6, 5}, 1), rt({6, 4, 3, 2}, 2)}),
+                         doctest::Contains("Conv2d: the input of shape (2, 4, 6, 5) has 4 channels but the filters of "
+                                           "shape (6, 4, 3, 2) expect 8 (4 per group, num_groups=2)"),
+                         UsageError);
+    CHECK_THROWS_WITH_AS(f({rt({2, 4, 6, 5}, 1), rt({5, 2, 3, 2}, 2)}),
+                         doctest::Contains("5 filters (shape (5, 2, 3, 2)) do not split into num_groups=2 groups"),
+                         UsageError);
+    CHECK_THROWS_WITH_AS(conv2d(xs, ws, {.num_groups = 0}), doctest::Contains("num_groups 0 must be positive"),
+                         UsageError);
 }
 
 TEST_CASE("conv2d: gradients wrt input and filters by finite differences over every case") {
@@ -222,13 +265,13 @@ TEST_CASE("conv2d: results do not depend on how many threads ran the parts") {
 
 TEST_CASE("conv2d: errors name the op, the shapes and the user's line") {
     Variable xs = tensor4("x"), ws = tensor4("w");
-    Function f = function({xs, ws}, {conv2d(xs, ws)});
+    const int line = __LINE__; Function f = function({xs, ws}, {conv2d(xs, ws)});  // NOLINT: one line
     CHECK_THROWS_WITH_AS(f({rt({2, 3, 8, 8}, 1), rt({4, 2, 3, 3}, 2)}),
                          doctest::Contains("Conv2d: the input of shape (2, 3, 8, 8) has 3 channels but the filters of "
                                            "shape (4, 2, 3, 3) expect 2"),
                          UsageError);
-    CHECK_THROWS_WITH_AS(f({rt({2, 3, 8, 8}, 1), rt({4, 2, 3, 3}, 2)}), doctest::Contains("test_conv.cpp:225"),
-                         UsageError);
+    const std::string where = fmt::format("(node built at test_conv.cpp:{})", line);
+    CHECK_THROWS_WITH_AS(f({rt({2, 3, 8, 8}, 1), rt({4, 2, 3, 3}, 2)}), doctest::Contains(where.c_str()), UsageError);
     CHECK_THROWS_WITH_AS(f({rt({1, 1, 4, 8}, 1), rt({1, 1, 5, 3}, 2)}),
                          doctest::Contains("Conv2d: filters of shape (1, 1, 5, 3) do not fit the input of shape "
                                            "(1, 1, 4, 8) (border mode valid"),
