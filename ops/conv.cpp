@@ -566,6 +566,18 @@ Variable conv2d(const Variable& input, const Variable& filters, const Conv2dArgs
     return apply1(std::make_shared<Conv2d>(p, args.input_shape, args.filter_shape), {x, w}, where);
 }
 
+Variable conv2d_transpose(const Variable& input, const Variable& filters, std::array<std::int64_t, 4> output_shape,
+                          const Conv2dTransposeArgs& args, std::source_location where) {
+    if (output_shape[2] < 1 || output_shape[3] < 1) {
+        throw UsageError(fmt::format("conv2d_transpose: output_shape {} must give the output's rows and columns",
+                                     declared_str(output_shape)));
+    }
+    const ConvParams p{args.border_mode, args.input_dilation, args.filter_dilation, args.filter_flip, args.num_groups};
+    const Variable rows_cols =
+        constant(Tensor::from_vector<std::int64_t>({2}, {output_shape[2], output_shape[3]}));
+    return conv2d_grad_inputs(filters, input, rows_cols, p, where);
+}
+
 Variable conv2d_grad_inputs(const Variable& filters, const Variable& top_grad, const Variable& input_rows_cols,
                             const ConvParams& p, std::source_location where) {
     check_params(p);

@@ -129,9 +129,27 @@ private:
     ConvParams p_;
 };
 
+// theano.tensor.nnet.conv2d_transpose: the adjoint of conv2d (the gradient of a convolution
+// wrt its input), mapping input (batch, n_filters, rows, cols) to (batch, channels,
+// output rows, output cols) with filters laid out as conv2d's (n_filters, channels / G, rows,
+// cols). border_mode and input_dilation are those of the forward convolution (padding there
+// crops here; input_dilation is its subsample).
+struct Conv2dTransposeArgs {
+    BorderMode border_mode{};
+    std::array<std::int64_t, 2> input_dilation{1, 1};
+    bool filter_flip = true;
+    std::array<std::int64_t, 2> filter_dilation{1, 1};
+    std::int64_t num_groups = 1;
+};
+
 // theano.tensor.nnet.conv2d. Input and filters are upcast to a common float dtype.
 Variable conv2d(const Variable& input, const Variable& filters, const Conv2dArgs& args = {},
                 std::source_location where = std::source_location::current());
+// output_shape: (batch, channels, rows, cols) of the result; rows and cols are required (a
+// strided forward convolution maps several sizes to one), -1 leaves the others open.
+Variable conv2d_transpose(const Variable& input, const Variable& filters, std::array<std::int64_t, 4> output_shape,
+                          const Conv2dTransposeArgs& args = {},
+                          std::source_location where = std::source_location::current());
 // The gradients as ops (Theano's conv2d_grad_wrt_inputs / conv2d_grad_wrt_weights):
 // input_rows_cols / filter_rows_cols are int64 vectors of two sizes.
 Variable conv2d_grad_inputs(const Variable& filters, const Variable& top_grad, const Variable& input_rows_cols,

@@ -249,6 +249,35 @@ TEST_CASE("conv2d: the gradient ops match the transposed products they stand for
     }
 }
 
+TEST_CASE("conv2d_transpose: the adjoint of conv2d, by hand and against the input gradient") {
+    // A 2x2 input with a 2x2 filter, valid forward mode: the transpose is the full convolution.
+    Variable xs = tensor4("x"), ws = tensor4("w"), ts = tensor4("t");
+    Tensor in = T64({1, 1, 2, 2}, {1, 2, 3, 4}), w = T64({1, 1, 2, 2}, {1, 0, 0, 2});
+    Tensor up = eval1({xs, ws}, conv2d_transpose(xs, ws, {1, 1, 3, 3}), {in, w});
+    CHECK(up.shape() == Shape{1, 1, 3, 3});
+    // The adjoint of a valid convolution is the full correlation with the same filter:
+    // out[p] = sum_y in[y] w[K-1-p+y] per axis; worked by hand: [[2, 4, 0], [6, 9, 2], [0, 3, 4]].
+    CHECK(values(up) == std::vector<double>{2, 4, 0, 6, 9, 2, 0, 3, 4});
+    CHECK(values(up) == values(eval1({xs, ws}, conv2d(xs, ws, {.border_mode = "full", .filter_flip = false}), {in, w})));
+    // Strided, padded, grouped: equal to the gradient of conv2d wrt its input.
+    Tensor x = rt({2, 4, 7, 6}, 41), wg = rt({6, 2, 3, 3}, 42);
+    const ConvCase c{BorderMode(1, 1), {2, 2}, {1, 1}, true, 2};
+    Tensor top = rt(reference_conv(x, wg, c).shape(), 43);
+    Tensor want = eval1({xs, ws, ts}, grad((conv2d(xs, ws, args_of(c)) * ts).sum(), xs), {x, wg, top});
+    Tensor got = eval1({xs, ws, ts},
+                       conv2d_transpose(ts, ws, {-1, -1, 7, 6},
+                                        {.border_mode = BorderMode(1, 1), .input_dilation = {2, 2}, .num_groups = 2}),
+                       {x, wg, top});
+    CHECK(got.shape() == x.shape());
+    CHECK(values(got) == values(want));
+    check_grad("conv2d_transpose", [&](auto v) {
+        return conv2d_transpose(v[0], v[1], {-1, -1, 7, 6}, {.border_mode = BorderMode(1, 1), .input_dilation = {2, 2},
+                                                             .num_groups = 2});
+    }, {top, wg});
+    CHECK_THROWS_WITH_AS(conv2d_transpose(xs, ws, {1, 1, -1, 3}), doctest::Contains("must give the output's rows"),
+                         UsageError);
+}
+
 TEST_CASE("conv2d: results do not depend on how many threads ran the parts") {
     Tensor x = rt({9, 3, 10, 9}, 12), w = rt({4, 3, 3, 3}, 13);
     Variable xs = tensor4("x"), ws = tensor4("w");
