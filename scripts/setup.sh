@@ -2,7 +2,7 @@
 # Installs what theanine needs on a Debian machine (apt-get; run as root or with sudo).
 # Installs only packages that are missing.
 set -euo pipefail
-pkgs=(build-essential cmake libeigen3-dev libfmt-dev doctest-dev zlib1g-dev libpng-dev)
+pkgs=(build-essential cmake pkg-config libeigen3-dev libfmt-dev doctest-dev zlib1g-dev libpng-dev)
 if [ "${1:-}" = "--with-npm" ]; then pkgs+=(npm); fi
 missing=()
 for p in "${pkgs[@]}"; do
