@@ -434,7 +434,7 @@ void schedule(Compilation& c, Plan& p) {
             }
         }
         for (const auto& node : sched) {
-            Step s{node->op.get(), node.get(), {}, {}, {}, {}, {}};
+            Step s{node->op.get(), node.get(), {}, {}, {}, {}, {}, {}, {}};
             for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
             for (int o = 0; o < node->n_outputs(); ++o) s.out.push_back(&p.slots[slot_of.at(VarKey{node.get(), o})]);
             p.steps.push_back(std::move(s));

@@ -133,6 +133,13 @@ public:
     // The graph after rewrites: outputs, then update values (marked).
     std::string debugprint(bool print_type = true) const;
     std::string to_dot() const;
+    // One self-contained HTML page showing the steps as a graph laid out by Graphviz's dot
+    // program (run now; THEANINE_DOT names it when it is not "dot" on PATH): each step's op,
+    // the line that built it, output types, the last call's shapes and buffer bytes, whether
+    // it runs in place, and with CompileOptions::profile its time; inputs, shared variables,
+    // constants, outputs and updates marked. Pan, zoom, click a node for its details.
+    // Throws UsageError when dot cannot be run or fails.
+    std::string to_html() const;
     // "rewrite X replaced A by B" lines from compilation.
     const std::vector<std::string>& rewrite_log() const;
     // Names of the ops in execution order.

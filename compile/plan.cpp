@@ -91,6 +91,23 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
     return b.scratch;
 }
 
+namespace {
+
+void record_outputs(Step& s) {
+    s.shapes.resize(s.out.size());
+    s.bytes.resize(s.out.size());
+    for (std::size_t o = 0; o < s.out.size(); ++o) {
+        const Tensor& t = *s.out[o];
+        if (!t.defined()) continue;
+        s.shapes[o].assign(t.shape().begin(), t.shape().end());
+        bool shares = false;
+        for (const Tensor* in : s.in) shares = shares || (in->defined() && in->storage_id() == t.storage_id());
+        s.bytes[o] = shares ? 0 : t.storage_bytes();
+    }
+}
+
+}  // namespace
+
 void Plan::run_step(Step& s) {
     for (int o : s.acquire) {
         // The smallest pooled buffer the op's ensure() will keep (large enough, at most about
@@ -123,6 +140,7 @@ void Plan::run_step(Step& s) {
     s.op->perform(*s.node, s.in, s.out);
     if (nan_guard) check_finite(s);  // before the inputs' buffers go back to the pool
     if (!s.place.empty()) place_join_inputs(s);
+    record_outputs(s);
     for (int r : s.release) {
         for (int v : views_of[r]) slots[v] = Tensor();
         if (!slots[r].defined()) continue;

@@ -25,6 +25,11 @@ struct Step {
     std::vector<Tensor*> place;  // a Join's input slots, to be placed in its output
     std::vector<int> acquire;    // output slots that take a pooled buffer before the step
     std::vector<int> release;    // slots whose value is dead after the step
+    // The last call's outputs, for the graph view (Function::to_html): their shapes, and the
+    // bytes of their buffers (0 for an output that shares an input's buffer: a view or an
+    // in-place result).
+    std::vector<Shape> shapes;
+    std::vector<std::size_t> bytes;
 };
 
 struct InputBinding {

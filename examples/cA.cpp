@@ -39,7 +39,6 @@ std::string mean2(double a, double b, DType dt) {
 int main(int argc, char** argv) {
     int epochs = 20, batch_size = 10, hidden = 500;
     double learning_rate = 0.01, contraction_level = 0.1;
-    std::string output = "cA_plots";
     io::CommonFlags common;
     io::FlagParser flags("cA", "A contractive autoencoder on MNIST, as the tutorials' cA.py.");
     flags.add("epochs", &epochs, 1, "training epochs");
@@ -47,13 +46,12 @@ int main(int argc, char** argv) {
     flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
     flags.add("contraction-level", &contraction_level, 0, 1e6, "weight of the Jacobian norm in the cost");
     flags.add("hidden", &hidden, 1, "hidden units");
-    flags.add("output", &output, "folder for cae_filters.png");
-    common.add_to(flags, "folder to write W, b and b_prime into (cA_*.npy)");
+    common.output = "cA_plots";
+    common.add_to(flags, "folder to write W, b and b_prime into (cA_*.npy)", "cae_filters.png");
     flags.parse(argc, argv);
     try {
         common.apply();
         const DType fx = config().floatX;
-        io::check_writable_dir(output, "--output");
         io::MnistSplits d = io::load_mnist_splits(common);
         SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
         const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
@@ -69,7 +67,7 @@ int main(int argc, char** argv) {
                                      {{x, train_set_x[{slice(index * bs, (index + 1) * bs)}]}}, options);
         // Resumable: the parameters, the position, and the epoch's first two minibatches'
         // figures (all the epoch's line needs).
-        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        io::Run run(common);
         const std::vector<SharedVariable> state = ca.params();
         std::int64_t epoch0 = 0, batch0 = 0, steps = 0;
         std::vector<double> first0;
@@ -87,7 +85,7 @@ int main(int argc, char** argv) {
             ck["batch"] = io::int_entry(batch);
             ck["steps"] = io::int_entry(steps);
             ck["first"] = Tensor::from_vector<double>({static_cast<std::int64_t>(first.size())}, first);
-            ck["printed"] = run.out.to_tensor();
+            run.put_progress(ck);
             run.checkpoints.save(ck);
         };
         const auto start = std::chrono::steady_clock::now();
@@ -121,15 +119,20 @@ int main(int argc, char** argv) {
                                         ? mean2(std::sqrt(static_cast<float>(c[1][0])), std::sqrt(static_cast<float>(c[1][1])), fx)
                                         : mean2(std::sqrt(c[1][0]), std::sqrt(c[1][1]), fx);
             run.out.print(fmt::format("Training epoch {}, reconstruction cost  {}  jacobian norm  {}", epoch, rec, jac));
+            // The numbers as printed (float32 ones in their shortest form read back exactly).
+            run.metrics.add("reconstruction cost", "reconstruction cost", static_cast<double>(epoch), std::stod(rec));
+            run.metrics.add("jacobian norm", "jacobian norm", static_cast<double>(epoch), std::stod(jac));
+            run.metrics.write();
             if (epoch + 1 < epochs) {
                 checkpoint(epoch + 1, 0, {});
                 if (io::stop_requested()) throw io::Stopped{io::stop_status()};
             }
         }
         const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+        io::write_graph_html(common, train_ca);
         std::fprintf(stderr, "The code for file cA ran for %.2fm\n", minutes);
         Tensor image = io::tile_raster_images(ca.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
-        io::write_png_gray(output + "/cae_filters.png", image);
+        io::write_png_gray(common.output + "/cae_filters.png", image);
         if (!common.save.empty()) io::save_params(ca.params(), common.save, "cA_");
     } catch (const io::Stopped& stop) {
         std::cerr << "cA: stopped by a signal; resume with --resume " << common.checkpoint << "\n";

@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     int epochs = 200, batch_size = 500;
     std::uint32_t seed = 23455;
     double learning_rate = 0.1;
-    std::string nkerns_text = "20,50", output = ".";
+    std::string nkerns_text = "20,50";
     io::CommonFlags common;
     io::FlagParser flags("convolutional_mlp", "LeNet5 on MNIST, as the tutorials' convolutional_mlp.py.");
     flags.add("epochs", &epochs, 1, "maximum training epochs");
@@ -61,8 +61,7 @@ int main(int argc, char** argv) {
     flags.add("batch-size", &batch_size, 1, "minibatch size");
     flags.add("learning-rate", &learning_rate, 0, 1e6, "SGD step");
     flags.add("seed", &seed, "seed of the weight initialisation (numpy RandomState)");
-    flags.add("output", &output, "folder for filters_layer0.png");
-    common.add_to(flags, "folder to write the parameters into");
+    common.add_to(flags, "folder to write the parameters into", "filters_layer0.png");
     flags.parse(argc, argv);
     try {
         const std::vector<int> nk = io::parse_int_list("--nkerns", nkerns_text);
@@ -70,8 +69,7 @@ int main(int argc, char** argv) {
             throw UsageError(fmt::format("--nkerns: expected two positive counts such as 20,50, got \"{}\"", nkerns_text));
         }
         common.apply();
-        io::check_writable_dir(output, "--output");
-        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        io::Run run(common);
         const CompileOptions options = io::compile_options(common);
         io::MnistSplits d = io::load_mnist_splits(common);
         io::SharedSplits sets(d);
@@ -105,13 +103,14 @@ int main(int argc, char** argv) {
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
                                                [&] { return io::mean_over_batches(test_model, n_test); }, rule,
                                                run.resumable(params));
+        io::write_graph_html(common, train_model);
         run.out.print("Optimization complete.");
         run.out.print(fmt::sprintf("Best validation score of %f %% obtained at iteration %lld, with test performance "
                                    "%f %%", r.best_validation * 100, static_cast<long long>(r.best_iter + 1),
                                    r.test_score * 100));
         std::fprintf(stderr, "The code for file convolutional_mlp ran for %.2fm (%d epochs, %.2f s per epoch)\n",
                      r.seconds / 60, r.epochs, r.seconds / r.epochs);
-        io::write_png_gray(output + "/filters_layer0.png", filter_image(net.layer0.W.get_value(true), 8));
+        io::write_png_gray(common.output + "/filters_layer0.png", filter_image(net.layer0.W.get_value(true), 8));
         if (!common.save.empty()) io::save_params(params, common.save, "lenet_");
     } catch (const io::Stopped& stop) {
         std::cerr << "convolutional_mlp: stopped by a signal; resume with --resume " << common.checkpoint << "\n";

@@ -47,12 +47,14 @@ struct Flags {
     std::string checkpoint, resume;
     std::int64_t checkpoint_every = 500;
     bool nan_guard = false;
+    std::string graph_html;
 };
 
 const char* kHelp = R"(usage: dA [flags]
 
 Trains a denoising autoencoder on MNIST for each corruption level, as the Deep Learning
-Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
+Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each, and the costs of
+every epoch to metrics.csv with their plot, curves.png and curves.svg.
 
   --epochs N            training epochs per model (default 15)
   --batch-size N        minibatch size (default 20)
@@ -62,7 +64,7 @@ Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
   --rng mrg|numpy       corruption stream class: MRG_RandomStreams (as the shipped dA.py)
                         or the numpy-backed RandomStreams (default mrg)
   --data DIR            folder with the MNIST IDX files (default data/mnist)
-  --output DIR          folder for the images and parameters (default output)
+  --output DIR          folder for the images, metrics and parameters (default output)
   --floatX T            float32 or float64 (default float64)
   --seed N              seed of numpy_rng (default 123)
   --threads N           threads for matrix products (default: all cores)
@@ -76,6 +78,7 @@ Tutorials' dA.py does, and writes filters_corruption_<pct>.png for each.
   --resume DIR          continue the run checkpointed in DIR (same flags), printing its
                         lines again: the output is that of an uninterrupted run
   --nan-guard           check every step for NaN/inf and name the op that made one
+  --graph-html FILE     write an HTML view of the last model's compiled training function
   --help                this text
 )";
 
@@ -148,6 +151,7 @@ Flags parse(int argc, char** argv) {
             f.rng = value;
         } else if (a == "--data") f.data = value;
         else if (a == "--output") f.output = value;
+        else if (a == "--graph-html") f.graph_html = value;
         else if (a == "--floatX") {
             if (value != "float32" && value != "float64") bad_flag(fmt::format("--floatX takes float32 or float64, got '{}'", value));
             f.floatX = value;
@@ -169,7 +173,7 @@ Flags parse(int argc, char** argv) {
 // Where a run is: model (corruption level index), epoch, next minibatch, this epoch's costs
 // so far, minibatches run in all, and the lines printed.
 io::Checkpoint position(std::size_t level, std::int64_t epoch, std::int64_t batch, const io::EpochCosts& costs,
-                        std::int64_t steps, const io::PrintedLines& out) {
+                        std::int64_t steps, const io::PrintedLines& out, const io::Metrics& metrics) {
     io::Checkpoint c;
     c["level"] = io::int_entry(static_cast<std::int64_t>(level));
     c["epoch"] = io::int_entry(epoch);
@@ -177,6 +181,7 @@ io::Checkpoint position(std::size_t level, std::int64_t epoch, std::int64_t batc
     c["costs"] = costs.to_tensor();
     c["steps"] = io::int_entry(steps);
     c["printed"] = out.to_tensor();
+    c["metrics"] = metrics.to_tensor();
     return c;
 }
 
@@ -197,6 +202,10 @@ int main(int argc, char** argv) {
         if (flags.threads > 0) set_num_threads(flags.threads);
         const DType fx = config().floatX;
         io::check_writable_dir(flags.output, "--output");
+        if (!flags.graph_html.empty()) {
+            const std::string parent = std::filesystem::path(flags.graph_html).parent_path().string();
+            io::check_writable_dir(parent.empty() ? "." : parent, "--graph-html");
+        }
         io::Checkpointer checkpoints(flags.checkpoint, flags.checkpoint_every, flags.resume);
         const std::optional<io::Checkpoint> resumed = checkpoints.resume();
         io::install_stop_signals();
@@ -212,11 +221,13 @@ int main(int argc, char** argv) {
 
         // Where a resumed run starts: the model (corruption level), epoch and minibatch.
         io::PrintedLines out;
+        io::Metrics metrics(flags.output);
         std::size_t first_level = 0;
         std::int64_t start_epoch = 0, start_batch = 0, steps = 0;
         io::EpochCosts start_costs;
         if (resumed) {
             out.replay(resumed->at("printed"));
+            if (resumed->count("metrics")) metrics.restore(resumed->at("metrics"));
             first_level = static_cast<std::size_t>(io::get_int(*resumed, "level"));
             start_epoch = io::get_int(*resumed, "epoch");
             start_batch = io::get_int(*resumed, "batch");
@@ -257,7 +268,7 @@ int main(int argc, char** argv) {
             }
             // Everything a resumed run needs to continue from minibatch `batch` of `epoch`.
             auto checkpoint = [&](std::int64_t epoch, std::int64_t batch) {
-                io::Checkpoint c = position(li, epoch, batch, costs, steps, out);
+                io::Checkpoint c = position(li, epoch, batch, costs, steps, out, metrics);
                 io::put_values(c, "param", params);
                 io::put_values(c, "rng", rng_states);
                 checkpoints.save(c);
@@ -288,7 +299,10 @@ int main(int argc, char** argv) {
                 }
                 progress.clear();
                 // print('Training epoch %d, cost ' % epoch, numpy.mean(c, dtype='float64'))
-                out.print(fmt::format("Training epoch {}, cost  {}", epoch, io::numpy::scalar_str(costs.mean())));
+                const double mean_cost = costs.mean();
+                out.print(fmt::format("Training epoch {}, cost  {}", epoch, io::numpy::scalar_str(mean_cost)));
+                metrics.add("cost", fmt::format("corruption {}%", level_name(level)), static_cast<double>(epoch), mean_cost);
+                metrics.write();
                 costs = io::EpochCosts();
                 if (epoch + 1 < flags.epochs) {
                     checkpoint(epoch + 1, 0);
@@ -299,6 +313,12 @@ int main(int argc, char** argv) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
             std::string what = level == 0 ? "no corruption" : level_name(level) + "% corruption";
             std::cerr << fmt::format("The {} code for file dA ran for {:.2f}m", what, minutes) << std::endl;
+            if (!flags.graph_html.empty()) {
+                const std::string page = train_da.to_html();
+                io::AtomicFile file(flags.graph_html);
+                file.write(page.data(), page.size());
+                file.commit();
+            }
 
             Tensor filters = io::tile_raster_images(da.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
             std::string png = flags.output + "/filters_corruption_" + level_name(level) + ".png";
@@ -310,11 +330,11 @@ int main(int argc, char** argv) {
                 io::save_npy(base + "b_prime.npy", da.b_prime.get_value(true));
             }
             // The next model starts from scratch.
-            if (li + 1 < flags.corruption.size()) checkpoints.save(position(li + 1, 0, 0, io::EpochCosts(), steps, out));
+            if (li + 1 < flags.corruption.size()) checkpoints.save(position(li + 1, 0, 0, io::EpochCosts(), steps, out, metrics));
             if (io::stop_requested() && li + 1 < flags.corruption.size()) return stopped(checkpoints);
         }
         // A finished run: resuming it prints its lines and trains nothing.
-        checkpoints.save(position(flags.corruption.size(), 0, 0, io::EpochCosts(), steps, out));
+        checkpoints.save(position(flags.corruption.size(), 0, 0, io::EpochCosts(), steps, out, metrics));
     } catch (const theanine::Error& e) {
         std::cerr << "dA: " << e.what() << "\n";
         return 1;

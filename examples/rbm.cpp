@@ -38,7 +38,6 @@ std::string mean_text(const std::vector<double>& v, DType dt) {
 int main(int argc, char** argv) {
     int epochs = 15, batch_size = 20, k = 15, hidden = 500, chains = 20, samples = 10, plot_every = 1000;
     double learning_rate = 0.1;
-    std::string output = "rbm_plots";
     io::CommonFlags common;
     io::FlagParser flags("rbm", "A restricted Boltzmann machine trained by PCD-k on MNIST, then sampled, as the "
                                 "tutorials' rbm.py.");
@@ -50,13 +49,12 @@ int main(int argc, char** argv) {
     flags.add("chains", &chains, 1, "parallel chains sampled after training");
     flags.add("samples", &samples, 0, "samples plotted per chain");
     flags.add("plot-every", &plot_every, 1, "Gibbs steps between plotted samples");
-    flags.add("output", &output, "folder for filters_at_epoch_N.png and samples.png");
-    common.add_to(flags, "folder to write W, hbias and vbias into (rbm_*.npy)");
+    common.output = "rbm_plots";
+    common.add_to(flags, "folder to write W, hbias and vbias into (rbm_*.npy)", "filters_at_epoch_N.png and samples.png");
     flags.parse(argc, argv);
     try {
         common.apply();
         const DType fx = config().floatX;
-        io::check_writable_dir(output, "--output");
         io::MnistSplits d = io::load_mnist_splits(common);
         SharedVariable train_set_x = shared(d.train_x, "train_set_x", true);
         const std::int64_t n_train_batches = io::count_batches(d.train_x.dim(0), batch_size, "training");
@@ -75,7 +73,7 @@ int main(int argc, char** argv) {
 
         // Everything a step changes: the parameters, the persistent chain, the bit index of the
         // pseudo-likelihood and the generator states; with the position and the epoch's costs.
-        io::Run run(common.checkpoint, common.checkpoint_every, common.resume);
+        io::Run run(common);
         std::vector<SharedVariable> state = rbm.params();
         state.push_back(persistent_chain);
         state.push_back(*rbm.bit_i_idx);
@@ -96,7 +94,7 @@ int main(int argc, char** argv) {
             c["batch"] = io::int_entry(batch);
             c["steps"] = io::int_entry(steps);
             c["costs"] = costs.to_tensor();
-            c["printed"] = run.out.to_tensor();
+            run.put_progress(c);
             run.checkpoints.save(c);
         };
 
@@ -120,15 +118,19 @@ int main(int argc, char** argv) {
                 }
             }
             progress.clear();
-            run.out.print(fmt::format("Training epoch {}, cost is  {}", epoch, mean_text(c.values, fx)));
+            const std::string cost = mean_text(c.values, fx);
+            run.out.print(fmt::format("Training epoch {}, cost is  {}", epoch, cost));
+            run.metrics.add("cost", "training cost", static_cast<double>(epoch), std::stod(cost));
+            run.metrics.write();
             const auto p0 = std::chrono::steady_clock::now();
             Tensor image = io::tile_raster_images(rbm.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
-            io::write_png_gray(fmt::format("{}/filters_at_epoch_{}.png", output, epoch), image);
+            io::write_png_gray(fmt::format("{}/filters_at_epoch_{}.png", common.output, epoch), image);
             plotting_time += std::chrono::duration<double>(std::chrono::steady_clock::now() - p0).count();
             checkpoint(epoch + 1, 0, io::EpochCosts());
             if (io::stop_requested()) throw io::Stopped{io::stop_status()};
         }
         const double training = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - plotting_time;
+        io::write_graph_html(common, train_rbm);
         run.out.print(fmt::format("Training took {:f} minutes", training / 60.));
         if (!common.save.empty()) io::save_params(rbm.params(), common.save, "rbm_");
 
@@ -158,7 +160,7 @@ int main(int argc, char** argv) {
             Tensor tiles = io::tile_raster_images(out[0], {28, 28}, {1, chains}, {1, 1});
             image_data.slice(0, 29 * idx, 29 * idx + 28, 1).copy_from(tiles);
         }
-        io::write_png_gray(output + "/samples.png", image_data);
+        io::write_png_gray(common.output + "/samples.png", image_data);
     } catch (const io::Stopped& stop) {
         std::cerr << "rbm: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
         return stop.status;

@@ -20,6 +20,8 @@ std::string constant_text(const Tensor& t) {
     return fmt::format("TensorConstant{{{} {}}}", dtype_name(t.dtype()), shape_string(t.shape()));
 }
 
+}  // namespace
+
 std::string leaf_or_op(const Variable& v) {
     const Node& n = v.node();
     switch (n.kind) {
@@ -34,6 +36,8 @@ std::string leaf_or_op(const Variable& v) {
     }
     return "?";
 }
+
+namespace {
 
 struct Printer {
     const PrintOptions& opt;
@@ -70,6 +74,7 @@ struct Printer {
 };
 
 }  // namespace
+
 
 std::string debugprint(const std::vector<Variable>& outputs, const PrintOptions& options) {
     Printer p{options, {}, {}, {}};

@@ -24,6 +24,9 @@ struct PrintOptions {
 };
 
 std::string debugprint(const std::vector<Variable>& outputs, const PrintOptions& options = {});
+// One variable's label: its op's name (with ".i" for output i of a multi-output op), or the
+// leaf's name, or a constant's value (TensorConstant{1}).
+std::string leaf_or_op(const Variable& v);
 std::string debugprint(const Variable& output, const PrintOptions& options = {});
 
 // Graphviz "dot" text: one box per apply node, one ellipse per leaf, edges labelled with

@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include "examples/io/files.hpp"
+#include <filesystem>
+
 #include "graph/config.hpp"
 #include "graph/error.hpp"
 #include "ops/blas.hpp"
@@ -137,8 +139,11 @@ void FlagParser::parse(int argc, char** argv) const {
     }
 }
 
-void CommonFlags::add_to(FlagParser& parser, const std::string& save_help) {
+void CommonFlags::add_to(FlagParser& parser, const std::string& save_help, const std::string& output_help) {
     parser.add("data", &data, "folder with the MNIST IDX files");
+    parser.add("output", &output, "folder for metrics.csv, curves.png and curves.svg" +
+                                      (output_help.empty() ? std::string() : ", " + output_help));
+    parser.add("graph-html", &graph_html, "write an HTML view of the compiled training function to FILE");
     parser.add("floatX", &floatX, "float32 or float64", {"float32", "float64"});
     parser.add("threads", &threads, 0, "threads for products, 0 for all cores");
     parser.add("save-params", &save, save_help);
@@ -156,6 +161,11 @@ void CommonFlags::apply() const {
     config().floatX = dtype_from_name(floatX);
     if (threads > 0) set_num_threads(threads);
     if (!save.empty()) check_writable_dir(save, "--save-params");
+    check_writable_dir(output, "--output");
+    if (!graph_html.empty()) {
+        const std::string parent = std::filesystem::path(graph_html).parent_path().string();
+        check_writable_dir(parent.empty() ? "." : parent, "--graph-html");
+    }
 }
 
 std::vector<int> parse_int_list(const std::string& flag, const std::string& text) {

@@ -33,19 +33,26 @@ private:
 };
 
 // The flags every MNIST program takes: --data, --floatX, --threads, --save-params,
-// --train-size, --checkpoint, --checkpoint-every, --resume, --nan-guard.
+// --train-size, --output, --checkpoint, --checkpoint-every, --resume, --nan-guard,
+// --graph-html.
 struct CommonFlags {
     std::string data = "data/mnist";
     std::string floatX = "float64";
     std::string save;  // folder for parameter files; empty: do not save
+    // Folder for metrics.csv, curves.png and curves.svg (examples/io/metrics.hpp) and the
+    // program's images; a program sets its own default before add_to.
+    std::string output = ".";
+    std::string graph_html;  // write the training function's graph view here (Function::to_html)
     int threads = 0;
     std::int64_t train_size = 50000;  // training images, from the start of the training file
     std::string pixel_scale = "255";  // pixels as byte / 255 (the default) or byte / 256
     std::string checkpoint, resume;
     std::int64_t checkpoint_every = 1000;
     bool nan_guard = false;
-    void add_to(FlagParser& parser, const std::string& save_help);
-    // Sets config().floatX and the thread count; checks that --save-params can be written.
+    // output_help: what the program writes into --output besides the metrics and curves.
+    void add_to(FlagParser& parser, const std::string& save_help, const std::string& output_help = "");
+    // Sets config().floatX and the thread count; checks that --save-params and --output can
+    // be written.
     void apply() const;
     int scale() const { return pixel_scale == "256" ? 256 : 255; }
 };

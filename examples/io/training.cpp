@@ -70,10 +70,30 @@ Function minibatch_function(const Variable& index, const std::vector<Variable>& 
                     options);
 }
 
-Run::Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir)
-    : checkpoints(checkpoint_dir, every, resume_dir), resumed(checkpoints.resume()) {
-    if (resumed) out.replay(resumed->at("printed"));
+Run::Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir,
+         const std::string& output_dir)
+    : checkpoints(checkpoint_dir, every, resume_dir), resumed(checkpoints.resume()), metrics(output_dir) {
+    if (resumed) {
+        out.replay(resumed->at("printed"));
+        // Checkpoints written before metrics were kept have none.
+        if (resumed->count("metrics")) metrics.restore(resumed->at("metrics"));
+    }
     install_stop_signals();
+}
+
+Run::Run(const CommonFlags& flags) : Run(flags.checkpoint, flags.checkpoint_every, flags.resume, flags.output) {}
+
+void Run::put_progress(Checkpoint& c) const {
+    c["printed"] = out.to_tensor();
+    c["metrics"] = metrics.to_tensor();
+}
+
+void write_graph_html(const CommonFlags& flags, const Function& f) {
+    if (flags.graph_html.empty()) return;
+    const std::string page = f.to_html();
+    AtomicFile file(flags.graph_html);
+    file.write(page.data(), page.size());
+    file.commit();
 }
 
 bool resumed_in_finetuning(const Run& run) { return run.resumed && !run.resumed->count("pretrain_layer"); }
@@ -103,7 +123,7 @@ double pretrain_layers(Run& run, std::size_t n_layers, std::int64_t epochs, std:
         c["pretrain_batch"] = int_entry(batch);
         c["pretrain_costs"] = costs.to_tensor();
         c["steps"] = int_entry(steps);
-        c["printed"] = run.out.to_tensor();
+        run.put_progress(c);
         run.checkpoints.save(c);
     };
     const auto t0 = std::chrono::steady_clock::now();
@@ -128,7 +148,10 @@ double pretrain_layers(Run& run, std::size_t n_layers, std::int64_t epochs, std:
                 }
             }
             progress.clear();
-            run.out.print(line(i, epoch, c.mean()));
+            const double mean_cost = c.mean();
+            run.out.print(line(i, epoch, mean_cost));
+            run.metrics.add("pre-training cost", fmt::format("layer {}", i), static_cast<double>(epoch), mean_cost);
+            run.metrics.write();
             const bool last = i + 1 == n_layers && epoch + 1 == epochs;
             if (!last) {
                 if (epoch + 1 < epochs) {
@@ -144,7 +167,7 @@ double pretrain_layers(Run& run, std::size_t n_layers, std::int64_t epochs, std:
 }
 
 Resumable Run::resumable(std::vector<SharedVariable> state) {
-    return Resumable{&checkpoints, std::move(state), &out, resumed ? &*resumed : nullptr};
+    return Resumable{&checkpoints, std::move(state), &out, resumed ? &*resumed : nullptr, &metrics};
 }
 
 std::int64_t count_batches(std::int64_t n, std::int64_t batch_size, const std::string& split) {
@@ -247,6 +270,7 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
         c["done"] = int_entry(done ? 1 : 0);
         c["seconds"] = double_entry(seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         c["printed"] = out.to_tensor();
+        if (run.metrics) c["metrics"] = run.metrics->to_tensor();
         run.checkpoints->save(c);
     };
     auto stop = [&](std::int64_t batch) {
@@ -273,6 +297,8 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
             progress.update(b + 1, n_train_batches);
             if ((iter + 1) % validation_frequency == 0) {
                 const double v = validation_error();
+                const double at_epoch = static_cast<double>(iter + 1) / static_cast<double>(n_train_batches);
+                if (run.metrics) run.metrics->add("error (%)", "validation error", at_epoch, v * 100);
                 progress.clear();
                 out.print(fmt::sprintf("epoch %d, minibatch %lld/%lld, validation error %f %%", epoch,
                                        static_cast<long long>(b + 1), static_cast<long long>(n_train_batches), v * 100));
@@ -283,6 +309,7 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
                     r.best_validation = v;
                     r.best_iter = iter;
                     r.test_score = test_error();
+                    if (run.metrics) run.metrics->add("error (%)", "test error of best model", at_epoch, r.test_score * 100);
                     out.print(fmt::sprintf("     epoch %d, minibatch %lld/%lld, test error of best model %f %%", epoch,
                                            static_cast<long long>(b + 1), static_cast<long long>(n_train_batches),
                                            r.test_score * 100));
@@ -300,6 +327,7 @@ TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>&
         }
         resume_inside = false;
         progress.clear();
+        if (run.metrics) run.metrics->write();
         checkpoint(0);
         if (stop_requested() && !done && epoch < rule.n_epochs) stop(0);
     }

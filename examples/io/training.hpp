@@ -11,6 +11,7 @@
 #include "compile/function.hpp"
 #include "examples/io/checkpoint.hpp"
 #include "examples/io/flags.hpp"
+#include "examples/io/metrics.hpp"
 #include "graph/graph.hpp"
 
 namespace theanine::io {
@@ -81,17 +82,19 @@ struct TrainResult {
 
 // What makes a training run stoppable and resumable (examples/io/checkpoint.hpp): the shared
 // variables its steps update (parameters, generator states), where checkpoints go, the
-// printed lines, and the checkpoint to resume from.
+// printed lines, the per-epoch metrics, and the checkpoint to resume from.
 struct Resumable {
     Checkpointer* checkpoints = nullptr;
     std::vector<SharedVariable> state;
     PrintedLines* out = nullptr;
     const Checkpoint* resume = nullptr;
+    Metrics* metrics = nullptr;
 };
 
 // Minibatch SGD as the tutorials run it: validation every min(n_train_batches, patience/2)
 // minibatches, the test error recomputed at each new best, stopping when patience runs out.
-// Prints the tutorials' progress lines (and a progress line on a terminal). Checkpoints every
+// Prints the tutorials' progress lines (and a progress line on a terminal); the errors go to
+// the metrics too (panel "error (%)", at the epoch's fraction done), written at each epoch's end. Checkpoints every
 // Checkpointer::due minibatches and at each epoch's end; on SIGINT/SIGTERM it checkpoints
 // and throws Stopped. A cost that is not finite throws UsageError naming the minibatch.
 TrainResult train_with_early_stopping(const std::function<double(std::int64_t)>& train_batch,
@@ -104,20 +107,31 @@ struct Stopped {
     int status;
 };
 
-// A program's --checkpoint / --resume / --checkpoint-every: the checkpointer, the checkpoint
-// to resume from (its printed lines are printed again when this is made) and the lines.
+// A program's --checkpoint / --resume / --checkpoint-every / --output: the checkpointer, the
+// checkpoint to resume from (its printed lines are printed again and its metrics restored
+// when this is made), the lines and the metrics (written into --output).
 struct Run {
     Checkpointer checkpoints;
     std::optional<Checkpoint> resumed;
     PrintedLines out;
-    Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir);
+    Metrics metrics;
+    explicit Run(const CommonFlags& flags);
+    Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir,
+        const std::string& output_dir = "");
     // The Resumable of a training loop whose steps update state.
     Resumable resumable(std::vector<SharedVariable> state);
+    // A checkpoint's entries for the lines and the metrics.
+    void put_progress(Checkpoint& c) const;
 };
+
+// Writes f.to_html() to --graph-html when the flag is given (after training, so that the page
+// shows the shapes of the last call).
+void write_graph_html(const CommonFlags& flags, const Function& f);
 
 // Greedy layer-wise pre-training as SdA.py and DBN.py run it: for each of n_layers layers,
 // `epochs` epochs of step(layer, minibatch) over n_batches minibatches, printing
-// line(layer, epoch, mean cost) after each epoch (a cost that is not finite stops it with an
+// line(layer, epoch, mean cost) after each epoch, and the cost to the metrics (panel
+// "pre-training cost", series "layer i", the epoch as printed) (a cost that is not finite stops it with an
 // error naming the minibatch). Resumable: checkpoints carry state, the position and the
 // epoch's costs so far; a run resumed in fine-tuning skips it all. Returns the seconds it ran
 // (0 when skipped).
