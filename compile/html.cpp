@@ -341,8 +341,8 @@ std::string Function::to_html() const {
         for (std::size_t o = 0; o < node.types.size(); ++o) {
             const std::string type = node.types[o].str();
             const bool ran = o < st.shapes.size() && (!st.shapes[o].empty() || node.types[o].ndim() == 0);
-            std::string shape = ran ? shape_string(st.shapes[o]) : "not run yet";
-            std::string what = type + (ran ? " " + shape : "");
+            const std::string shape = ran ? shape_string(st.shapes[o]) : "";
+            std::string what = type + (ran ? " " + shape : ", not run yet");
             if (ran && o < st.bytes.size()) {
                 what += st.bytes[o] > 0 ? fmt::format(", buffer {}", bytes_text(st.bytes[o])) : ", shares an input's buffer";
             }

@@ -227,8 +227,10 @@ std::vector<Variable> run_phase(const std::vector<Variable>& outputs, const std:
         auto visit = [&](const std::shared_ptr<const Node>& n) -> std::optional<std::vector<Variable>> {
             if (n->kind != NodeKind::apply) return std::nullopt;
             for (const NodeRewriter* r : active) {
+                const std::uint64_t since = newest_node_serial();
                 auto rep = r->fn(*n);
                 if (!rep) continue;
+                inherit_where(*rep, since, n->where);
                 for (int o = 0; o < n->n_outputs(); ++o) {
                     check_replacement(r->name, Variable(n, o), (*rep)[o]);
                     log.note(r->name, Variable(n, o), (*rep)[o]);

@@ -154,6 +154,22 @@ Variable tensor4(const std::string& name, std::optional<DType> dt) {
     return make_input(4, name, dt.value_or(config().floatX));
 }
 
+std::uint64_t newest_node_serial() { return g_serial.load(); }
+
+void inherit_where(const std::vector<Variable>& made, std::uint64_t since, const std::source_location& where) {
+    std::vector<const Node*> stack;
+    for (const auto& v : made) stack.push_back(v.node_ptr().get());
+    while (!stack.empty()) {
+        const Node* n = stack.back();
+        stack.pop_back();
+        const bool same_line = n->where.line() == where.line() && n->where.file_name() == where.file_name();
+        if (n->serial <= since || n->kind != NodeKind::apply || same_line) continue;
+        // Nodes made by the rewrite that is running are reachable from nothing else yet.
+        const_cast<Node*>(n)->where = where;
+        for (const auto& in : n->inputs) stack.push_back(in.node_ptr().get());
+    }
+}
+
 Variable constant(const Tensor& value, const std::string& name, bool weak) {
     if (!value.defined()) throw UsageError("constant: the value is an empty tensor");
     auto n = new_node(NodeKind::constant);

@@ -225,6 +225,12 @@ Variable tensor4(const std::string& name = "", std::optional<DType> dt = std::nu
 
 // Constants. A weak constant (auto-wrapped from a C++ number) takes the dtype of the other
 // operand of the same kind, as a Python literal does in Theano (x * 0.5 stays float32).
+// For rewrites: the serial of the newest node so far, and giving the apply nodes a rewrite
+// made (serial above since, reached from made through inputs) the user's line of the node
+// they replace, so that messages and graph views name the user's code, not the rewrite's.
+std::uint64_t newest_node_serial();
+void inherit_where(const std::vector<Variable>& made, std::uint64_t since, const std::source_location& where);
+
 Variable constant(const Tensor& value, const std::string& name = "", bool weak = false);
 Variable constant(double value, std::optional<DType> dt = std::nullopt);
 

@@ -15,6 +15,7 @@
 #include <zlib.h>
 
 #include "examples/io/files.hpp"
+#include "examples/io/metrics.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/npy.hpp"
 #include "examples/io/png.hpp"
@@ -333,4 +334,75 @@ TEST_CASE("readers check headers against the file before allocating, and refuse 
     CHECK(error_of([&] { io::read_idx((dir / "zero.gz").string()); }).find("it is a character device") != std::string::npos);
     CHECK(error_of([&] { io::read_idx((dir / "missing").string()); }).find("No such file or directory") != std::string::npos);
     fs::remove_all(dir);
+}
+
+TEST_CASE("metrics: the CSV keeps every number exactly and reads back; bad lines are named") {
+    io::Metrics m;
+    m.add("cost", "corruption 30%", 0, 0.1 + 0.2);
+    m.add("error (%)", "validation error", 1.5, 9.23);
+    m.add("a, \"quoted\" panel", "s", 2, -1e-300);
+    CHECK(m.csv() == "panel,series,epoch,value\n"
+                     "cost,corruption 30%,0,0.30000000000000004\n"
+                     "error (%),validation error,1.5,9.23\n"
+                     "\"a, \"\"quoted\"\" panel\",s,2,-1e-300\n");
+    CHECK(io::Metrics::parse_csv(m.csv(), "m") == m.rows());
+    io::Metrics back;
+    back.restore(m.to_tensor());
+    CHECK(back.rows() == m.rows());
+    CHECK_THROWS_WITH_AS(io::Metrics::parse_csv("panel,series,epoch,value\ncost,a,1,x\n", "f.csv"),
+                         "f.csv: line 2 ('cost,a,1,x') is not panel,series,epoch,value", UsageError);
+    CHECK_THROWS_WITH_AS(io::Metrics::parse_csv("epoch,cost\n", "f.csv"),
+                         "f.csv: line 1 is 'epoch,cost', expected the header panel,series,epoch,value", UsageError);
+    CHECK_THROWS_WITH_AS(io::Metrics::parse_csv("panel,series,epoch,value\n\"open,a,1,2\n", "f.csv"),
+                         doctest::Contains("line 2"), UsageError);
+    CHECK_THROWS_WITH_AS(back.restore(Tensor::zeros(DType::float64, {3})),
+                         "checkpoint: the metrics are float64 (3,), expected a uint8 vector", UsageError);
+}
+
+TEST_CASE("metrics: write() puts metrics.csv, curves.png and curves.svg in the folder, whole") {
+    const fs::path dir = temp_dir() / "metrics";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    io::Metrics m(dir.string());
+    m.write();  // no rows yet: nothing
+    CHECK(fs::is_empty(dir));
+    for (int e = 0; e < 6; ++e) {
+        m.add("cost", "corruption 0%", e, 100.0 / (e + 1));
+        m.add("cost", "corruption 30%", e, 120.0 / (e + 1));
+        m.add("error (%)", "validation error", e + 1, 10.0 - e);
+    }
+    m.add("error (%)", "test error of best model", 6, 3.5);
+    m.write();
+    std::ifstream f(dir / "metrics.csv");
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    CHECK(io::Metrics::parse_csv(text, "metrics.csv") == m.rows());
+    // Two panels, 330 pixels each, 900 wide; the image decodes whole and is not blank: the
+    // first curve's colour (31, 119, 180) is drawn.
+    Tensor png = io::read_png_rgba((dir / "curves.png").string());
+    CHECK(png.shape() == Shape{660, 900, 4});
+    const std::uint8_t* px = png.data<std::uint8_t>();
+    std::int64_t blue = 0, white = 0;
+    for (std::int64_t i = 0; i < 660 * 900; ++i) {
+        blue += px[4 * i] == 31 && px[4 * i + 1] == 119 && px[4 * i + 2] == 180;
+        white += px[4 * i] == 255 && px[4 * i + 1] == 255 && px[4 * i + 2] == 255;
+    }
+    CHECK(blue > 100);
+    CHECK(white > 660 * 900 / 2);
+    std::ifstream s(dir / "curves.svg");
+    const std::string svg((std::istreambuf_iterator<char>(s)), std::istreambuf_iterator<char>());
+    CHECK(svg.find("<svg") != std::string::npos);
+    CHECK(svg.find("width=\"900pt\" height=\"660pt\"") != std::string::npos);
+    CHECK(svg.rfind("</svg>") != std::string::npos);
+    // Only the three files: no temporary file stays behind.
+    int files = 0;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        ++files;
+        const std::string name = e.path().filename().string();
+        CHECK((name == "metrics.csv" || name == "curves.png" || name == "curves.svg"));
+    }
+    CHECK(files == 3);
+    CHECK_THROWS_WITH_AS(io::plot_curves(m.rows(), (dir / "c.gif").string(), "gif"),
+                         doctest::Contains("format 'gif'"), UsageError);
+    CHECK_THROWS_WITH_AS(io::read_png_rgba((dir / "metrics.csv").string()), doctest::Contains("is not a readable PNG"),
+                         UsageError);
 }

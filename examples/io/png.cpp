@@ -3,6 +3,7 @@
 #include "examples/io/files.hpp"
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -72,6 +73,25 @@ Tensor read_png_gray(const std::string& path) {
     std::uint8_t* d = out.data<std::uint8_t>();
     for (png_uint_32 r = 0; r < h; ++r) png_read_row(png, d + static_cast<std::size_t>(r) * w, nullptr);
     png_destroy_read_struct(&png, &info, nullptr);
+    return out;
+}
+
+Tensor read_png_rgba(const std::string& path) {
+    check_regular_file(path);
+    png_image image;
+    std::memset(&image, 0, sizeof image);
+    image.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_file(&image, path.c_str())) {
+        throw UsageError(fmt::format("read_png_rgba: {} is not a readable PNG ({})", path, image.message));
+    }
+    image.format = PNG_FORMAT_RGBA;
+    Tensor out = Tensor::empty(DType::uint8, {static_cast<std::int64_t>(image.height),
+                                              static_cast<std::int64_t>(image.width), 4});
+    if (!png_image_finish_read(&image, nullptr, out.raw_data(), 0, nullptr)) {
+        const std::string why = image.message;
+        png_image_free(&image);
+        throw UsageError(fmt::format("read_png_rgba: {} does not decode ({})", path, why));
+    }
     return out;
 }
 
