@@ -1,4 +1,5 @@
-// theanine: Theano's programming model in C++. This header gives the whole public API.
+/// \file
+/// theanine: Theano's programming model in C++. This header gives the whole public API.
 #pragma once
 
 #include "autodiff/grad.hpp"

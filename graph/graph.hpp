@@ -1,13 +1,14 @@
-// The expression graph: types, variables, apply nodes, the Op interface, shared variables.
-//
-// A Variable is a cheap handle {node, output index}. A Node is immutable after construction
-// and is either a leaf (a symbolic input, a constant, a shared variable) or an Apply: an Op
-// applied to input Variables. Ownership runs from outputs to inputs only, so graphs never
-// form reference cycles. Two Variables are the same variable when they name the same node
-// and output (Variable::same); names are display metadata only.
-//
-// This layer knows no concrete op. The convenience members of Variable that build ops
-// (T(), shape(), slicing, sum, ...) are declared here and defined by the op families.
+/// \file
+/// The expression graph: types, variables, apply nodes, the Op interface, shared variables.
+///
+/// A Variable is a cheap handle {node, output index}. A Node is immutable after construction
+/// and is either a leaf (a symbolic input, a constant, a shared variable) or an Apply: an Op
+/// applied to input Variables. Ownership runs from outputs to inputs only, so graphs never
+/// form reference cycles. Two Variables are the same variable when they name the same node
+/// and output (Variable::same); names are display metadata only.
+///
+/// This layer knows no concrete op. The convenience members of Variable that build ops
+/// (T(), shape(), slicing, sum, ...) are declared here and defined by the op families.
 #pragma once
 
 #include <cstdint>
@@ -26,17 +27,17 @@
 
 namespace theanine {
 
-// A static type: dtype plus one "broadcastable" flag per dimension (true = always size 1).
-// The number of dimensions is static; sizes are dynamic.
+/// A static type: dtype plus one "broadcastable" flag per dimension (true = always size 1).
+/// The number of dimensions is static; sizes are dynamic.
 struct TensorType {
     DType dtype = DType::float64;
     std::vector<bool> broadcastable;
 
     int ndim() const { return static_cast<int>(broadcastable.size()); }
     bool operator==(const TensorType&) const = default;
-    // "float64 matrix", "float32 row", "int64 scalar", "float64 (F, T, F)"
+    /// "float64 matrix", "float32 row", "int64 scalar", "float64 (F, T, F)"
     std::string str() const;
-    // Whether a runtime value fits this type (dtype, rank, size 1 where broadcastable).
+    /// Whether a runtime value fits this type (dtype, rank, size 1 where broadcastable).
     bool accepts(const Tensor& t) const;
 };
 
@@ -44,9 +45,9 @@ class Node;
 class Op;
 struct SharedCell;
 class Variable;
-struct Idx;  // ops/shape.hpp
+struct Idx;  ///< ops/shape.hpp
 
-// A handle on one output of a node (see the file comment).
+/// A handle on one output of a node (see the file comment).
 class Variable {
 public:
     Variable() = default;
@@ -64,8 +65,8 @@ public:
     DType dtype() const { return type().dtype; }
     int ndim() const { return type().ndim(); }
     const std::vector<bool>& broadcastable() const { return type().broadcastable; }
-    std::string name() const;  // the leaf's name, or "" for an apply output
-    // A short label for messages: the name, or the op name with the output index.
+    std::string name() const;  ///< the leaf's name, or "" for an apply output
+    /// A short label for messages: the name, or the op name with the output index.
     std::string label() const;
 
     bool is_apply() const;
@@ -73,11 +74,11 @@ public:
     bool is_constant() const;
     bool is_shared() const;
 
-    // Builders defined by the op families (ops/shape.cpp, ops/reduce.cpp).
-    Variable T() const;                                 // transpose (reversed axes)
-    Variable dimshuffle(const std::vector<int>& order) const;  // -1 is Theano's 'x'
-    Variable shape() const;                             // int64 vector
-    Variable shape(int axis) const;                     // int64 scalar
+    /// Builders defined by the op families (ops/shape.cpp, ops/reduce.cpp).
+    Variable T() const;                                 ///< transpose (reversed axes)
+    Variable dimshuffle(const std::vector<int>& order) const;  ///< -1 is Theano's 'x'
+    Variable shape() const;                             ///< int64 vector
+    Variable shape(int axis) const;                     ///< int64 scalar
     Variable reshape(const std::vector<Variable>& shape) const;
     Variable flatten(int outdim = 1) const;
     Variable sum(std::optional<int> axis = std::nullopt, bool keepdims = false) const;
@@ -85,8 +86,8 @@ public:
     Variable max(std::optional<int> axis = std::nullopt, bool keepdims = false) const;
     Variable argmax(std::optional<int> axis = std::nullopt) const;
     Variable astype(DType dt) const;
-    // x[{i, j}]: basic indexing with integers, symbolic scalars and slices, or advanced
-    // indexing with integer vectors (m[{arange(n), y}]). Defined in ops/shape.cpp.
+    /// x[{i, j}]: basic indexing with integers, symbolic scalars and slices, or advanced
+    /// indexing with integer vectors (m[{arange(n), y}]). Defined in ops/shape.cpp.
     Variable operator[](std::initializer_list<Idx> index) const;
 
 private:
@@ -109,62 +110,62 @@ inline VarKey key(const Variable& v) { return {v.node_ptr().get(), v.index()}; }
 template <class V>
 using VarMap = std::unordered_map<VarKey, V, VarKeyHash>;
 
-// The Op interface. Each op keeps in one place: type checking (make_types), its kernel
-// (perform), shape inference (infer_shape), its gradient (pullback), identity (props), name.
+/// The Op interface. Each op keeps in one place: type checking (make_types), its kernel
+/// (perform), shape inference (infer_shape), its gradient (pullback), identity (props), name.
 class Op {
 public:
     virtual ~Op() = default;
 
-    // Printable name with props, e.g. "Elemwise{add}", "Sum{axes=[1]}".
+    /// Printable name with props, e.g. "Elemwise{add}", "Sum{axes=[1]}".
     virtual std::string name() const = 0;
 
-    // Checks the input types and returns the output types. Throws UsageError with a message
-    // that names the op, the input positions and their types.
+    /// Checks the input types and returns the output types. Throws UsageError with a message
+    /// that names the op, the input positions and their types.
     virtual std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const = 0;
 
-    // The kernel (node gives the static types, as in Theano). out[i] arrives holding the
-    // tensor this slot held after the previous call (or empty); a kernel calls
-    // out[i]->ensure(...) to reuse that storage.
+    /// The kernel (node gives the static types, as in Theano). out[i] arrives holding the
+    /// tensor this slot held after the previous call (or empty); a kernel calls
+    /// out[i]->ensure(...) to reuse that storage.
     virtual void perform(const Node& node, std::span<const Tensor* const> in,
                          std::span<Tensor* const> out) const = 0;
 
-    // Output shapes from input shapes when they depend on shapes alone; nullopt otherwise.
+    /// Output shapes from input shapes when they depend on shapes alone; nullopt otherwise.
     virtual std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const;
 
-    // Reverse-mode rule (Theano's grad/L_op): given the node and one gradient per output
-    // (undefined Variable = that output is disconnected from the cost), returns one gradient
-    // per input. An undefined Variable means "disconnected" (no dependence); use
-    // not_differentiable() for an input that has no gradient.
+    /// Reverse-mode rule (Theano's grad/L_op): given the node and one gradient per output
+    /// (undefined Variable = that output is disconnected from the cost), returns one gradient
+    /// per input. An undefined Variable means "disconnected" (no dependence); use
+    /// not_differentiable() for an input that has no gradient.
     virtual std::vector<Variable> pullback(const Node& node,
                                            const std::vector<Variable>& out_grads) const;
 
-    // For each output, the input it is a view of (shares storage with), or -1.
+    /// For each output, the input it is a view of (shares storage with), or -1.
     virtual std::vector<int> view_map() const { return {}; }
 
-    // For each output, the input whose buffer the kernel can overwrite to produce it, or -1.
-    // The planner grants it (passing the input's own tensor as that output) only when no
-    // later step reads the old value; otherwise the output is a separate buffer.
+    /// For each output, the input whose buffer the kernel can overwrite to produce it, or -1.
+    /// The planner grants it (passing the input's own tensor as that output) only when no
+    /// later step reads the old value; otherwise the output is a separate buffer.
     virtual std::vector<int> destroy_map() const { return {}; }
 
-    // Checks the runtime inputs as perform() does before it writes anything, throwing the
-    // error perform() would throw. An op with a destroy_map implements it, and perform()
-    // must not throw for inputs it accepts: the executor validates every step that writes
-    // into a shared variable's buffer before the first of them runs, so a call that fails
-    // changes no shared variable (compile/ownership.hpp).
+    /// Checks the runtime inputs as perform() does before it writes anything, throwing the
+    /// error perform() would throw. An op with a destroy_map implements it, and perform()
+    /// must not throw for inputs it accepts: the executor validates every step that writes
+    /// into a shared variable's buffer before the first of them runs, so a call that fails
+    /// changes no shared variable (compile/ownership.hpp).
     virtual void validate(const Node& node, std::span<const Tensor* const> in) const;
 
-    // Loops and other ops that hold a graph of their own: its outputs (debugprint shows the
-    // graph under the node) and, with profiling, the time spent in it.
+    /// Loops and other ops that hold a graph of their own: its outputs (debugprint shows the
+    /// graph under the node) and, with profiling, the time spent in it.
     virtual const std::vector<Variable>* inner_outputs() const { return nullptr; }
     virtual std::string inner_profile() const { return ""; }
 
-    // Identity through props. Ops of the same dynamic type with equal props are equal,
-    // so equal nodes can be merged.
+    /// Identity through props. Ops of the same dynamic type with equal props are equal,
+    /// so equal nodes can be merged.
     virtual bool props_equal(const Op& other) const = 0;
     virtual std::size_t props_hash() const = 0;
 
-    // Whether perform() has effects beyond its outputs or reads state (random ops);
-    // such nodes are never merged or constant-folded.
+    /// Whether perform() has effects beyond its outputs or reads state (random ops);
+    /// such nodes are never merged or constant-folded.
     virtual bool is_stateful() const { return false; }
 
     bool equals(const Op& other) const;
@@ -173,13 +174,13 @@ public:
 
 enum class NodeKind { apply, input, constant, shared };
 
-// Mutable storage behind a shared variable.
+/// Mutable storage behind a shared variable.
 struct SharedCell {
     Tensor value;
     std::string name;
-    // Update applied by every function that reads this variable, unless the function's own
-    // updates name it (random generator states use this). Held weakly: the expression is
-    // kept alive by the graphs that use its other outputs, and a cycle is avoided.
+    /// Update applied by every function that reads this variable, unless the function's own
+    /// updates name it (random generator states use this). Held weakly: the expression is
+    /// kept alive by the graphs that use its other outputs, and a cycle is avoided.
     std::weak_ptr<const Node> default_update_node;
     int default_update_index = 0;
 };
@@ -187,28 +188,28 @@ struct SharedCell {
 class Node : public std::enable_shared_from_this<Node> {
 public:
     NodeKind kind = NodeKind::apply;
-    std::shared_ptr<const Op> op;             // apply only
-    std::vector<Variable> inputs;             // apply only
-    std::vector<TensorType> types;            // one per output (leaves: one)
-    std::string name;                         // leaves: the user's name
-    Tensor value;                             // constants
-    bool weak = false;                        // constants auto-wrapped from C++ numbers
-    std::shared_ptr<SharedCell> cell;         // shared variables
-    std::source_location where;               // the user's line that built the node
-    std::uint64_t serial = 0;                 // creation order
+    std::shared_ptr<const Op> op;             ///< apply only
+    std::vector<Variable> inputs;             ///< apply only
+    std::vector<TensorType> types;            ///< one per output (leaves: one)
+    std::string name;                         ///< leaves: the user's name
+    Tensor value;                             ///< constants
+    bool weak = false;                        ///< constants auto-wrapped from C++ numbers
+    std::shared_ptr<SharedCell> cell;         ///< shared variables
+    std::source_location where;               ///< the user's line that built the node
+    std::uint64_t serial = 0;                 ///< creation order
 
     Variable output(int i) const;
     int n_outputs() const { return static_cast<int>(types.size()); }
 };
 
-// Builds an Apply node of op on inputs and returns its outputs. Type errors from make_types
-// are rethrown with the user's line that built the node appended.
+/// Builds an Apply node of op on inputs and returns its outputs. Type errors from make_types
+/// are rethrown with the user's line that built the node appended.
 std::vector<Variable> apply(std::shared_ptr<const Op> op, std::vector<Variable> inputs,
                             std::source_location where = std::source_location::current());
 Variable apply1(std::shared_ptr<const Op> op, std::vector<Variable> inputs,
                 std::source_location where = std::source_location::current());
 
-// Symbolic inputs.
+/// Symbolic inputs.
 Variable input(const TensorType& type, const std::string& name = "",
                std::source_location where = std::source_location::current());
 Variable scalar(const std::string& name = "", std::optional<DType> dt = std::nullopt);
@@ -223,51 +224,51 @@ Variable fmatrix(const std::string& name = "");
 Variable tensor3(const std::string& name = "", std::optional<DType> dt = std::nullopt);
 Variable tensor4(const std::string& name = "", std::optional<DType> dt = std::nullopt);
 
-// Constants. A weak constant (auto-wrapped from a C++ number) takes the dtype of the other
-// operand of the same kind, as a Python literal does in Theano (x * 0.5 stays float32).
-// For rewrites: the serial of the newest node so far, and giving the apply nodes a rewrite
-// made (serial above since, reached from made through inputs) the user's line of the node
-// they replace, so that messages and graph views name the user's code, not the rewrite's.
+/// Constants. A weak constant (auto-wrapped from a C++ number) takes the dtype of the other
+/// operand of the same kind, as a Python literal does in Theano (x * 0.5 stays float32).
+/// For rewrites: the serial of the newest node so far, and giving the apply nodes a rewrite
+/// made (serial above since, reached from made through inputs) the user's line of the node
+/// they replace, so that messages and graph views name the user's code, not the rewrite's.
 std::uint64_t newest_node_serial();
 void inherit_where(const std::vector<Variable>& made, std::uint64_t since, const std::source_location& where);
 
 Variable constant(const Tensor& value, const std::string& name = "", bool weak = false);
 Variable constant(double value, std::optional<DType> dt = std::nullopt);
 
-// A shared variable: a symbolic variable with storage that persists across calls.
+/// A shared variable: a symbolic variable with storage that persists across calls.
 class SharedVariable : public Variable {
 public:
     SharedVariable() = default;
-    explicit SharedVariable(const Variable& v);  // v must be a shared variable
+    explicit SharedVariable(const Variable& v);  ///< v must be a shared variable
 
-    // A copy of the value, or the stored tensor itself when borrow is true.
+    /// A copy of the value, or the stored tensor itself when borrow is true.
     Tensor get_value(bool borrow = false) const;
-    // Replaces the value; copies unless borrow. Throws UsageError naming the variable when
-    // the dtype or rank does not fit its type.
+    /// Replaces the value; copies unless borrow. Throws UsageError naming the variable when
+    /// the dtype or rank does not fit its type.
     void set_value(const Tensor& value, bool borrow = false) const;
     SharedCell& cell() const { return *node().cell; }
-    // Sets the expression every function reading this variable uses as its update.
+    /// Sets the expression every function reading this variable uses as its update.
     void set_default_update(const Variable& update) const;
 };
 
-// shared(value, name): the type is value's dtype with no broadcastable dimension (as in
-// Theano); broadcastable overrides that.
+/// shared(value, name): the type is value's dtype with no broadcastable dimension (as in
+/// Theano); broadcastable overrides that.
 SharedVariable shared(const Tensor& value, const std::string& name = "", bool borrow = false,
                       std::optional<std::vector<bool>> broadcastable = std::nullopt);
 
-// A marker gradient for an input without a gradient. grad() raises UsageError naming the
-// op, the input and the reason when such a gradient reaches a requested wrt.
+/// A marker gradient for an input without a gradient. grad() raises UsageError naming the
+/// op, the input and the reason when such a gradient reaches a requested wrt.
 Variable not_differentiable(const Op& op, int input, std::string reason = "");
-// The reason a not_differentiable marker carries ("" when none was given).
+/// The reason a not_differentiable marker carries ("" when none was given).
 std::string not_differentiable_reason(const Variable& g);
 bool is_not_differentiable(const Variable& g);
 
-// All nodes the outputs depend on (leaves included), inputs before users.
+/// All nodes the outputs depend on (leaves included), inputs before users.
 std::vector<std::shared_ptr<const Node>> toposort(const std::vector<Variable>& outputs);
 
-// Rebuilds the graph of outputs with each variable in replace swapped for its replacement
-// (memoised: shared subgraphs are rebuilt once). Used for givens.
+/// Rebuilds the graph of outputs with each variable in replace swapped for its replacement
+/// (memoised: shared subgraphs are rebuilt once). Used for givens.
 std::vector<Variable> clone_with_replace(const std::vector<Variable>& outputs,
                                          const VarMap<Variable>& replace);
 
-}  // namespace theanine
+}  ///< namespace theanine

@@ -1,9 +1,10 @@
-// Tensor: the runtime n-d array that flows through compiled functions.
-//
-// A Tensor is a dtype, a shape, row-major strides (in elements) and an offset into a
-// reference-counted Storage. Views (transpose, slices, dimshuffle) share storage. Kernels
-// read data through typed pointers and strides; most kernels ask for contiguous inputs and
-// get them cheaply because almost every tensor in a training step is contiguous.
+/// \file
+/// Tensor: the runtime n-d array that flows through compiled functions.
+///
+/// A Tensor is a dtype, a shape, row-major strides (in elements) and an offset into a
+/// reference-counted Storage. Views (transpose, slices, dimshuffle) share storage. Kernels
+/// read data through typed pointers and strides; most kernels ask for contiguous inputs and
+/// get them cheaply because almost every tensor in a training step is contiguous.
 #pragma once
 
 #include <cstddef>
@@ -24,10 +25,10 @@ using Shape = std::vector<std::int64_t>;
 
 std::size_t dtype_size(DType dt);
 std::string_view dtype_name(DType dt);
-// Parses "float32", "float64", "int64", "int32", "uint8", "bool"; throws UsageError otherwise.
+/// Parses "float32", "float64", "int64", "int32", "uint8", "bool"; throws UsageError otherwise.
 DType dtype_from_name(std::string_view name);
 bool is_float(DType dt);
-bool is_integer(DType dt);  // int64, int32, uint8 (not bool)
+bool is_integer(DType dt);  ///< int64, int32, uint8 (not bool)
 
 template <class T>
 constexpr DType dtype_of();
@@ -38,7 +39,7 @@ template <> constexpr DType dtype_of<std::int32_t>() { return DType::int32; }
 template <> constexpr DType dtype_of<std::uint8_t>() { return DType::uint8; }
 template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
 
-// Calls f.template operator()<T>() with T the C++ type of dt.
+/// Calls `f.template operator()<T>()` with T the C++ type of dt.
 template <class F>
 decltype(auto) dispatch(DType dt, F&& f) {
     switch (dt) {
@@ -52,14 +53,14 @@ decltype(auto) dispatch(DType dt, F&& f) {
     throw InternalError("dispatch: unknown dtype");
 }
 
-std::string shape_string(const Shape& shape);  // "(20, 784)"
-// Checked size arithmetic, used for every element and byte count: a negative dimension or a
-// count past 2^63 - 1 throws UsageError naming the shape instead of wrapping.
+std::string shape_string(const Shape& shape);  ///< "(20, 784)"
+/// Checked size arithmetic, used for every element and byte count: a negative dimension or a
+/// count past 2^63 - 1 throws UsageError naming the shape instead of wrapping.
 std::int64_t shape_size(const Shape& shape);
 std::size_t checked_byte_size(const Shape& shape, std::size_t element_bytes);
 std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what);
 
-// A 64-byte aligned buffer.
+/// A 64-byte aligned buffer.
 class Storage {
 public:
     explicit Storage(std::size_t bytes);
@@ -74,14 +75,14 @@ private:
     std::size_t bytes_ = 0;
 };
 
-// Counts Storage allocations, so tests can check that a steady-state call allocates nothing.
+/// Counts Storage allocations, so tests can check that a steady-state call allocates nothing.
 std::uint64_t storage_allocation_count();
 
 class Tensor {
 public:
-    Tensor() = default;  // an empty tensor: no dtype, no storage
+    Tensor() = default;  ///< an empty tensor: no dtype, no storage
 
-    static Tensor empty(DType dt, const Shape& shape);  // uninitialised
+    static Tensor empty(DType dt, const Shape& shape);  ///< uninitialised
     static Tensor zeros(DType dt, const Shape& shape);
     static Tensor full(DType dt, const Shape& shape, double value);
     template <class T>
@@ -102,7 +103,7 @@ public:
     std::int64_t dim(int i) const { return shape_.at(static_cast<std::size_t>(i)); }
     bool is_contiguous() const;
 
-    // Typed access; throws UsageError when T is not the tensor's dtype.
+    /// Typed access; throws UsageError when T is not the tensor's dtype.
     template <class T>
     T* data() {
         check_dtype(dtype_of<T>());
@@ -115,49 +116,49 @@ public:
     }
     void* raw_data() const;
 
-    // Element at a multi-index (bounds checked), converted to double / int64.
+    /// Element at a multi-index (bounds checked), converted to double / int64.
     double at(std::initializer_list<std::int64_t> index) const;
-    // The single value of a tensor with one element, converted.
+    /// The single value of a tensor with one element, converted.
     double item() const;
     std::int64_t item_int() const;
-    // All values in C order, converted.
+    /// All values in C order, converted.
     std::vector<double> to_doubles() const;
 
-    // Views sharing storage.
-    Tensor dimshuffle(const std::vector<int>& order) const;  // -1 inserts a size-1 axis
-    Tensor transpose() const;                                  // reverses the axes
+    /// Views sharing storage.
+    Tensor dimshuffle(const std::vector<int>& order) const;  ///< -1 inserts a size-1 axis
+    Tensor transpose() const;                                  ///< reverses the axes
     Tensor slice(int axis, std::int64_t start, std::int64_t stop, std::int64_t step) const;
-    Tensor index(int axis, std::int64_t i) const;  // drops the axis
-    // Makes this tensor the view base.index(0, i), reusing its own shape and stride storage
-    // (a loop rebinds its step's inputs this way without allocating).
+    Tensor index(int axis, std::int64_t i) const;  ///< drops the axis
+    /// Makes this tensor the view base.index(0, i), reusing its own shape and stride storage
+    /// (a loop rebinds its step's inputs this way without allocating).
     void assign_row(const Tensor& base, std::int64_t i);
-    Tensor reshape_view(const Shape& shape) const;  // contiguous tensors only
+    Tensor reshape_view(const Shape& shape) const;  ///< contiguous tensors only
 
-    Tensor copy() const;  // contiguous deep copy
+    Tensor copy() const;  ///< contiguous deep copy
     Tensor contiguous() const { return is_contiguous() ? *this : copy(); }
     Tensor astype(DType dt) const;
-    void copy_from(const Tensor& src);  // same shape, any dtype; converts
+    void copy_from(const Tensor& src);  ///< same shape, any dtype; converts
 
     bool shares_storage(const Tensor& other) const {
         return storage_ != nullptr && storage_ == other.storage_;
     }
     long storage_use_count() const { return storage_.use_count(); }
     std::size_t storage_bytes() const { return storage_ ? storage_->bytes() : 0; }
-    const void* storage_id() const { return storage_.get(); }  // the same for all views of a buffer
+    const void* storage_id() const { return storage_.get(); }  ///< the same for all views of a buffer
 
-    // Makes this tensor a contiguous dt/shape tensor, reusing its storage when nothing else
-    // refers to it and it is large enough. Contents are unspecified afterwards. A placed
-    // view (place_in) of that dtype and shape is kept as it is.
+    /// Makes this tensor a contiguous dt/shape tensor, reusing its storage when nothing else
+    /// refers to it and it is large enough. Contents are unspecified afterwards. A placed
+    /// view (place_in) of that dtype and shape is kept as it is.
     void ensure(DType dt, const Shape& shape);
-    // The compiler's placement of a value inside another buffer (a Join's output): ensure()
-    // then writes into the view instead of allocating. Any reassignment drops the mark.
+    /// The compiler's placement of a value inside another buffer (a Join's output): ensure()
+    /// then writes into the view instead of allocating. Any reassignment drops the mark.
     Tensor placed() const {
         Tensor t = *this;
         t.placed_ = true;
         return t;
     }
 
-    std::string str() const;  // numpy-like text, for messages and tests
+    std::string str() const;  ///< numpy-like text, for messages and tests
 
 private:
     void check_dtype(DType dt) const;
@@ -183,4 +184,4 @@ Tensor Tensor::from_vector(const Shape& shape, const std::vector<T>& values) {
     return t;
 }
 
-}  // namespace theanine
+}  ///< namespace theanine

@@ -1,22 +1,23 @@
-// Composite: a chain of elementwise ops run as one loop over memory (what the fusion
-// rewrite produces), optionally summing some of its values over axes in the same loop.
-//
-// A Composite holds a small program over registers: registers 0..n_inputs-1 are the inputs
-// (broadcast like Elemwise inputs, converted to the compute dtype T as they are loaded),
-// each instruction applies a scalar op to earlier registers and writes the next register.
-// Each output names a register and either stores it elementwise (the loop shape) or sums it
-// over some axes (a fused Sum: the summed values never go to memory). The kernel walks the
-// loop shape in tiles of up to 1024 elements (whole rows when they fit); each instruction
-// runs as a tight loop over a tile (vectorised: transcendental functions go through Eigen's
-// SIMD versions), so intermediate values stay in cache. Inputs laid out like the loop shape
-// are read in place, others (broadcast, strided, other dtypes) are gathered into the tile;
-// comparisons produce 0/1 in T. Rows, or for a few long rows the columns (with the
-// products' column_slice rule), are split across threads when the program is big enough.
-//
-// The constructor simplifies the program: softplus(v) is lowered to
-// max(v, 0) + log1p(exp(-|v|)), whose second term is even in v, so softplus(v) and
-// softplus(-v) in one program share their transcendental part; then identical instructions
-// are merged and unused ones dropped.
+/// \file
+/// Composite: a chain of elementwise ops run as one loop over memory (what the fusion
+/// rewrite produces), optionally summing some of its values over axes in the same loop.
+///
+/// A Composite holds a small program over registers: registers 0..n_inputs-1 are the inputs
+/// (broadcast like Elemwise inputs, converted to the compute dtype T as they are loaded),
+/// each instruction applies a scalar op to earlier registers and writes the next register.
+/// Each output names a register and either stores it elementwise (the loop shape) or sums it
+/// over some axes (a fused Sum: the summed values never go to memory). The kernel walks the
+/// loop shape in tiles of up to 1024 elements (whole rows when they fit); each instruction
+/// runs as a tight loop over a tile (vectorised: transcendental functions go through Eigen's
+/// SIMD versions), so intermediate values stay in cache. Inputs laid out like the loop shape
+/// are read in place, others (broadcast, strided, other dtypes) are gathered into the tile;
+/// comparisons produce 0/1 in T. Rows, or for a few long rows the columns (with the
+/// products' column_slice rule), are split across threads when the program is big enough.
+///
+/// The constructor simplifies the program: softplus(v) is lowered to
+/// max(v, 0) + log1p(exp(-|v|)), whose second term is even in v, so softplus(v) and
+/// softplus(-v) in one program share their transcendental part; then identical instructions
+/// are merged and unused ones dropped.
 #pragma once
 
 #include "graph/graph.hpp"
@@ -27,22 +28,22 @@ namespace theanine {
 class Composite final : public Op {
 public:
     struct Instr {
-        // Made by lowering softplus: softplus_tail is log1p(exp(-|x|)), the even part of
-        // softplus; relu_add is max(x, 0) + y, or x itself above Theano's softplus cut-off
-        // (16; float32: 14) and 0 below its lower one (-745; float32: -103).
+        /// Made by lowering softplus: softplus_tail is log1p(exp(-|x|)), the even part of
+        /// softplus; relu_add is max(x, 0) + y, or x itself above Theano's softplus cut-off
+        /// (16; float32: 14) and 0 below its lower one (-745; float32: -103).
         enum class Kind { scalar, cast_bool, cast_identity, softplus_tail, relu_add } kind = Kind::scalar;
         ScalarOp op = ScalarOp::add;
-        std::vector<int> args;  // register indices
+        std::vector<int> args;  ///< register indices
         bool operator==(const Instr&) const = default;
     };
     struct Output {
-        int reg;                // register stored
-        std::vector<int> sum;   // axes of the loop shape summed over (sorted); empty: elementwise
+        int reg;                ///< register stored
+        std::vector<int> sum;   ///< axes of the loop shape summed over (sorted); empty: elementwise
         TensorType type;
         bool operator==(const Output&) const = default;
     };
 
-    // One elementwise output: the last register.
+    /// One elementwise output: the last register.
     Composite(int n_inputs, std::vector<Instr> program, DType compute, TensorType out_type, std::string expr);
     Composite(int n_inputs, std::vector<Instr> program, DType compute, std::vector<Output> outputs, std::string expr);
     const std::vector<Instr>& program() const { return program_; }
@@ -66,8 +67,8 @@ private:
     DType compute_;
     std::vector<Output> outputs_;
     std::string expr_;
-    std::vector<bool> used_;  // inputs some instruction or output reads
-    std::int64_t work_ = 1;   // relative cost of the program per element
+    std::vector<bool> used_;  ///< inputs some instruction or output reads
+    std::int64_t work_ = 1;   ///< relative cost of the program per element
 };
 
-}  // namespace theanine
+}  ///< namespace theanine

@@ -1,13 +1,14 @@
-// Neural-network ops. Softmax is a primitive (its kernel subtracts the row maximum, so it
-// never overflows); the rest are composites built from primitives and get their gradients
-// and rewrites for free.
+/// \file
+/// Neural-network ops. Softmax is a primitive (its kernel subtracts the row maximum, so it
+/// never overflows); the rest are composites built from primitives and get their gradients
+/// and rewrites for free.
 #pragma once
 
 #include "graph/graph.hpp"
 
 namespace theanine {
 
-// Row-wise softmax of a matrix (a vector is treated as one row).
+/// Row-wise softmax of a matrix (a vector is treated as one row).
 class Softmax final : public Op {
 public:
     std::string name() const override { return "Softmax"; }
@@ -20,11 +21,11 @@ public:
 };
 
 Variable softmax(const Variable& x);
-// max(x, 0).
+/// max(x, 0).
 Variable relu(const Variable& x);
-// -(target * log(output) + (1 - target) * log(1 - output)), elementwise.
+/// -(target * log(output) + (1 - target) * log(1 - output)), elementwise.
 Variable binary_crossentropy(const Variable& output, const Variable& target);
-// -log(p[arange(n), y]) for a matrix of row probabilities p and integer labels y.
+/// -log(p[arange(n), y]) for a matrix of row probabilities p and integer labels y.
 Variable categorical_crossentropy(const Variable& p, const Variable& y);
 
-}  // namespace theanine
+}  ///< namespace theanine

@@ -1,18 +1,19 @@
-// Random numbers that reproduce numpy's and Theano's generators bit for bit.
-//
-// RandomState      numpy.random.RandomState's legacy generator: MT19937 seeded from a 32-bit
-//                  integer, random_sample (53-bit doubles from two 32-bit words), uniform,
-//                  randint (masked rejection), binomial (inversion when n*min(p,1-p) <= 30,
-//                  BTPE otherwise) and normal (polar method with a cached second value).
-// RandomStreams    theano.tensor.shared_randomstreams: each random variable owns a
-//                  RandomState(seedgen.randint(2**30)) held as shared state with a default
-//                  update, so every call of a compiled function advances it.
-// MRG_RandomStreams theano.sandbox.rng_mrg: MRG31k3p with one substream per output element
-//                  (up to Theano's stream-count rule), substreams started by jump-ahead,
-//                  binomial as cast(uniform < p), normal by Box-Muller.
-//
-// Generator state lives in shared variables: a RandomState as a uint8 blob (its bytes), the
-// MRG state as an int32 (n_streams, 6) matrix exactly as Theano stores it.
+/// \file
+/// Random numbers that reproduce numpy's and Theano's generators bit for bit.
+///
+/// RandomState      numpy.random.RandomState's legacy generator: MT19937 seeded from a 32-bit
+///                  integer, random_sample (53-bit doubles from two 32-bit words), uniform,
+///                  randint (masked rejection), binomial (inversion when n*min(p,1-p) <= 30,
+///                  BTPE otherwise) and normal (polar method with a cached second value).
+/// RandomStreams    theano.tensor.shared_randomstreams: each random variable owns a
+///                  RandomState(seedgen.randint(2**30)) held as shared state with a default
+///                  update, so every call of a compiled function advances it.
+/// MRG_RandomStreams theano.sandbox.rng_mrg: MRG31k3p with one substream per output element
+///                  (up to Theano's stream-count rule), substreams started by jump-ahead,
+///                  binomial as cast(uniform < p), normal by Box-Muller.
+///
+/// Generator state lives in shared variables: a RandomState as a uint8 blob (its bytes), the
+/// MRG state as an int32 (n_streams, 6) matrix exactly as Theano stores it.
 #pragma once
 
 #include <array>
@@ -30,27 +31,27 @@ public:
     void seed_with(std::uint32_t seed);
 
     std::uint32_t next_uint32();
-    double next_double();  // random_sample: [0, 1) with 53 bits
+    double next_double();  ///< random_sample: [0, 1) with 53 bits
     double uniform(double low, double high);
-    // randint(high): [0, high) by masked rejection (numpy's legacy method).
+    /// randint(high): [0, high) by masked rejection (numpy's legacy method).
     std::int64_t randint(std::int64_t high);
     std::int64_t binomial(std::int64_t n, double p);
-    double gauss();  // standard normal, polar method
+    double gauss();  ///< standard normal, polar method
     double normal(double loc, double scale) { return loc + scale * gauss(); }
 
-    // Array forms in C order, as float64 (or int64 for binomial/randint).
+    /// Array forms in C order, as float64 (or int64 for binomial/randint).
     Tensor random_sample(const Shape& size);
     Tensor uniform(double low, double high, const Shape& size);
     Tensor binomial(std::int64_t n, double p, const Shape& size);
     Tensor normal(double loc, double scale, const Shape& size);
 
-    // numpy's get_state(): key (624 words), pos, has_gauss, cached_gaussian.
+    /// numpy's get_state(): key (624 words), pos, has_gauss, cached_gaussian.
     const std::array<std::uint32_t, 624>& key() const { return mt_; }
     int pos() const { return pos_; }
     bool has_gauss() const { return has_gauss_; }
     double cached_gaussian() const { return gauss_; }
 
-    // The state as bytes (the shared-variable representation) and back.
+    /// The state as bytes (the shared-variable representation) and back.
     Tensor to_blob() const;
     static RandomState from_blob(const Tensor& blob);
 
@@ -62,7 +63,7 @@ private:
     int pos_ = 624;
     bool has_gauss_ = false;
     double gauss_ = 0;
-    // Cached constants of the last binomial (n, p), as numpy keeps them.
+    /// Cached constants of the last binomial (n, p), as numpy keeps them.
     struct BinomialCache {
         bool valid = false;
         std::int64_t nsave = 0;
@@ -72,39 +73,39 @@ private:
     } bin_;
 };
 
-// MRG31k3p arithmetic (Theano's rng_mrg).
+/// MRG31k3p arithmetic (Theano's rng_mrg).
 namespace mrg {
 using State = std::array<std::int32_t, 6>;
 constexpr std::int64_t M1 = 2147483647;
 constexpr std::int64_t M2 = 2147462579;
-// One step of a stream; returns z in [1, M1].
+/// One step of a stream; returns z in [1, M1].
 std::int32_t next(State& s);
-// s advanced by 2^e steps (jump-ahead by matrix powers).
+/// s advanced by 2^e steps (jump-ahead by matrix powers).
 State jump(const State& s, int e);
-// Theano's stream count for a draw of a constant size (None = symbolic size).
+/// Theano's stream count for a draw of a constant size (None = symbolic size).
 std::int64_t guess_n_streams(std::optional<std::int64_t> n_elements);
-// (n_streams, 6) int32 matrix: row 0 = base, row i = row i-1 jumped by 2^72.
+/// (n_streams, 6) int32 matrix: row 0 = base, row i = row i-1 jumped by 2^72.
 Tensor substreams(const State& base, std::int64_t n_streams);
-// Draws n uniforms from the streams' rows (n_streams x 6 int32, advanced in place): element i
-// comes from stream i % n_streams, each stream's draws in order. Converted as Theano's
-// compiled code does: z * 2^-31 in double, float(z) * float(2^-31 - ulp) in single; then
-// low + u * (high - low) unless the range is [0, 1). Vectorised across streams, and split
-// across threads by stream when threads > 1.
+/// Draws n uniforms from the streams' rows (n_streams x 6 int32, advanced in place): element i
+/// comes from stream i % n_streams, each stream's draws in order. Converted as Theano's
+/// compiled code does: z * 2^-31 in double, float(z) * float(2^-31 - ulp) in single; then
+/// low + u * (high - low) unless the range is [0, 1). Vectorised across streams, and split
+/// across threads by stream when threads > 1.
 template <class T>
 void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out, T low = T(0), T high = T(1),
                   int threads = 1);
-// The same reading the streams from src and writing the advanced ones to rows (src may be
-// rows), so the old state stays untouched.
+/// The same reading the streams from src and writing the advanced ones to rows (src may be
+/// rows), so the old state stays untouched.
 template <class T>
 void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out,
                   T low, T high, int threads);
-}  // namespace mrg
+}  ///< namespace mrg
 
-// A size argument: constant dimensions, or a symbolic int64 vector such as x.shape().
+/// A size argument: constant dimensions, or a symbolic int64 vector such as x.shape().
 using Size = std::variant<std::vector<std::int64_t>, Variable>;
 
-// Draws from numpy's legacy distributions. Inputs: state blob, size (int64 vector), params
-// (float64 scalars; binomial's n is int64). Outputs: new state, sample.
+/// Draws from numpy's legacy distributions. Inputs: state blob, size (int64 vector), params
+/// (float64 scalars; binomial's n is int64). Outputs: new state, sample.
 class NumpyRandomOp final : public Op {
 public:
     enum class Dist { binomial, uniform, normal };
@@ -123,11 +124,11 @@ private:
     int ndim_;
 };
 
-// MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
-// std (scalars of the output dtype). Outputs: new rstate, sample. The state advances in place
-// when the planner allows it (destroy_map {0}: only when the sample is unused, since the
-// state is a shared variable's buffer); otherwise uniform draws write the advanced state to
-// the output buffer without copying the old one first.
+/// MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
+/// std (scalars of the output dtype). Outputs: new rstate, sample. The state advances in place
+/// when the planner allows it (destroy_map {0}: only when the sample is unused, since the
+/// state is a shared variable's buffer); otherwise uniform draws write the advanced state to
+/// the output buffer without copying the old one first.
 class MRGRandomOp final : public Op {
 public:
     enum class Dist { uniform, normal };
@@ -148,12 +149,12 @@ private:
     int ndim_;
 };
 
-// What a model needs of a stream class (dA takes either kind).
+/// What a model needs of a stream class (dA takes either kind).
 class RandomStreamsBase {
 public:
     virtual ~RandomStreamsBase() = default;
     virtual Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) = 0;
-    // binomial with a symbolic probability (a float scalar), e.g. 1 - corruption_level.
+    /// binomial with a symbolic probability (a float scalar), e.g. 1 - corruption_level.
     virtual Variable binomial(const Size& size, std::int64_t n, const Variable& p,
                               std::optional<DType> dtype = std::nullopt) = 0;
     virtual Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
@@ -166,8 +167,8 @@ class RandomStreams final : public RandomStreamsBase {
 public:
     explicit RandomStreams(std::uint32_t seed);
 
-    // binomial(size, n, p): numpy's binomial cast to dtype (default int64, as in Theano).
-    // Float arguments are rounded to floatX first, as Theano's constants are.
+    /// binomial(size, n, p): numpy's binomial cast to dtype (default int64, as in Theano).
+    /// Float arguments are rounded to floatX first, as Theano's constants are.
     Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
     Variable binomial(const Size& size, std::int64_t n, const Variable& p,
                       std::optional<DType> dtype = std::nullopt) override;
@@ -176,9 +177,9 @@ public:
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
                     std::optional<DType> dtype = std::nullopt) override;
 
-    // Reseeds every stream as Theano does: a new seed generator, one randint each, in order.
+    /// Reseeds every stream as Theano does: a new seed generator, one randint each, in order.
     void seed(std::uint32_t s);
-    // The generator state of the k-th random variable made by this object.
+    /// The generator state of the k-th random variable made by this object.
     RandomState state(std::size_t k) const;
     const std::vector<SharedVariable>& state_variables() const { return states_; }
 
@@ -194,15 +195,15 @@ public:
 
     Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
                      std::optional<DType> dtype = std::nullopt) override;
-    // cast(uniform(size) < p, dtype): uniforms in floatX, p a floatX constant (Theano's rule),
-    // or a float scalar or tensor (broadcast against the sample).
+    /// cast(uniform(size) < p, dtype): uniforms in floatX, p a floatX constant (Theano's rule),
+    /// or a float scalar or tensor (broadcast against the sample).
     Variable binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype = std::nullopt) override;
     Variable binomial(const Size& size, std::int64_t n, const Variable& p,
                       std::optional<DType> dtype = std::nullopt) override;
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
                     std::optional<DType> dtype = std::nullopt) override;
 
-    // The base state the next random variable's substreams start from.
+    /// The base state the next random variable's substreams start from.
     const mrg::State& rstate() const { return rstate_; }
     const std::vector<SharedVariable>& state_variables() const { return states_; }
 
@@ -212,4 +213,4 @@ private:
     std::vector<SharedVariable> states_;
 };
 
-}  // namespace theanine
+}  ///< namespace theanine

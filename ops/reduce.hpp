@@ -1,5 +1,6 @@
-// Reductions: sum and max over a set of axes, argmax over one axis or all; mean is a
-// composite (sum divided by the number of reduced elements).
+/// \file
+/// Reductions: sum and max over a set of axes, argmax over one axis or all; mean is a
+/// composite (sum divided by the number of reduced elements).
 #pragma once
 
 #include "graph/graph.hpp"
@@ -8,8 +9,8 @@ namespace theanine {
 
 enum class ReduceKind { sum, max };
 
-// Reduces the listed axes (sorted, unique). Sum of integers gives int64; floats keep their
-// dtype and accumulate in double.
+/// Reduces the listed axes (sorted, unique). Sum of integers gives int64; floats keep their
+/// dtype and accumulate in double.
 class Reduce final : public Op {
 public:
     Reduce(ReduceKind kind, std::vector<int> axes);
@@ -29,7 +30,7 @@ private:
     std::vector<int> axes_;
 };
 
-// Index of the maximum along one axis (all axes when flattened), as int64.
+/// Index of the maximum along one axis (all axes when flattened), as int64.
 class Argmax final : public Op {
 public:
     explicit Argmax(std::optional<int> axis) : axis_(axis) {}
@@ -44,11 +45,11 @@ private:
     std::optional<int> axis_;
 };
 
-// Builders. axis counts from the end when negative; no axis reduces everything.
+/// Builders. axis counts from the end when negative; no axis reduces everything.
 Variable sum(const Variable& x, std::optional<int> axis = std::nullopt, bool keepdims = false);
 Variable sum_axes(const Variable& x, std::vector<int> axes, bool keepdims = false);
 Variable mean(const Variable& x, std::optional<int> axis = std::nullopt, bool keepdims = false);
 Variable max(const Variable& x, std::optional<int> axis = std::nullopt, bool keepdims = false);
 Variable argmax(const Variable& x, std::optional<int> axis = std::nullopt);
 
-}  // namespace theanine
+}  ///< namespace theanine

