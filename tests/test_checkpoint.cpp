@@ -16,7 +16,14 @@
 #include <sstream>
 #include <thread>
 
+#include <regex>
+#include <set>
+
+#include <fmt/printf.h>
+
 #include "examples/io/checkpoint.hpp"
+#include "examples/io/metrics.hpp"
+#include "examples/io/png.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -137,10 +144,93 @@ std::string without_timing(const std::string& out, const std::string& timing_pre
     return kept;
 }
 
+std::string read_text(const fs::path& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// The rows metrics.csv must hold, read off the printed lines in order: each program's
+// per-epoch line, the validation and test errors of early stopping, pre-training costs.
+// A row's series is left empty where the line does not name it (the dA's corruption level).
+std::vector<io::MetricRow> rows_from_lines(const std::string& out, std::vector<std::string>* texts) {
+    static const std::regex da(R"(^Training epoch (\d+), cost  (\S+)$)");
+    static const std::regex rbm(R"(^Training epoch (\d+), cost is  (\S+)$)");
+    static const std::regex ca(R"(^Training epoch (\d+), reconstruction cost  (\S+)  jacobian norm  (\S+)$)");
+    static const std::regex pre(R"(^Pre-training layer (\d+), epoch (\d+), cost +(\S+)$)");
+    static const std::regex valid(R"(^epoch (\d+), minibatch (\d+)/(\d+), validation error (\S+) %$)");
+    static const std::regex test(R"(^     epoch (\d+), minibatch (\d+)/(\d+), test error of best model (\S+) %$)");
+    std::vector<io::MetricRow> rows;
+    std::istringstream lines(out);
+    std::string line;
+    std::smatch m;
+    auto add = [&](std::string panel, std::string series, double epoch, const std::string& text) {
+        rows.push_back({std::move(panel), std::move(series), epoch, 0});
+        texts->push_back(text);
+    };
+    auto position = [](const std::smatch& m) {  // the epoch's fraction done, as the loop counts it
+        const double e = std::stod(m[1]), b = std::stod(m[2]), n = std::stod(m[3]);
+        return ((e - 1) * n + b) / n;
+    };
+    while (std::getline(lines, line)) {
+        if (std::regex_match(line, m, da)) {
+            add("cost", "", std::stod(m[1]), m[2]);
+        } else if (std::regex_match(line, m, rbm)) {
+            add("cost", "training cost", std::stod(m[1]), m[2]);
+        } else if (std::regex_match(line, m, ca)) {
+            add("reconstruction cost", "reconstruction cost", std::stod(m[1]), m[2]);
+            add("jacobian norm", "jacobian norm", std::stod(m[1]), m[3]);
+        } else if (std::regex_match(line, m, pre)) {
+            add("pre-training cost", "layer " + std::string(m[1]), std::stod(m[2]), m[3]);
+        } else if (std::regex_match(line, m, valid)) {
+            add("error (%)", "validation error", position(m), m[4]);
+        } else if (std::regex_match(line, m, test)) {
+            add("error (%)", "test error of best model", position(m), m[4]);
+        }
+    }
+    return rows;
+}
+
+// metrics.csv in dir holds exactly the numbers the run printed: each value as printed with
+// %f, or (printed in the shortest form) the same double.
+void check_metrics(const std::string& printed, const fs::path& dir) {
+    REQUIRE(fs::exists(dir / "metrics.csv"));
+    const auto rows = io::Metrics::parse_csv(read_text(dir / "metrics.csv"), "metrics.csv");
+    std::vector<std::string> texts;
+    const auto want = rows_from_lines(printed, &texts);
+    REQUIRE(!want.empty());
+    REQUIRE(rows.size() == want.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+        INFO("row " << i << ": " << rows[i].panel << ", " << rows[i].series << ", " << rows[i].epoch << ", "
+                    << rows[i].value << "; printed " << texts[i]);
+        CHECK(rows[i].panel == want[i].panel);
+        if (!want[i].series.empty()) CHECK(rows[i].series == want[i].series);
+        CHECK(rows[i].epoch == want[i].epoch);
+        CHECK((fmt::sprintf("%f", rows[i].value) == texts[i] || std::stod(texts[i]) == rows[i].value));
+    }
+    // The plot of them decodes, one 330-pixel panel per panel name.
+    std::set<std::string> panels;
+    for (const auto& r : rows) panels.insert(r.panel);
+    const Tensor png = io::read_png_rgba((dir / "curves.png").string());
+    CHECK(png.shape() == Shape{330 * static_cast<std::int64_t>(panels.size()), 900, 4});
+    CHECK(read_text(dir / "curves.svg").find("</svg>") != std::string::npos);
+}
+
+// The value of a flag in args ("" when absent).
+std::string flag_value(const std::vector<std::string>& args, const std::string& flag) {
+    for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+        if (args[i] == flag) return args[i + 1];
+    }
+    return "";
+}
+
 void kill_and_resume(std::vector<std::string> args, const fs::path& ckpt, const std::string& timing_prefix = "") {
+    const fs::path output = flag_value(args, "--output");
+    REQUIRE(!output.empty());
     const Result reference = run(args);
     REQUIRE(reference.status == 0);
     REQUIRE(!reference.out.empty());
+    check_metrics(reference.out, output);
+    const std::string reference_metrics = read_text(output / "metrics.csv");
     args.push_back("--checkpoint");
     args.push_back(ckpt.string());
     const std::string ref = without_timing(reference.out, timing_prefix);
@@ -173,6 +263,8 @@ void kill_and_resume(std::vector<std::string> args, const fs::path& ckpt, const 
         const Result finished = run(a);
         CHECK(finished.status == 0);
         CHECK(without_timing(finished.out, timing_prefix) == ref);
+        // The resumed run's metrics are the uninterrupted run's, rows from before each kill included.
+        CHECK(read_text(output / "metrics.csv") == reference_metrics);
         if (interrupted_mid_run >= 1) break;
     }
     CHECK(interrupted_mid_run >= 1);
@@ -217,7 +309,8 @@ TEST_CASE("the dA resumes after kill -9 at any moment and prints what an uninter
 TEST_CASE("the mlp resumes after kill -9 at any moment and prints what an uninterrupted run prints") {
     const fs::path data = make_mnist(10100, 200);
     kill_and_resume({THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs", "12", "--hidden",
-                     "100", "--learning-rate", "0.1", "--checkpoint-every", "7", "--threads", "2"},
+                     "100", "--learning-rate", "0.1", "--checkpoint-every", "7", "--threads", "2", "--output",
+                     temp_dir("mlp_out").string()},
                     temp_dir("mlp_ckpt"));
 }
 
@@ -225,7 +318,7 @@ TEST_CASE("the SdA resumes after kill -9 in pretraining or fine-tuning and print
     const fs::path data = make_mnist(10100, 200);
     kill_and_resume({THEANINE_SDA_PROGRAM, "--data", data.string(), "--train-size", "400", "--hidden", "200,200",
                      "--corruption", "0.1,0.2", "--pretrain-epochs", "3", "--finetune-epochs", "5", "--batch-size", "10",
-                     "--checkpoint-every", "9", "--threads", "2"},
+                     "--checkpoint-every", "9", "--threads", "2", "--output", temp_dir("sda_out").string()},
                     temp_dir("sda_ckpt"));
 }
 
@@ -233,7 +326,7 @@ TEST_CASE("the DBN resumes after kill -9 in pretraining or fine-tuning and print
     const fs::path data = make_mnist(10100, 200);
     kill_and_resume({THEANINE_DBN_PROGRAM, "--data", data.string(), "--train-size", "400", "--hidden", "120,100",
                      "--pretrain-epochs", "3", "--finetune-epochs", "4", "--batch-size", "10", "--k", "2",
-                     "--checkpoint-every", "9", "--threads", "2"},
+                     "--checkpoint-every", "9", "--threads", "2", "--output", temp_dir("dbn_out").string()},
                     temp_dir("dbn_ckpt"));
 }
 
@@ -340,4 +433,31 @@ TEST_CASE("flags are checked in their final type, and bad destinations are found
     CHECK(r.status == 1);
     CHECK(r.out.empty());
     CHECK(r.err.find("--save-params") != std::string::npos);
+}
+
+TEST_CASE("--graph-html writes the view of the training function after training; a bad destination is found first") {
+    const fs::path data = make_mnist(600, 20);
+    const fs::path out = temp_dir("graph_html");
+    const fs::path page = out / "train.html";
+    const Result r = run({THEANINE_DA_PROGRAM, "--data", data.string(), "--train-size", "600", "--epochs", "1", "--hidden",
+                          "40", "--corruption", "0.3", "--output", out.string(), "--graph-html", page.string()});
+    REQUIRE(r.status == 0);
+    const std::string html = read_text(page);
+    std::size_t steps = 0;
+    for (std::size_t at = html.find("class=\"node step\""); at != std::string::npos;
+         at = html.find("class=\"node step\"", at + 1)) {
+        ++steps;
+    }
+    CHECK(steps > 10);
+    CHECK(html.find(fmt::format("data-expected-steps=\"{}\"", steps)) != std::string::npos);
+    // The last call's shapes: the minibatch of 20 through the 40 hidden units.
+    CHECK(html.find("float64 matrix (20, 40)") != std::string::npos);
+    CHECK(html.find("(in place)") != std::string::npos);  // the updates of W, b and b'
+    check_metrics(r.out, out);
+
+    const Result bad = run({THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs", "1",
+                            "--graph-html", "/proc/no/such/dir/x.html"});
+    CHECK(bad.status == 1);
+    CHECK(bad.err.find("--graph-html") != std::string::npos);
+    CHECK(bad.out.empty());
 }

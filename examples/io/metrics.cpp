@@ -238,11 +238,17 @@ void plot_curves(const std::vector<MetricRow>& rows, const std::string& path, co
         const auto [x0, x1] = padded_range(panel.curves, true, 0.03);
         const auto [y0, y1] = padded_range(panel.curves, false, 0.08);
         plwind(x0, x1, y0, y1);
+        // Whole epochs get a tick each when there are few of them (no "0.5 epochs").
+        bool whole = true;
+        for (const auto& c : panel.curves) {
+            for (double v : c.x) whole = whole && v == std::floor(v);
+        }
+        const PLFLT xtick = whole && x1 - x0 <= 12 ? 1 : 0;
         plcol0(kGrid);
         plwidth(1);
-        plbox("g", 0, 0, "g", 0, 0);
+        plbox("g", xtick, 0, "g", 0, 0);
         plcol0(1);
-        plbox("bcnst", 0, 0, "bcnstv", 0, 0);
+        plbox("bcnst", xtick, 0, "bcnstv", 0, 0);
         pllab("epoch", panel.name.c_str(), "");
         const auto n = static_cast<PLINT>(panel.curves.size());
         std::vector<PLINT> opts(n, PL_LEGEND_LINE | PL_LEGEND_SYMBOL), colors(n), styles(n, 1), symbol_numbers(n, 1);
