@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
         auto r = io::train_with_early_stopping([&](std::int64_t i) { return train_fn.scalar({static_cast<long>(i)}); },
                                                n_train, [&] { return io::mean_over_batches(valid_fn, n_valid); },
                                                [&] { return io::mean_over_batches(test_fn, n_test); }, rule, finetuning);
-        io::write_graph_html(common, train_fn);
+        io::write_graph_html(common.graph_html, train_fn);
         std::printf("Optimization complete with best validation score of %f %%, obtained at iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::fprintf(stderr, "The fine tuning code for file DBN ran for %.2fm\n", r.seconds / 60);

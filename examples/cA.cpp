@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
             }
         }
         const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-        io::write_graph_html(common, train_ca);
+        io::write_graph_html(common.graph_html, train_ca);
         std::fprintf(stderr, "The code for file cA ran for %.2fm\n", minutes);
         Tensor image = io::tile_raster_images(ca.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
         io::write_png_gray(common.output + "/cae_filters.png", image);

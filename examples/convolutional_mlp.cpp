@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
                                                [&] { return io::mean_over_batches(test_model, n_test); }, rule,
                                                run.resumable(params));
-        io::write_graph_html(common, train_model);
+        io::write_graph_html(common.graph_html, train_model);
         run.out.print("Optimization complete.");
         run.out.print(fmt::sprintf("Best validation score of %f %% obtained at iteration %lld, with test performance "
                                    "%f %%", r.best_validation * 100, static_cast<long long>(r.best_iter + 1),

@@ -202,10 +202,7 @@ int main(int argc, char** argv) {
         if (flags.threads > 0) set_num_threads(flags.threads);
         const DType fx = config().floatX;
         io::check_writable_dir(flags.output, "--output");
-        if (!flags.graph_html.empty()) {
-            const std::string parent = std::filesystem::path(flags.graph_html).parent_path().string();
-            io::check_writable_dir(parent.empty() ? "." : parent, "--graph-html");
-        }
+        if (!flags.graph_html.empty()) io::check_writable_file_dir(flags.graph_html, "--graph-html");
         io::Checkpointer checkpoints(flags.checkpoint, flags.checkpoint_every, flags.resume);
         const std::optional<io::Checkpoint> resumed = checkpoints.resume();
         io::install_stop_signals();
@@ -313,12 +310,7 @@ int main(int argc, char** argv) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
             std::string what = level == 0 ? "no corruption" : level_name(level) + "% corruption";
             std::cerr << fmt::format("The {} code for file dA ran for {:.2f}m", what, minutes) << std::endl;
-            if (!flags.graph_html.empty()) {
-                const std::string page = train_da.to_html();
-                io::AtomicFile file(flags.graph_html);
-                file.write(page.data(), page.size());
-                file.commit();
-            }
+            io::write_graph_html(flags.graph_html, train_da);
 
             Tensor filters = io::tile_raster_images(da.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
             std::string png = flags.output + "/filters_corruption_" + level_name(level) + ".png";

@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
                                                [&] { return io::mean_over_batches(test_model, n_test); }, rule,
                                                run.resumable(classifier.params()));
-        io::write_graph_html(common, train_model);
+        io::write_graph_html(common.graph_html, train_model);
         std::printf("Optimization complete with best validation score of %f %%, with test performance %f %%\n",
                     r.best_validation * 100, r.test_score * 100);
         std::printf("The code ran for %d epochs, with %f epochs/sec\n", r.epochs, r.epochs / r.seconds);

@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
                                                n_train, [&] { return io::mean_over_batches(validate_model, n_valid); },
                                                [&] { return io::mean_over_batches(test_model, n_test); }, rule,
                                                run.resumable(classifier.params()));
-        io::write_graph_html(common, train_model);
+        io::write_graph_html(common.graph_html, train_model);
         std::printf("Optimization complete. Best validation score of %f %% obtained at iteration %lld, with test "
                     "performance %f %%\n", r.best_validation * 100, static_cast<long long>(r.best_iter + 1), r.test_score * 100);
         std::printf("The code ran for %d epochs in %.1f s (%.2f s per epoch)\n", r.epochs, r.seconds, r.seconds / r.epochs);

@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
             if (io::stop_requested()) throw io::Stopped{io::stop_status()};
         }
         const double training = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - plotting_time;
-        io::write_graph_html(common, train_rbm);
+        io::write_graph_html(common.graph_html, train_rbm);
         run.out.print(fmt::format("Training took {:f} minutes", training / 60.));
         if (!common.save.empty()) io::save_params(rbm.params(), common.save, "rbm_");
 

@@ -455,6 +455,15 @@ TEST_CASE("--graph-html writes the view of the training function after training;
     CHECK(html.find("(in place)") != std::string::npos);  // the updates of W, b and b'
     check_metrics(r.out, out);
 
+    // logistic_sgd: its early-stopping errors in metrics.csv and its graph.
+    const fs::path lr_out = temp_dir("logistic_out");
+    const fs::path big = make_mnist(10100, 200);
+    const Result lr = run({THEANINE_LOGISTIC_PROGRAM, "--data", big.string(), "--train-size", "1200", "--epochs", "4",
+                           "--output", lr_out.string(), "--graph-html", (lr_out / "g.html").string()});
+    REQUIRE(lr.status == 0);
+    check_metrics(lr.out, lr_out);
+    CHECK(read_text(lr_out / "g.html").find("class=\"node step\"") != std::string::npos);
+
     const Result bad = run({THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs", "1",
                             "--graph-html", "/proc/no/such/dir/x.html"});
     CHECK(bad.status == 1);

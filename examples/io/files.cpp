@@ -190,4 +190,9 @@ void check_writable_dir(const std::string& dir, const std::string& what) {
     if (!ok) throw UsageError(fmt::format("{} {}: cannot write there: {}", what, dir, std::strerror(err)));
 }
 
+void check_writable_file_dir(const std::string& file, const std::string& what) {
+    const std::string parent = std::filesystem::path(file).parent_path().string();
+    check_writable_dir(parent.empty() ? "." : parent, what);
+}
+
 }  // namespace theanine::io

@@ -70,5 +70,7 @@ private:
 // throws UsageError naming what (e.g. "--output") and the cause. Programs call it before
 // training, so an unwritable destination is found before hours of work.
 void check_writable_dir(const std::string& dir, const std::string& what);
+// The same for the folder a file is to be written into.
+void check_writable_file_dir(const std::string& file, const std::string& what);
 
 }  // namespace theanine::io

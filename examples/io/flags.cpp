@@ -6,8 +6,6 @@
 #include <fmt/format.h>
 
 #include "examples/io/files.hpp"
-#include <filesystem>
-
 #include "graph/config.hpp"
 #include "graph/error.hpp"
 #include "ops/blas.hpp"
@@ -162,10 +160,7 @@ void CommonFlags::apply() const {
     if (threads > 0) set_num_threads(threads);
     if (!save.empty()) check_writable_dir(save, "--save-params");
     check_writable_dir(output, "--output");
-    if (!graph_html.empty()) {
-        const std::string parent = std::filesystem::path(graph_html).parent_path().string();
-        check_writable_dir(parent.empty() ? "." : parent, "--graph-html");
-    }
+    if (!graph_html.empty()) check_writable_file_dir(graph_html, "--graph-html");
 }
 
 std::vector<int> parse_int_list(const std::string& flag, const std::string& text) {

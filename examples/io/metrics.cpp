@@ -232,9 +232,10 @@ void plot_curves(const std::vector<MetricRow>& rows, const std::string& path, co
     for (std::size_t p = 0; p < panels.size(); ++p) {
         const Panel& panel = panels[p];
         pladv(0);
-        plschr(0, 0.85);
+        // PLplot scales characters with the subpage; one panel would get larger ones.
+        plschr(0, panels.size() == 1 ? 0.7 : 0.85);
         // Room on the right for the legend, outside the curves.
-        plvpor(0.1, 0.72, 0.2, 0.88);
+        plvpor(0.1, 0.68, 0.2, 0.88);
         const auto [x0, x1] = padded_range(panel.curves, true, 0.03);
         const auto [y0, y1] = padded_range(panel.curves, false, 0.08);
         plwind(x0, x1, y0, y1);

@@ -88,10 +88,10 @@ void Run::put_progress(Checkpoint& c) const {
     c["metrics"] = metrics.to_tensor();
 }
 
-void write_graph_html(const CommonFlags& flags, const Function& f) {
-    if (flags.graph_html.empty()) return;
+void write_graph_html(const std::string& path, const Function& f) {
+    if (path.empty()) return;
     const std::string page = f.to_html();
-    AtomicFile file(flags.graph_html);
+    AtomicFile file(path);
     file.write(page.data(), page.size());
     file.commit();
 }

@@ -124,9 +124,9 @@ struct Run {
     void put_progress(Checkpoint& c) const;
 };
 
-// Writes f.to_html() to --graph-html when the flag is given (after training, so that the page
-// shows the shapes of the last call).
-void write_graph_html(const CommonFlags& flags, const Function& f);
+// Writes f.to_html() to path (--graph-html) unless path is empty; programs call it after
+// training, so that the page shows the shapes of the last call.
+void write_graph_html(const std::string& path, const Function& f);
 
 // Greedy layer-wise pre-training as SdA.py and DBN.py run it: for each of n_layers layers,
 // `epochs` epochs of step(layer, minibatch) over n_batches minibatches, printing
