@@ -459,7 +459,7 @@ TEST_CASE("--graph-html writes the view of the training function after training;
     const fs::path lr_out = temp_dir("logistic_out");
     const fs::path big = make_mnist(10100, 200);
     const Result lr = run({THEANINE_LOGISTIC_PROGRAM, "--data", big.string(), "--train-size", "1200", "--epochs", "4",
-                           "--output", lr_out.string(), "--graph-html", (lr_out / "g.html").string()});
+                           "--batch-size", "100", "--output", lr_out.string(), "--graph-html", (lr_out / "g.html").string()});
     REQUIRE(lr.status == 0);
     check_metrics(lr.out, lr_out);
     CHECK(read_text(lr_out / "g.html").find("class=\"node step\"") != std::string::npos);
