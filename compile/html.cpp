@@ -423,10 +423,12 @@ std::string Function::to_html() const {
     }
     json += "\n}";
 
-    std::string summary = fmt::format("{} steps &middot; {} inputs &middot; {} shared variables &middot; {} constants "
-                                      "&middot; {} outputs &middot; {} updates &middot; {} of buffers",
-                                      p.steps.size(), n_inputs, n_shared, n_constants, p.outputs.size(),
-                                      p.update_values.size(), bytes_text(buffer_bytes()));
+    auto count = [](std::size_t n, const char* what) { return fmt::format("{} {}{}", n, what, n == 1 ? "" : "s"); };
+    std::string summary = fmt::format("{} &middot; {} &middot; {} &middot; {} &middot; {} &middot; {} &middot; {} of buffers",
+                                      count(p.steps.size(), "step"), count(n_inputs, "input"),
+                                      count(n_shared, "shared variable"), count(n_constants, "constant"),
+                                      count(p.outputs.size(), "output"), count(p.update_values.size(), "update"),
+                                      bytes_text(buffer_bytes()));
     if (p.profile) {
         summary += fmt::format(" &middot; profile: {} calls, {:.1f} us per call in the steps", p.calls,
                                total_seconds / calls * 1e6);
