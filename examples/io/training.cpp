@@ -70,9 +70,9 @@ Function minibatch_function(const Variable& index, const std::vector<Variable>& 
                     options);
 }
 
-Run::Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir,
-         const std::string& output_dir)
-    : checkpoints(checkpoint_dir, every, resume_dir), resumed(checkpoints.resume()), metrics(output_dir) {
+Run::Run(const CommonFlags& flags)
+    : checkpoints(flags.checkpoint, flags.checkpoint_every, flags.resume), resumed(checkpoints.resume()),
+      metrics(flags.output) {
     if (resumed) {
         out.replay(resumed->at("printed"));
         // Checkpoints written before metrics were kept have none.
@@ -80,8 +80,6 @@ Run::Run(const std::string& checkpoint_dir, std::int64_t every, const std::strin
     }
     install_stop_signals();
 }
-
-Run::Run(const CommonFlags& flags) : Run(flags.checkpoint, flags.checkpoint_every, flags.resume, flags.output) {}
 
 void Run::put_progress(Checkpoint& c) const {
     c["printed"] = out.to_tensor();

@@ -116,8 +116,6 @@ struct Run {
     PrintedLines out;
     Metrics metrics;
     explicit Run(const CommonFlags& flags);
-    Run(const std::string& checkpoint_dir, std::int64_t every, const std::string& resume_dir,
-        const std::string& output_dir = "");
     // The Resumable of a training loop whose steps update state.
     Resumable resumable(std::vector<SharedVariable> state);
     // A checkpoint's entries for the lines and the metrics.
