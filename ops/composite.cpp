@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -27,11 +28,13 @@ using CArr = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
 // log1p(x) = log(u) + (x - (u - 1)) / u with u = 1 + x: the second term restores what
 // rounding 1 + x lost (and gives x where u == 1). Vectorised through Eigen's log, where the
-// library log1p is scalar; accurate to a few ulp.
+// library log1p is scalar; accurate to a few ulp. Where u is 0 or inf the correction is
+// 0/0 or inf/inf (NaN) and log(u) alone is the answer (-inf at x = -1, inf at x = inf).
 template <class T, class E>
 auto log1p_vec(const E& x) {
     auto u = x + T(1);
-    return u.log() + (x - (u - T(1))) / u;
+    auto correction = (x - (u - T(1))) / u;
+    return (correction == correction).select(u.log() + correction, u.log());
 }
 
 // log1p(t) for t in [0, 1] as 2 atanh(s) with s = t / (2 + t) <= 1/3: the odd series
@@ -103,11 +106,17 @@ void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T*
     case ScalarOp::tanh: d = A(0).tanh(); break;
     case ScalarOp::abs: d = A(0).abs(); break;
     case ScalarOp::sgn: d = A(0).sign(); break;
-    case ScalarOp::sqrt: d = A(0).sqrt(); break;
+    case ScalarOp::sqrt:
+        // Eigen's fast float square root (a reciprocal estimate refined) gives NaN at inf.
+        d = (A(0) == std::numeric_limits<T>::infinity()).select(A(0), A(0).sqrt());
+        break;
     case ScalarOp::sqr: d = A(0).square(); break;
-    case ScalarOp::pow: d = A(0).pow(A(1)); break;
-    case ScalarOp::maximum: d = A(0).max(A(1)); break;
-    case ScalarOp::minimum: d = A(0).min(A(1)); break;
+    // The C library's pow, as numpy uses: Eigen's vectorised pow loses the sign of
+    // (-0)^-1 and (-inf)^3.
+    case ScalarOp::pow: d = A(0).binaryExpr(A(1), [](T a, T b) { return std::pow(a, b); }); break;
+    // maximum and minimum propagate NaN (numpy, Theano); Eigen's max and min do not.
+    case ScalarOp::maximum: d = (A(0) != A(0) || A(1) != A(1)).select(A(0) + A(1), A(0).max(A(1))); break;
+    case ScalarOp::minimum: d = (A(0) != A(0) || A(1) != A(1)).select(A(0) + A(1), A(0).min(A(1))); break;
     case ScalarOp::switch_: d = (A(0) != T(0)).select(A(1), A(2)); break;
     case ScalarOp::eq: compare(dst, P(0), P(1), n, [](T x, T y) { return x == y; }); break;
     case ScalarOp::neq: compare(dst, P(0), P(1), n, [](T x, T y) { return x != y; }); break;

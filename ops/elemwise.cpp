@@ -84,11 +84,24 @@ T stable_softplus(T x) {
     return std::log1p(std::exp(x));
 }
 
+// maximum and minimum propagate NaN, as numpy's and Theano's do: NaN when either is NaN.
+template <class T>
+T nan_or(T x, T y, T value) {
+    if constexpr (std::is_floating_point_v<T>) {
+        if (x != x || y != y) return x + y;
+    }
+    return value;
+}
+
 template <class T>
 T sign_of(T x) {
     if constexpr (std::is_same_v<T, bool>) {
         return x;
     } else {
+        // NaN stays NaN (numpy's sign), where the comparisons alone would give 0.
+        if constexpr (std::is_floating_point_v<T>) {
+            if (x != x) return x;
+        }
         return static_cast<T>((T(0) < x) - (x < T(0)));
     }
 }
@@ -170,8 +183,8 @@ void run_op(ScalarOp op, std::span<const Tensor* const> in, Tensor& out) {
     case ScalarOp::mul: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return static_cast<T>(x * y); });
     case ScalarOp::true_div: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return static_cast<T>(x / y); });
     case ScalarOp::pow: return elemwise_loop<T, T>(a2, out, [&](T x, T y) { return static_cast<T>(std::pow(c(x), c(y))); });
-    case ScalarOp::maximum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return x < y ? y : x; });
-    case ScalarOp::minimum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return y < x ? y : x; });
+    case ScalarOp::maximum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return nan_or(x, y, x < y ? y : x); });
+    case ScalarOp::minimum: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return nan_or(x, y, y < x ? y : x); });
     case ScalarOp::second: return elemwise_loop<T, T>(a2, out, [](T, T y) { return y; });
     case ScalarOp::int_div: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return floor_divide(x, y); });
     case ScalarOp::mod: return elemwise_loop<T, T>(a2, out, [](T x, T y) { return python_mod(x, y); });

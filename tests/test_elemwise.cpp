@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 
 #include "support/helpers.hpp"
 
@@ -164,4 +165,161 @@ TEST_CASE("softplus as Theano computes it: x above 16, 0 below -745, log1p(exp(x
     Tensor big = eval1({a}, log(1.0 + exp(a)), {T64({2}, {800, 0})});
     CHECK(big.at({0}) == 800.0);
     CHECK(big.at({1}) == doctest::Approx(std::log(2.0)).epsilon(1e-15));
+}
+
+TEST_CASE("unary kernels at infinities, NaN, signed zeros, tiny and huge values: plain, rewritten and fused") {
+    const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+    const std::vector<double> pts = {-inf, -1e300, -800, -745.5, -100, -40, -20, -1, -0.5, -1e-300, -0.0, 0.0,
+                                     1e-300, 1e-20, 0.5, 1, 14.5, 20, 40, 100, 710, 800, 1e300, inf, nan};
+    struct Case {
+        const char* name;
+        std::function<Variable(const Variable&)> build;
+        std::function<double(double, bool)> ref;  // (x, float32)
+    };
+    auto softplus_ref = [](double x, bool f32) {
+        if (x > (f32 ? 14 : 16)) return x;
+        if (x < (f32 ? -103 : -745)) return 0.0;
+        return std::log1p(std::exp(x));
+    };
+    const std::vector<Case> cases = {
+        {"neg", [](const Variable& v) { return -v; }, [](double v, bool) { return -v; }},
+        {"exp", [](const Variable& v) { return exp(v); }, [](double v, bool) { return std::exp(v); }},
+        {"log", [](const Variable& v) { return log(v); }, [](double v, bool) { return std::log(v); }},
+        {"log1p", [](const Variable& v) { return log1p(v); }, [](double v, bool) { return std::log1p(v); }},
+        {"sigmoid", [](const Variable& v) { return sigmoid(v); }, [](double v, bool) { return 1 / (1 + std::exp(-v)); }},
+        {"softplus", [](const Variable& v) { return softplus(v); }, softplus_ref},
+        {"tanh", [](const Variable& v) { return tanh(v); }, [](double v, bool) { return std::tanh(v); }},
+        {"abs", [](const Variable& v) { return abs(v); }, [](double v, bool) { return std::fabs(v); }},
+        {"sgn", [](const Variable& v) { return sgn(v); },
+         [](double v, bool) { return std::isnan(v) ? v : v > 0 ? 1.0 : v < 0 ? -1.0 : 0.0; }},
+        {"sqrt", [](const Variable& v) { return sqrt(v); }, [](double v, bool) { return std::sqrt(v); }},
+        {"sqr", [](const Variable& v) { return sqr(v); }, [](double v, bool) { return v * v; }},
+    };
+    for (const bool f32 : {false, true}) {
+        const DType dt = f32 ? DType::float32 : DType::float64;
+        Variable x = input(TensorType{dt, {false}}, "x");
+        Variable one = input(TensorType{dt, {false}}, "one");
+        std::vector<double> xs = pts;
+        if (f32) {
+            for (double& v : xs) v = static_cast<double>(static_cast<float>(v));
+        }
+        const auto n = static_cast<std::int64_t>(xs.size());
+        Tensor xv = Tensor::from_vector<double>({n}, xs).astype(dt);
+        Tensor ones = Tensor::full(dt, {n}, 1.0);
+        CompileOptions plain;
+        plain.rewrites.none = true;
+        plain.on_unused_input = CompileOptions::UnusedInput::ignore;
+        CompileOptions rewritten;
+        rewritten.on_unused_input = CompileOptions::UnusedInput::ignore;
+        for (const auto& c : cases) {
+            // The kernel alone without rewrites, with them, and fused with a multiplication
+            // by an input of ones (one loop computing both).
+            const std::vector<std::pair<const char*, Function>> forms = [&] {
+                std::vector<std::pair<const char*, Function>> f;
+                f.emplace_back("plain", function({x, one}, {c.build(x)}, {}, {}, plain));
+                f.emplace_back("rewritten", function({x, one}, {c.build(x)}, {}, {}, rewritten));
+                f.emplace_back("fused", function({x, one}, {c.build(x) * one}, {}, {}, rewritten));
+                return f;
+            }();
+            for (const auto& [form, fn] : forms) {
+                const auto got = const_cast<Function&>(fn)({xv, ones})[0].to_doubles();
+                for (std::size_t i = 0; i < xs.size(); ++i) {
+                    double want = c.ref(xs[i], f32);
+                    if (f32) want = static_cast<double>(static_cast<float>(want));
+                    const std::string op = c.name, how = form;
+                    CAPTURE(op);
+                    CAPTURE(how);
+                    CAPTURE(f32);
+                    CAPTURE(xs[i]);
+                    CAPTURE(got[i]);
+                    CAPTURE(want);
+                    if (std::isnan(want)) {
+                        CHECK(std::isnan(got[i]));
+                    } else if (std::isinf(want)) {
+                        CHECK(got[i] == want);
+                    } else {
+                        // A few ulp; results below the smallest normal number may be flushed.
+                        const double tiny = f32 ? 1.2e-38 : 2.3e-308;
+                        CHECK(std::abs(got[i] - want) <= std::max((f32 ? 4e-7 : 1e-15) * std::abs(want), tiny));
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("binary kernels at infinities, NaN and zeros: plain, rewritten and fused, as numpy computes them") {
+    const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+    const std::vector<double> vals = {-inf, -2, -1, -0.5, -0.0, 0.0, 0.5, 1, 2, 3, 1e300, inf, nan};
+    std::vector<double> as, bs;
+    for (double a : vals) {
+        for (double b : vals) {
+            as.push_back(a);
+            bs.push_back(b);
+        }
+    }
+    // numpy's maximum and minimum propagate NaN (so does Theano's).
+    auto nan_max = [](double a, double b) { return std::isnan(a) || std::isnan(b) ? a + b : std::max(a, b); };
+    auto nan_min = [](double a, double b) { return std::isnan(a) || std::isnan(b) ? a + b : std::min(a, b); };
+    struct Case {
+        const char* name;
+        std::function<Variable(const Variable&, const Variable&)> build;
+        std::function<double(double, double)> ref;
+    };
+    const std::vector<Case> cases = {
+        {"add", [](const Variable& a, const Variable& b) { return a + b; }, [](double a, double b) { return a + b; }},
+        {"sub", [](const Variable& a, const Variable& b) { return a - b; }, [](double a, double b) { return a - b; }},
+        {"mul", [](const Variable& a, const Variable& b) { return a * b; }, [](double a, double b) { return a * b; }},
+        {"true_div", [](const Variable& a, const Variable& b) { return a / b; }, [](double a, double b) { return a / b; }},
+        {"pow", [](const Variable& a, const Variable& b) { return pow(a, b); },
+         [](double a, double b) { return std::pow(a, b); }},
+        {"maximum", [](const Variable& a, const Variable& b) { return maximum(a, b); }, nan_max},
+        {"minimum", [](const Variable& a, const Variable& b) { return minimum(a, b); }, nan_min},
+    };
+    for (const bool f32 : {false, true}) {
+        const DType dt = f32 ? DType::float32 : DType::float64;
+        Variable a = input(TensorType{dt, {false}}, "a"), b = input(TensorType{dt, {false}}, "b");
+        Variable one = input(TensorType{dt, {false}}, "one");
+        std::vector<double> av = as, bv = bs;
+        if (f32) {
+            for (double& v : av) v = static_cast<double>(static_cast<float>(v));
+            for (double& v : bv) v = static_cast<double>(static_cast<float>(v));
+        }
+        const auto n = static_cast<std::int64_t>(av.size());
+        const Tensor at = Tensor::from_vector<double>({n}, av).astype(dt), bt = Tensor::from_vector<double>({n}, bv).astype(dt);
+        const Tensor ones = Tensor::full(dt, {n}, 1.0);
+        CompileOptions plain;
+        plain.rewrites.none = true;
+        plain.on_unused_input = CompileOptions::UnusedInput::ignore;
+        CompileOptions rewritten;
+        rewritten.on_unused_input = CompileOptions::UnusedInput::ignore;
+        for (const auto& c : cases) {
+            std::vector<std::pair<std::string, Function>> forms;
+            forms.emplace_back("plain", function({a, b, one}, {c.build(a, b)}, {}, {}, plain));
+            forms.emplace_back("rewritten", function({a, b, one}, {c.build(a, b)}, {}, {}, rewritten));
+            forms.emplace_back("fused", function({a, b, one}, {c.build(a, b) * one}, {}, {}, rewritten));
+            for (auto& [form, fn] : forms) {
+                const auto got = fn({at, bt, ones})[0].to_doubles();
+                for (std::size_t i = 0; i < av.size(); ++i) {
+                    double want = c.ref(av[i], bv[i]);
+                    if (f32) want = static_cast<double>(static_cast<float>(want));
+                    const std::string op = c.name;
+                    CAPTURE(op);
+                    CAPTURE(form);
+                    CAPTURE(f32);
+                    CAPTURE(av[i]);
+                    CAPTURE(bv[i]);
+                    CAPTURE(got[i]);
+                    CAPTURE(want);
+                    if (std::isnan(want)) {
+                        CHECK(std::isnan(got[i]));
+                    } else if (std::isinf(want) || want == 0) {
+                        CHECK(got[i] == want);
+                    } else {
+                        CHECK(std::abs(got[i] - want) <= (f32 ? 4e-7 : 1e-15) * std::abs(want));
+                    }
+                }
+            }
+        }
+    }
 }
