@@ -44,4 +44,4 @@ Variable jacobian(const Variable& expr, const Variable& wrt, std::int64_t n);
 /// Hessian of a scalar cost with respect to a vector of static length n: (n, n).
 Variable hessian(const Variable& cost, const Variable& wrt, std::int64_t n);
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -35,4 +35,4 @@ struct VerifyGradReport {
 VerifyGradReport verify_grad(const std::function<Variable(const std::vector<Variable>&)>& fn,
                              const std::vector<Tensor>& points, const VerifyGradOptions& options = {});
 
-}  ///< namespace theanine
+}  // namespace theanine

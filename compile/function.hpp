@@ -182,4 +182,4 @@ Function function(const std::vector<In>& inputs, V&& outputs, const Updates& upd
     return function(inputs, std::vector<Out>(outputs.begin(), outputs.end()), updates, givens, options);
 }
 
-}  ///< namespace theanine
+}  // namespace theanine

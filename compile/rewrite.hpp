@@ -78,4 +78,4 @@ std::vector<Variable> optimize(const std::vector<Variable>& outputs, const Rewri
 std::vector<Variable> merge_duplicates(const std::vector<Variable>& outputs, RewriteLog& log);
 std::vector<Variable> constant_fold(const std::vector<Variable>& outputs, RewriteLog& log);
 
-}  ///< namespace theanine
+}  // namespace theanine

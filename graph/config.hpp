@@ -43,4 +43,4 @@ Config& config();
 /// Applies a THEANINE_FLAGS-style string to cfg; throws UsageError naming a bad key or value.
 void apply_flags(std::string_view flags, Config& cfg);
 
-}  ///< namespace theanine
+}  // namespace theanine

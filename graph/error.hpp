@@ -44,4 +44,4 @@ inline void internal_check(bool cond, const char* message) {
 }
 void internal_check(bool cond, const std::string& message);
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -271,4 +271,4 @@ std::vector<std::shared_ptr<const Node>> toposort(const std::vector<Variable>& o
 std::vector<Variable> clone_with_replace(const std::vector<Variable>& outputs,
                                          const VarMap<Variable>& replace);
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -36,4 +36,4 @@ std::string debugprint(const Variable& output, const PrintOptions& options = {})
 /// the input position.
 std::string to_dot(const std::vector<Variable>& outputs, const std::string& graph_name = "theanine");
 
-}  ///< namespace theanine
+}  // namespace theanine

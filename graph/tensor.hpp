@@ -184,4 +184,4 @@ Tensor Tensor::from_vector(const Shape& shape, const std::vector<T>& values) {
     return t;
 }
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -39,4 +39,4 @@ public:
     Variable L_rec, L_jacob;
 };
 
-}  ///< namespace theanine::models
+}  // namespace theanine::models

@@ -51,4 +51,4 @@ private:
     std::shared_ptr<RandomStreamsBase> theano_rng_;
 };
 
-}  ///< namespace theanine::models
+}  // namespace theanine::models

@@ -43,4 +43,4 @@ public:
     LogisticRegression layer3;
 };
 
-}  ///< namespace theanine::models
+}  // namespace theanine::models

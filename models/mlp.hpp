@@ -80,4 +80,4 @@ public:
     Variable finetune_cost, errors;
 };
 
-}  ///< namespace theanine::models
+}  // namespace theanine::models

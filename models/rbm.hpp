@@ -79,4 +79,4 @@ public:
     Variable finetune_cost, errors;
 };
 
-}  ///< namespace theanine::models
+}  // namespace theanine::models

@@ -114,4 +114,4 @@ Variable dot22(const Variable& a, const Variable& b, bool trans_a, bool trans_b)
 Variable gemm(const Variable& c, const Variable& alpha, const Variable& a, const Variable& b,
               const Variable& beta, bool trans_a = false, bool trans_b = false);
 
-}  ///< namespace theanine
+}  // namespace theanine

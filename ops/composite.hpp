@@ -71,4 +71,4 @@ private:
     std::int64_t work_ = 1;   ///< relative cost of the program per element
 };
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -158,4 +158,4 @@ Variable conv2d_grad_inputs(const Variable& filters, const Variable& top_grad, c
 Variable conv2d_grad_weights(const Variable& input, const Variable& top_grad, const Variable& filter_rows_cols,
                              const ConvParams& p, std::source_location where = std::source_location::current());
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -138,4 +138,4 @@ Variable operator-(const Operand& a);
 /// Promotion of two dtypes as numpy does for arrays (int64 with float32 gives float64).
 DType promote(DType a, DType b);
 
-}  ///< namespace theanine
+}  // namespace theanine

@@ -28,4 +28,4 @@ Variable binary_crossentropy(const Variable& output, const Variable& target);
 /// -log(p[arange(n), y]) for a matrix of row probabilities p and integer labels y.
 Variable categorical_crossentropy(const Variable& p, const Variable& y);
 
-}  ///< namespace theanine
+}  // namespace theanine

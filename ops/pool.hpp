@@ -121,4 +121,4 @@ private:
 Variable pool_2d(const Variable& input, std::array<std::int64_t, 2> ws, const PoolArgs& args = {},
                  std::source_location where = std::source_location::current());
 
-}  ///< namespace theanine
+}  // namespace theanine

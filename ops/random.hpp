@@ -99,7 +99,7 @@ void uniform_fill(std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T*
 template <class T>
 void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_streams, std::int64_t n, T* out,
                   T low, T high, int threads);
-}  ///< namespace mrg
+}  // namespace mrg
 
 /// A size argument: constant dimensions, or a symbolic int64 vector such as x.shape().
 using Size = std::variant<std::vector<std::int64_t>, Variable>;
@@ -213,4 +213,4 @@ private:
     std::vector<SharedVariable> states_;
 };
 
-}  ///< namespace theanine
+}  // namespace theanine

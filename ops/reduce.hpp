@@ -52,4 +52,4 @@ Variable mean(const Variable& x, std::optional<int> axis = std::nullopt, bool ke
 Variable max(const Variable& x, std::optional<int> axis = std::nullopt, bool keepdims = false);
 Variable argmax(const Variable& x, std::optional<int> axis = std::nullopt);
 
-}  ///< namespace theanine
+}  // namespace theanine

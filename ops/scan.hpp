@@ -186,4 +186,4 @@ std::vector<Variable> make_scan_node(ScanInfo info, std::vector<Variable> inner_
                                      std::vector<Variable> inner_outputs, std::vector<Variable> outer_inputs,
                                      std::source_location where);
 
-}  ///< namespace theanine
+}  // namespace theanine

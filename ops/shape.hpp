@@ -256,4 +256,4 @@ Variable arange(const Bound& start_or_stop, const Bound& stop = std::nullopt, co
 Variable index(const Variable& x, std::initializer_list<Idx> idx,
                std::source_location where = std::source_location::current());
 
-}  ///< namespace theanine
+}  // namespace theanine
