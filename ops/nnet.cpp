@@ -57,6 +57,51 @@ std::vector<Variable> Softmax::pullback(const Node& node, const std::vector<Vari
 
 Variable softmax(const Variable& x) { return apply1(std::make_shared<Softmax>(), {x}); }
 
+std::vector<TensorType> LogSoftmax::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 1) throw UsageError("LogSoftmax: takes 1 input");
+    const Variable& x = inputs[0];
+    if ((x.ndim() != 1 && x.ndim() != 2) || !is_float(x.dtype())) {
+        throw UsageError(fmt::format("LogSoftmax: input 0 must be a float vector or matrix, got {}", x.type().str()));
+    }
+    return {x.type()};
+}
+
+std::optional<std::vector<Shape>> LogSoftmax::infer_shape(const std::vector<Shape>& in) const {
+    return std::vector<Shape>{in[0]};
+}
+
+void LogSoftmax::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor x = in[0]->contiguous();
+    out[0]->ensure(x.dtype(), x.shape());
+    const std::int64_t cols = x.dim(x.ndim() - 1);
+    const std::int64_t rows = cols ? x.size() / cols : 0;
+    dispatch(x.dtype(), [&]<class T>() {
+        if constexpr (std::is_floating_point_v<T>) {
+            const T* p = x.data<T>();
+            T* o = out[0]->data<T>();
+            for (std::int64_t r = 0; r < rows; ++r) {
+                const T* row = p + r * cols;
+                T* orow = o + r * cols;
+                T m = row[0];
+                for (std::int64_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
+                T s = 0;
+                for (std::int64_t j = 0; j < cols; ++j) s += std::exp(row[j] - m);
+                const T shift = m + std::log(s);
+                for (std::int64_t j = 0; j < cols; ++j) orow[j] = row[j] - shift;
+            }
+        }
+    });
+}
+
+std::vector<Variable> LogSoftmax::pullback(const Node& node, const std::vector<Variable>& g) const {
+    // d log_softmax: g - softmax(x) * sum(g, last axis, keepdims), softmax(x) = exp(output).
+    Variable ls = node.output(0);
+    int last = ls.ndim() - 1;
+    return {sub(g[0], mul(exp(ls), sum(g[0], last, true)))};
+}
+
+Variable log_softmax(const Variable& x) { return apply1(std::make_shared<LogSoftmax>(), {x}); }
+
 Variable relu(const Variable& x) { return maximum(x, 0.0); }
 
 Variable binary_crossentropy(const Variable& output, const Variable& target) {

@@ -21,6 +21,23 @@ public:
 };
 
 Variable softmax(const Variable& x);
+
+/// Row-wise log(softmax(x)) computed as x - max - log(sum(exp(x - max))): finite for any
+/// finite input (log(softmax(x)) underflows to log(0) = -inf once a logit trails the row's
+/// maximum by about 745). Its gradient, g - softmax(x) * sum(g), stays finite too. The
+/// stabilize rewrite local_log_softmax puts it in place of log(softmax(x)).
+class LogSoftmax final : public Op {
+public:
+    std::string name() const override { return "LogSoftmax"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::optional<std::vector<Shape>> infer_shape(const std::vector<Shape>& in) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op&) const override { return true; }
+    std::size_t props_hash() const override { return 1; }
+};
+
+Variable log_softmax(const Variable& x);
 /// max(x, 0).
 Variable relu(const Variable& x);
 /// -(target * log(output) + (1 - target) * log(1 - output)), elementwise.

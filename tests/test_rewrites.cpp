@@ -468,3 +468,52 @@ TEST_CASE("canonicalize: a sum of products is expanded, collected and factored w
     Function m = function({x}, {x + 2.0 * x}, {}, {}, excluding({"fusion"}));
     CHECK(m.debugprint(false) == "Elemwise{mul} [id A]\n |x [id B]\n |TensorConstant{3} [id C]\n");
 }
+
+TEST_CASE("stabilize: log(softmax(x)) becomes LogSoftmax, finite for logits 1000 apart, with a finite gradient") {
+    for (const DType dt : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(dt));
+        Variable x = input(TensorType{dt, {false, false}}, "x");
+        Variable y = lvector("y");
+        Tensor xv = T64({2, 3}, {1, 2, 3, 1000, 0, -1000}).astype(dt);
+        // Row 0 by hand: x - (3 + log(e^-2 + e^-1 + 1)); row 1: exp(-1000) is 0 next to 1.
+        const double lse0 = 3 + std::log(std::exp(-2.0) + std::exp(-1.0) + 1);
+        const std::vector<double> want = {1 - lse0, 2 - lse0, 3 - lse0, 0, -1000, -2000};
+        Function on = function({x}, {log(softmax(x))});
+        Function off = function({x}, {log(softmax(x))}, {}, {}, excluding({"local_log_softmax"}));
+        CHECK(count_op(on, "LogSoftmax") == 1);
+        CHECK(count_op(on, "Softmax") == 0);
+        CHECK(count_op(off, "Softmax") == 1);
+        const auto got = on({xv})[0].to_doubles();
+        const double tol = dt == DType::float32 ? 1e-6 : 1e-14;
+        CHECK(close(got, want, tol));
+        const auto naive = off({xv})[0].to_doubles();
+        CHECK(std::isinf(naive[5]));  // log(0) without the rewrite
+        CHECK(close({naive[0], naive[1], naive[2]}, {want[0], want[1], want[2]}, tol));
+
+        // The tutorials' negative log-likelihood, -mean(log(softmax(x))[arange(n), y]): its value
+        // and its gradient (softmax(x) - onehot(y)) / n stay finite for these logits.
+        Variable nll = -log(softmax(x))[{arange(y.shape(0)), y}].mean();
+        Function f = function({x, y}, {nll, grad(nll, x)});
+        CHECK(count_op(f, "LogSoftmax") == 1);
+        const auto out = f({xv, I64({2}, {0, 2})});
+        CHECK(out[0].item() == doctest::Approx(-(want[0] + want[5]) / 2).epsilon(tol));
+        std::vector<double> g_want(6);
+        for (int j = 0; j < 6; ++j) g_want[j] = std::exp(want[j]) / 2;
+        g_want[0] -= 0.5;
+        g_want[5] -= 0.5;
+        CHECK(close(out[1].to_doubles(), g_want, tol));
+        // categorical_crossentropy(softmax(x), y) is the same graph.
+        Function cce = function({x, y}, {categorical_crossentropy(softmax(x), y).mean()});
+        CHECK(count_op(cce, "LogSoftmax") == 1);
+        CHECK(cce({xv, I64({2}, {0, 2})})[0].item() == doctest::Approx(out[0].item()).epsilon(tol));
+    }
+}
+
+TEST_CASE("LogSoftmax's gradient agrees with finite differences, vector and matrix") {
+    VerifyGradReport r = verify_grad([](auto v) { return log_softmax(v[0]); }, {random_tensor({3, 4}, 5, -3, 3)});
+    CHECK(r.n_checked > 0);
+    r = verify_grad([](auto v) { return log_softmax(v[0]); }, {random_tensor({5}, 6, -3, 3)});
+    CHECK(r.n_checked > 0);
+    CHECK_THROWS_WITH_AS(log_softmax(lscalar("i")), doctest::Contains("LogSoftmax: input 0 must be a float vector or matrix"),
+                         UsageError);
+}

@@ -2,6 +2,8 @@
 // log(0).
 #include "compile/rewrites/rewrites.hpp"
 #include "ops/elemwise.hpp"
+#include "ops/nnet.hpp"
+#include "ops/shape.hpp"
 
 namespace theanine {
 
@@ -53,6 +55,21 @@ std::optional<std::vector<Variable>> local_log1p(const Node& n) {
     return typed(out, keep_shape(n.inputs[0], log1p(*x)));
 }
 
+// log(softmax(x)) -> log_softmax(x); also under the advanced indexing of the tutorials'
+// negative log-likelihood: log(softmax(x)[i, j]) -> log_softmax(x)[i, j].
+std::optional<std::vector<Variable>> local_log_softmax(const Node& n) {
+    Variable out = n.output(0);
+    if (!is(out, ScalarOp::log)) return std::nullopt;
+    const Variable& in = n.inputs[0];
+    if (pattern::op_as<Softmax>(in)) return typed(out, log_softmax(in.node().inputs[0]));
+    if (pattern::op_as<AdvancedSubtensor>(in) && pattern::op_as<Softmax>(in.node().inputs[0])) {
+        const auto& ins = in.node().inputs;
+        const std::vector<Variable> indices(ins.begin() + 1, ins.end());
+        return typed(out, advanced_subtensor(log_softmax(ins[0].node().inputs[0]), indices));
+    }
+    return std::nullopt;
+}
+
 // log1p(exp(x)) -> softplus(x)
 std::optional<std::vector<Variable>> local_log1p_exp(const Node& n) {
     Variable out = n.output(0);
@@ -67,6 +84,7 @@ void register_stabilize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_log_one_minus_sigmoid", "stabilize", {"fast_run"}, local_log_one_minus_sigmoid});
     r.add(NodeRewriter{"local_log1p", "stabilize", {"fast_run"}, local_log1p});
     r.add(NodeRewriter{"local_log1p_exp", "stabilize", {"fast_run"}, local_log1p_exp});
+    r.add(NodeRewriter{"local_log_softmax", "stabilize", {"fast_run"}, local_log_softmax});
 }
 
 }  // namespace theanine
