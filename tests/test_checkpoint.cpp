@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -382,7 +383,23 @@ TEST_CASE("SIGTERM writes a checkpoint and exits cleanly; the resumed run finish
 
 TEST_CASE("a cost that becomes NaN or inf stops the program with a message; --nan-guard names the op") {
     const fs::path data = make_mnist(10100, 200);
-    // A learning rate this large drives the softmax to exact zeros after one step.
+    // A learning rate this large drives the softmax to exact zeros after one step; the
+    // negative log-likelihood is then log(0) unless LogSoftmax stands in for log(softmax),
+    // so the stabilising rewrite is turned off here (as a user would, through THEANINE_FLAGS).
+    const char* old_flags = std::getenv("THEANINE_FLAGS");
+    const std::string saved = old_flags ? old_flags : "";
+    ::setenv("THEANINE_FLAGS", "optimizer_excluding=local_log_softmax", 1);
+    struct Restore {
+        bool had;
+        std::string value;
+        ~Restore() {
+            if (had) {
+                ::setenv("THEANINE_FLAGS", value.c_str(), 1);
+            } else {
+                ::unsetenv("THEANINE_FLAGS");
+            }
+        }
+    } restore{old_flags != nullptr, saved};
     const std::vector<std::string> args = {THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs",
                                            "3", "--hidden", "50", "--learning-rate", "1000000"};
     Result r = run(args);
@@ -396,6 +413,11 @@ TEST_CASE("a cost that becomes NaN or inf stops the program with a message; --na
     CHECK(g.err.find("mlp: NaN guard: Composite{log(i0)} produced") != std::string::npos);
     CHECK(g.err.find("(node built at mlp.cpp:") != std::string::npos);
     CHECK(g.err.find("input 0: float64 (20, 10)") != std::string::npos);
+    // With the rewrite (the default), the same run stays finite to the end.
+    ::unsetenv("THEANINE_FLAGS");
+    Result stable = run(args);
+    CHECK(stable.status == 0);
+    CHECK(stable.out.find("test error of best model") != std::string::npos);
 }
 
 TEST_CASE("flags are checked in their final type, and bad destinations are found before training") {
