@@ -10,13 +10,20 @@
 
 namespace theanine {
 
-std::vector<TensorType> Softmax::make_types(const std::vector<Variable>& inputs) const {
-    if (inputs.size() != 1) throw UsageError("Softmax: takes 1 input");
+namespace {
+// Softmax and LogSoftmax: one float vector or matrix in, the same type and shape out.
+std::vector<TensorType> row_op_types(const char* op, const std::vector<Variable>& inputs) {
+    if (inputs.size() != 1) throw UsageError(fmt::format("{}: takes 1 input", op));
     const Variable& x = inputs[0];
     if ((x.ndim() != 1 && x.ndim() != 2) || !is_float(x.dtype())) {
-        throw UsageError(fmt::format("Softmax: input 0 must be a float vector or matrix, got {}", x.type().str()));
+        throw UsageError(fmt::format("{}: input 0 must be a float vector or matrix, got {}", op, x.type().str()));
     }
     return {x.type()};
+}
+}  // namespace
+
+std::vector<TensorType> Softmax::make_types(const std::vector<Variable>& inputs) const {
+    return row_op_types("Softmax", inputs);
 }
 
 std::optional<std::vector<Shape>> Softmax::infer_shape(const std::vector<Shape>& in) const {
@@ -58,12 +65,7 @@ std::vector<Variable> Softmax::pullback(const Node& node, const std::vector<Vari
 Variable softmax(const Variable& x) { return apply1(std::make_shared<Softmax>(), {x}); }
 
 std::vector<TensorType> LogSoftmax::make_types(const std::vector<Variable>& inputs) const {
-    if (inputs.size() != 1) throw UsageError("LogSoftmax: takes 1 input");
-    const Variable& x = inputs[0];
-    if ((x.ndim() != 1 && x.ndim() != 2) || !is_float(x.dtype())) {
-        throw UsageError(fmt::format("LogSoftmax: input 0 must be a float vector or matrix, got {}", x.type().str()));
-    }
-    return {x.type()};
+    return row_op_types("LogSoftmax", inputs);
 }
 
 std::optional<std::vector<Shape>> LogSoftmax::infer_shape(const std::vector<Shape>& in) const {
