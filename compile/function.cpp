@@ -410,15 +410,27 @@ void schedule(Compilation& c, Plan& p) {
             }
         }
         for (auto [r, d] : c.grants.after) edge(r, d);
+        // Collectives in the order of their sequence numbers, the same in every process.
+        std::vector<std::pair<std::int64_t, const Node*>> collectives;
+        for (const auto& n : applies) {
+            if (auto seq = n->op->collective_sequence()) collectives.emplace_back(*seq, n.get());
+        }
+        std::sort(collectives.begin(), collectives.end());
+        for (std::size_t k = 1; k < collectives.size(); ++k) edge(collectives[k - 1].second, collectives[k].second);
         std::priority_queue<std::size_t, std::vector<std::size_t>, std::greater<>> ready;
-        // Commit steps rank after every other step.
-        auto rank = [&](std::size_t i) { return commit.count(applies[i].get()) ? i + applies.size() : i; };
+        // Asynchronous steps rank first (their work overlaps what runs next), commit steps
+        // after every other step.
+        const std::size_t n = applies.size();
+        auto rank = [&](std::size_t i) {
+            const Node* node = applies[i].get();
+            return i + n * (commit.count(node) ? 2 : node->op->is_async() ? 0 : 1);
+        };
         for (std::size_t i = 0; i < applies.size(); ++i) {
             if (indeg[i] == 0) ready.push(rank(i));
         }
         std::vector<std::shared_ptr<const Node>> sched;
         while (!ready.empty()) {
-            std::size_t i = ready.top() % applies.size();
+            std::size_t i = ready.top() % n;
             ready.pop();
             sched.push_back(applies[i]);
             for (std::size_t j : succ[i]) {
@@ -434,10 +446,33 @@ void schedule(Compilation& c, Plan& p) {
             }
         }
         for (const auto& node : sched) {
-            Step s{node->op.get(), node.get(), {}, {}, {}, {}, {}, {}, {}};
+            Step s;
+            s.op = node->op.get();
+            s.node = node.get();
             for (const auto& in : node->inputs) s.in.push_back(&p.slots[slot_of.at(key(in))]);
             for (int o = 0; o < node->n_outputs(); ++o) s.out.push_back(&p.slots[slot_of.at(VarKey{node.get(), o})]);
             p.steps.push_back(std::move(s));
+        }
+    }
+}
+
+// Stage: where asynchronous work ends. A step whose op is asynchronous (Op::is_async) is
+// finished just before the first later step that reads one of its outputs, or at the end of
+// the steps when none does (results and updates are read after them).
+void plan_async(Plan& p) {
+    for (std::size_t i = 0; i < p.steps.size(); ++i) {
+        const Step& st = p.steps[i];
+        if (!st.op->is_async()) continue;
+        std::size_t reader = p.steps.size();
+        for (std::size_t j = i + 1; j < p.steps.size() && reader == p.steps.size(); ++j) {
+            for (const Tensor* t : p.steps[j].in) {
+                if (std::find(st.out.begin(), st.out.end(), t) != st.out.end()) reader = j;
+            }
+        }
+        if (reader < p.steps.size()) {
+            p.steps[reader].finish.push_back(i);
+        } else {
+            p.finish_at_end.push_back(i);
         }
     }
 }
@@ -470,8 +505,8 @@ void place_joins(Compilation& c, Plan& p) {
             for (std::size_t i = 0; i < st.node->inputs.size() && ok; ++i) {
                 const Variable& v = st.node->inputs[i];
                 const int slot = slot_of.at(key(v));
-                ok = v.is_apply() && !returned.count(key(v)) && slot_users[slot] == 1 && !destroyed_slots.count(slot) &&
-                     seen.insert(&p.slots[slot]).second;
+                ok = v.is_apply() && !v.node().op->is_async() && !returned.count(key(v)) && slot_users[slot] == 1 &&
+                     !destroyed_slots.count(slot) && seen.insert(&p.slots[slot]).second;
                 if (ok) {
                     auto vm = v.node().op->view_map();
                     ok = !(v.index() < static_cast<int>(vm.size()) && vm[v.index()] >= 0);
@@ -512,6 +547,16 @@ void plan_liveness(Compilation& c, Plan& p) {
             for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
                 if (dm[o] >= 0) excluded[slot_index(st.in[dm[o]])] = true;
             }
+        }
+        // An asynchronous step reads its inputs until it is finished (no later step may take
+        // their buffers before that; one finished at the end of the steps keeps them to the end).
+        for (int j = 0; j < n_steps_i; ++j) {
+            for (std::size_t a : p.steps[j].finish) {
+                for (const Tensor* t : p.steps[a].in) last[slot_index(t)] = std::max(last[slot_index(t)], j);
+            }
+        }
+        for (std::size_t a : p.finish_at_end) {
+            for (const Tensor* t : p.steps[a].in) last[slot_index(t)] = n_steps_i - 1;
         }
         // A view keeps its base alive: the base's last use is its views' last use, and a
         // returned view makes the base escape.
@@ -582,6 +627,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     p.in_place = c.grants.log;
     p.destroyed_cells = c.grants.destroyed_cells;
     schedule(c, p);
+    plan_async(p);
     place_joins(c, p);
     plan_liveness(c, p);
     for (std::size_t i = 0; i < c.n_outputs; ++i) {

@@ -138,7 +138,11 @@ void Plan::run_step(Step& s) {
         }
     }
     s.op->perform(*s.node, s.in, s.out);
-    if (nan_guard) check_finite(s);  // before the inputs' buffers go back to the pool
+    if (s.op->is_async()) {
+        in_flight.push_back(static_cast<std::size_t>(&s - steps.data()));
+    } else if (nan_guard) {
+        check_finite(s);  // before the inputs' buffers go back to the pool
+    }
     if (!s.place.empty()) place_join_inputs(s);
     record_outputs(s);
     for (int r : s.release) {
@@ -268,6 +272,21 @@ thread_local LoopOptions t_running;
 
 const LoopOptions& running_options() { return t_running; }
 
+void Plan::finish_async(std::size_t step) {
+    const auto it = std::find(in_flight.begin(), in_flight.end(), step);
+    if (it == in_flight.end()) return;
+    in_flight.erase(it);
+    Step& s = steps[step];
+    if (profile) {
+        auto t0 = std::chrono::steady_clock::now();
+        s.op->finish(*s.node, s.out);
+        step_seconds[step] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } else {
+        s.op->finish(*s.node, s.out);
+    }
+    if (nan_guard) check_finite(s);
+}
+
 void Plan::run_steps() {
     if (profile) step_seconds.resize(steps.size(), 0.0);
     // Loops among the steps run their step with this call's options; restored on the way out.
@@ -280,12 +299,28 @@ void Plan::run_steps() {
     // Calls are timed only for the worker choice (reading the clock costs as much as a tiny step).
     const bool timed = workers.adapt && num_threads() > 1;
     const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    // Work an asynchronous step started is finished even when a later step throws: its
+    // peers (the other processes of a collective) take part in it regardless.
+    struct InFlight {
+        Plan& p;
+        ~InFlight() {
+            while (!p.in_flight.empty()) {
+                try {
+                    p.finish_async(p.in_flight.front());  // takes it off the list first
+                } catch (...) {
+                }
+            }
+        }
+    } in_flight_guard{*this};
     for (std::size_t i = 0; i < steps.size(); ++i) {
         if (i == first_commit) {
             // Every step from here on writes into a shared variable's buffer: check them all
-            // before the first one writes, so a failing call changes nothing.
+            // before the first one writes, so a failing call changes nothing. Work in flight
+            // ends first, so the checks see finished values.
+            while (!in_flight.empty()) finish_async(in_flight.front());
             for (std::size_t j = i; j < steps.size(); ++j) steps[j].op->validate(*steps[j].node, steps[j].in);
         }
+        for (std::size_t a : steps[i].finish) finish_async(a);
         if (profile) {
             auto t0 = std::chrono::steady_clock::now();
             run_step(steps[i]);
@@ -293,7 +328,9 @@ void Plan::run_steps() {
         } else {
             run_step(steps[i]);
         }
+        for (std::size_t a : in_flight) steps[a].op->progress(*steps[a].node);
     }
+    for (std::size_t a : finish_at_end) finish_async(a);
     if (profile) ++calls;
     if (timed) workers.record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }

@@ -18,13 +18,14 @@
 namespace theanine {
 
 struct Step {
-    const Op* op;
-    const Node* node;
+    const Op* op = nullptr;
+    const Node* node = nullptr;
     std::vector<const Tensor*> in;
     std::vector<Tensor*> out;
     std::vector<Tensor*> place;  // a Join's input slots, to be placed in its output
     std::vector<int> acquire;    // output slots that take a pooled buffer before the step
     std::vector<int> release;    // slots whose value is dead after the step
+    std::vector<std::size_t> finish;  // asynchronous steps (Op::is_async) to finish first
     // The last call's outputs, for the graph view (Function::to_html): their shapes, and the
     // bytes of their buffers (0 for an output that shares an input's buffer: a view or an
     // in-place result).
@@ -107,6 +108,10 @@ struct Plan {
     std::size_t pool_idle = 0;  // pool[0, pool_idle) has not left the pool during this call
     std::vector<std::size_t> last_bytes;
     std::vector<std::vector<int>> views_of;
+    // Asynchronous steps: those no step reads, finished at the end of the steps; and, during
+    // a call, those started and not yet finished.
+    std::vector<std::size_t> finish_at_end;
+    std::vector<std::size_t> in_flight;
     std::atomic<bool> busy{false};  // a call is running (a Function is not reentrant)
     // Reused by finish_call (ownership.cpp), so a call allocates nothing for its bookkeeping.
     enum class Commit { keep, hand_over, copy };
@@ -125,6 +130,7 @@ struct Plan {
 
 private:
     void run_step(Step& s);
+    void finish_async(std::size_t step);
     void check_finite(const Step& s) const;
 };
 

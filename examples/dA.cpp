@@ -24,6 +24,9 @@
 #include "examples/io/png.hpp"
 #include "examples/io/tile.hpp"
 #include "theanine.hpp"
+#ifdef THEANINE_HAVE_MPI
+#include "examples/io/parallel.hpp"
+#endif
 
 using namespace theanine;
 
@@ -48,6 +51,8 @@ struct Flags {
     std::int64_t checkpoint_every = 500;
     bool nan_guard = false;
     std::string graph_html;
+    bool data_parallel = false;
+    int average_every = 0;
 };
 
 const char* kHelp = R"(usage: dA [flags]
@@ -79,6 +84,12 @@ every epoch to metrics.csv with their plot, curves.png and curves.svg.
                         lines again: the output is that of an uninterrupted run
   --nan-guard           check every step for NaN/inf and name the op that made one
   --graph-html FILE     write an HTML view of the last model's compiled training function
+  --data-parallel       train on every process of an MPI job (mpirun -np N dA --data-parallel):
+                        each takes 1/N of every minibatch (--batch-size is the whole minibatch)
+                        and the gradients are averaged; rank 0 prints and writes the files. Rank
+                        r > 0 draws its corruption from a stream seeded one apart per rank
+  --average-every N     with --data-parallel: local steps, the parameters averaged every N
+                        minibatches (default 0: the gradients every minibatch)
   --help                this text
 )";
 
@@ -120,8 +131,8 @@ Flags parse(int argc, char** argv) {
             std::cout << kHelp;
             std::exit(0);
         }
-        if (a == "--save-params" || a == "--nan-guard") {
-            (a == "--save-params" ? f.save_params : f.nan_guard) = true;
+        if (a == "--save-params" || a == "--nan-guard" || a == "--data-parallel") {
+            (a == "--save-params" ? f.save_params : a == "--nan-guard" ? f.nan_guard : f.data_parallel) = true;
             continue;
         }
         std::string value;
@@ -162,11 +173,19 @@ Flags parse(int argc, char** argv) {
             if (value != "255" && value != "256") bad_flag(fmt::format("--pixel-scale takes 255 or 256, got '{}'", value));
             f.pixel_scale = value == "256" ? 256 : 255;
         }
+        else if (a == "--average-every") f.average_every = static_cast<int>(parse_int(a, value, 0, kIntMax));
         else if (a == "--checkpoint") f.checkpoint = value;
         else if (a == "--resume") f.resume = value;
         else if (a == "--checkpoint-every") f.checkpoint_every = parse_int(a, value, 1, std::numeric_limits<long>::max());
         else bad_flag(fmt::format("unknown flag '{}'", a));
     }
+    if (f.average_every > 0 && !f.data_parallel) bad_flag("--average-every needs --data-parallel");
+    if (f.data_parallel && (!f.checkpoint.empty() || !f.resume.empty())) {
+        bad_flag("--checkpoint and --resume are not available with --data-parallel");
+    }
+#ifndef THEANINE_HAVE_MPI
+    if (f.data_parallel) bad_flag("--data-parallel: this dA was built without MPI (install libopenmpi-dev and rebuild)");
+#endif
     return f;
 }
 
@@ -197,7 +216,21 @@ std::string level_name(double c) { return fmt::format("{}", static_cast<int>(std
 
 int main(int argc, char** argv) {
     Flags flags = parse(argc, argv);
+#ifdef THEANINE_HAVE_MPI
+    std::optional<io::ParallelRun> par;
+#endif
     try {
+        bool root = true;  // the process that prints and writes files
+#ifdef THEANINE_HAVE_MPI
+        if (flags.data_parallel) {
+            par.emplace(true, &argc, &argv);
+            root = par->root;
+            if (flags.batch_size % par->comm->size() != 0) {
+                throw UsageError(fmt::format("--batch-size {} does not split evenly over {} ranks", flags.batch_size,
+                                             par->comm->size()));
+            }
+        }
+#endif
         config().floatX = dtype_from_name(flags.floatX);
         if (flags.threads > 0) set_num_threads(flags.threads);
         const DType fx = config().floatX;
@@ -208,17 +241,26 @@ int main(int argc, char** argv) {
         io::install_stop_signals();
         io::Mnist mnist = io::load_mnist(flags.data);
         const std::int64_t n_train = std::min<std::int64_t>(flags.train_size, mnist.train_images.dim(0));
-        SharedVariable train_set_x = shared(io::mnist_pixels(mnist.train_images, 0, n_train, fx, flags.pixel_scale), "train_set_x", true);
+        Tensor train_x = io::mnist_pixels(mnist.train_images, 0, n_train, fx, flags.pixel_scale);
         const std::int64_t n_batches = n_train / flags.batch_size;
         if (n_batches < 1) {
             bad_flag(fmt::format("--train-size {} is smaller than one batch of {}", n_train, flags.batch_size));
         }
+        long bs = flags.batch_size;  // the rows of each minibatch this process trains on
+#ifdef THEANINE_HAVE_MPI
+        if (par) {
+            const distributed::Shard shard{par->comm->rank() * (bs / par->comm->size()), bs / par->comm->size()};
+            train_x = io::shard_rows(train_x, bs, shard);
+            bs = static_cast<long>(shard.size);
+        }
+#endif
+        SharedVariable train_set_x = shared(train_x, "train_set_x", true);
         CompileOptions options;
         options.nan_guard = options.nan_guard || flags.nan_guard;
 
         // Where a resumed run starts: the model (corruption level), epoch and minibatch.
         io::PrintedLines out;
-        io::Metrics metrics(flags.output);
+        io::Metrics metrics(root ? flags.output : "");
         std::size_t first_level = 0;
         std::int64_t start_epoch = 0, start_batch = 0, steps = 0;
         io::EpochCosts start_costs;
@@ -237,7 +279,10 @@ int main(int argc, char** argv) {
         for (std::size_t li = first_level; li < flags.corruption.size(); ++li) {
             const double level = flags.corruption[li];
             RandomState rng(flags.seed);
-            const auto stream_seed = static_cast<std::uint32_t>(rng.randint(1LL << 30));
+            auto stream_seed = static_cast<std::uint32_t>(rng.randint(1LL << 30));
+#ifdef THEANINE_HAVE_MPI
+            if (par) stream_seed += static_cast<std::uint32_t>(par->comm->rank());  // each rank its own noise
+#endif
             std::shared_ptr<RandomStreamsBase> theano_rng;
             if (flags.rng == "mrg") {
                 theano_rng = std::make_shared<MRG_RandomStreams>(stream_seed);
@@ -249,10 +294,30 @@ int main(int argc, char** argv) {
             std::vector<SharedVariable> rng_states;  // the generator states the draws advance
             if (auto* r = dynamic_cast<MRG_RandomStreams*>(theano_rng.get())) rng_states = r->state_variables();
             if (auto* r = dynamic_cast<RandomStreams*>(theano_rng.get())) rng_states = r->state_variables();
-            const long bs = flags.batch_size;
-            Function train_da = function({index}, {cost}, updates,
-                                         {{x, subtensor(train_set_x, {slice(index * bs, (index + 1) * bs)})}}, options);
+            const Givens givens = {{x, subtensor(train_set_x, {slice(index * bs, (index + 1) * bs)})}};
             const std::vector<SharedVariable> params = {da.W, da.b, da.b_prime};
+#ifdef THEANINE_HAVE_MPI
+            std::optional<distributed::DataParallel> dp;
+            std::optional<Function> dp_train;
+            if (par) {
+                // The tutorial's update rule, param - learning_rate * gradient, on the averaged gradients.
+                distributed::DataParallelOptions dpo;
+                dpo.average_every = flags.average_every;
+                dp.emplace(*par->comm, params, dpo);
+                const double lr = flags.learning_rate;
+                dp_train.emplace(dp->function(
+                    {index}, {cost}, cost,
+                    [&](const std::vector<Variable>& ps, const std::vector<Variable>& gs) {
+                        Updates u;
+                        for (std::size_t k = 0; k < ps.size(); ++k) u.emplace_back(params[k], ps[k] - lr * gs[k]);
+                        return u;
+                    },
+                    givens, options));
+            }
+            Function train_da = dp_train ? std::move(*dp_train) : function({index}, {cost}, updates, givens, options);
+#else
+            Function train_da = function({index}, {cost}, updates, givens, options);
+#endif
 
             std::int64_t epoch0 = 0, batch0 = 0;
             io::EpochCosts costs;
@@ -272,10 +337,16 @@ int main(int argc, char** argv) {
             };
 
             auto start = std::chrono::steady_clock::now();
+#ifdef THEANINE_HAVE_MPI
+            const double allreduce0 = par ? par->comm->allreduce_seconds() : 0.0;
+#endif
             for (std::int64_t epoch = epoch0; epoch < flags.epochs; ++epoch) {
                 io::Progress progress(fmt::format("epoch {}", epoch));
                 for (std::int64_t i = epoch == epoch0 ? batch0 : 0; i < n_batches; ++i) {
                     const double c = train_da.scalar({static_cast<long>(i)});
+#ifdef THEANINE_HAVE_MPI
+                    if (dp) dp->step_done();
+#endif
                     if (!std::isfinite(c)) {
                         progress.clear();
                         std::cerr << fmt::format("dA: the cost became {} at epoch {}, minibatch {} (corruption {}); "
@@ -309,7 +380,16 @@ int main(int argc, char** argv) {
             const double minutes =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
             std::string what = level == 0 ? "no corruption" : level_name(level) + "% corruption";
-            std::cerr << fmt::format("The {} code for file dA ran for {:.2f}m", what, minutes) << std::endl;
+            if (root) std::cerr << fmt::format("The {} code for file dA ran for {:.2f}m", what, minutes) << std::endl;
+#ifdef THEANINE_HAVE_MPI
+            if (par && root) {
+                std::cerr << fmt::format("data parallel: {} ranks, {:.3f} s per epoch, rank 0 spent {:.3f} s in allreduce",
+                                         par->comm->size(), minutes * 60 / (flags.epochs - epoch0),
+                                         par->comm->allreduce_seconds() - allreduce0)
+                          << std::endl;
+            }
+#endif
+            if (!root) continue;
             io::write_graph_html(flags.graph_html, train_da);
 
             Tensor filters = io::tile_raster_images(da.W.get_value(true).transpose(), {28, 28}, {10, 10}, {1, 1});
@@ -328,6 +408,9 @@ int main(int argc, char** argv) {
         // A finished run: resuming it prints its lines and trains nothing.
         checkpoints.save(position(flags.corruption.size(), 0, 0, io::EpochCosts(), steps, out, metrics));
     } catch (const theanine::Error& e) {
+#ifdef THEANINE_HAVE_MPI
+        if (par) par->fail("dA", e.what());
+#endif
         std::cerr << "dA: " << e.what() << "\n";
         return 1;
     }

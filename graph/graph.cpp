@@ -64,6 +64,8 @@ bool Variable::is_constant() const { return node_ && node_->kind == NodeKind::co
 bool Variable::is_shared() const { return node_ && node_->kind == NodeKind::shared; }
 
 void Op::validate(const Node&, std::span<const Tensor* const>) const {}
+void Op::finish(const Node&, std::span<Tensor* const>) const {}
+void Op::progress(const Node&) const {}
 
 std::optional<std::vector<Shape>> Op::infer_shape(const std::vector<Shape>&) const {
     return std::nullopt;

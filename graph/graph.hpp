@@ -159,6 +159,19 @@ public:
     virtual const std::vector<Variable>* inner_outputs() const { return nullptr; }
     virtual std::string inner_profile() const { return ""; }
 
+    /// Ops whose kernel hands work to another engine that completes it later (a collective
+    /// over the network): perform() starts the work and returns; finish() waits for it and
+    /// leaves the outputs written. The executor schedules such a step as soon as its inputs
+    /// are ready, calls progress() after each step that runs while the work is in flight, and
+    /// finish() just before the first step that reads an output (or at the end of the call),
+    /// so the work overlaps the steps in between. The inputs stay untouched until finish().
+    virtual bool is_async() const { return false; }
+    virtual void finish(const Node& node, std::span<Tensor* const> out) const;
+    virtual void progress(const Node& node) const;
+    /// Collectives must start in the same order in every process of a job: the steps whose
+    /// ops give a sequence number run in the order of their numbers.
+    virtual std::optional<std::int64_t> collective_sequence() const { return std::nullopt; }
+
     /// Identity through props. Ops of the same dynamic type with equal props are equal,
     /// so equal nodes can be merged.
     virtual bool props_equal(const Op& other) const = 0;
