@@ -1,5 +1,7 @@
 // function(): outputs, updates, givens, shared inputs, defaults, argument checking, buffers.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
@@ -419,4 +421,103 @@ TEST_CASE("default updates: no_default_updates, and a given that replaces the va
     CHECK(from_start()[0].to_doubles() == d1);
     CHECK(from_start()[0].to_doubles() == d1);
     CHECK(state.get_value().to_doubles() == s1);
+}
+
+namespace {
+
+// Ops that log when their kernels run, for the executor's handling of asynchronous ops.
+std::vector<std::string> g_events;
+
+// Copies its float64 input to its output, logging "run:<tag>"; throws when the tag is "fail".
+class Logged final : public Op {
+public:
+    explicit Logged(std::string tag) : tag_(std::move(tag)) {}
+    std::string name() const override { return "Logged{" + tag_ + "}"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& in) const override { return {in[0].type()}; }
+    void perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override {
+        g_events.push_back("run:" + tag_);
+        if (tag_ == "fail") throw UsageError("Logged{fail}: failing on purpose");
+        out[0]->ensure(in[0]->dtype(), in[0]->shape());
+        out[0]->copy_from(*in[0]);
+    }
+    bool props_equal(const Op& o) const override { return dynamic_cast<const Logged*>(&o) && static_cast<const Logged&>(o).tag_ == tag_; }
+    std::size_t props_hash() const override { return std::hash<std::string>()(tag_); }
+    bool is_stateful() const override { return true; }
+
+private:
+    std::string tag_;
+};
+
+// An asynchronous copy, as a transfer over the network behaves: perform() only remembers
+// where its input lives; finish() reads it from there then (so the input's buffer must still
+// hold the value) and writes the output.
+class DelayedCopy final : public Op {
+public:
+    std::string name() const override { return "DelayedCopy"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& in) const override { return {in[0].type()}; }
+    bool is_async() const override { return true; }
+    void perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override {
+        g_events.push_back("start");
+        src_ = in[0]->data<double>();
+        n_ = in[0]->size();
+        out[0]->ensure(in[0]->dtype(), in[0]->shape());
+    }
+    void progress(const Node&) const override { g_events.push_back("progress"); }
+    void finish(const Node&, std::span<Tensor* const> out) const override {
+        g_events.push_back("finish");
+        std::copy(src_, src_ + n_, out[0]->data<double>());
+    }
+    bool props_equal(const Op&) const override { return false; }
+    std::size_t props_hash() const override { return 0; }
+    bool is_stateful() const override { return true; }
+
+private:
+    mutable const double* src_ = nullptr;
+    mutable std::int64_t n_ = 0;
+};
+
+Variable logged(const std::string& tag, const Variable& x) { return apply1(std::make_shared<Logged>(tag), {x}); }
+Variable delayed(const Variable& x) { return apply1(std::make_shared<DelayedCopy>(), {x}); }
+
+}  // namespace
+
+TEST_CASE("asynchronous ops start as soon as their inputs are ready and finish before their first reader") {
+    Variable x = vector("x");
+    // In graph order the chain a -> b comes first; the asynchronous copy of x is ready at once,
+    // so it starts first, is polled after each step, and ends just before c reads it.
+    Variable out = logged("c", logged("b", logged("a", x)) + delayed(x) * 2.0);
+    Function f = function({x}, {out});
+    g_events.clear();
+    auto r = f({Tensor::from_vector<double>({2}, {1.0, -3.0})});
+    CHECK(r[0].to_doubles() == std::vector<double>{3.0, -9.0});
+    INFO(fmt::format("{}", fmt::join(g_events, " ")));
+    CHECK(g_events == std::vector<std::string>{"start", "progress", "run:a", "progress", "run:b", "progress", "finish", "run:c"});
+}
+
+TEST_CASE("an asynchronous op nothing reads finishes at the end of the call; its input outlives the steps between") {
+    Variable x = vector("x");
+    Variable a = x * 2.0;  // a computed value whose buffer the pool could hand on
+    // Values of a's size computed while the copy is in flight: none may take a's buffer.
+    Variable b = logged("b", x * 3.0);
+    Variable c = logged("c", b * 4.0 + 1.0);
+    Function f = function({x}, {delayed(a), c});
+    for (int call = 0; call < 3; ++call) {
+        g_events.clear();
+        auto r = f({Tensor::from_vector<double>({3}, {1.0, 2.0, 3.0 + call})});
+        CHECK(r[0].to_doubles() == std::vector<double>{2.0, 4.0, 2.0 * (3.0 + call)});
+        CHECK(r[1].to_doubles() == std::vector<double>{13.0, 25.0, 12.0 * (3.0 + call) + 1.0});
+        REQUIRE(!g_events.empty());
+        CHECK(g_events.front() == "start");
+        CHECK(g_events.back() == "finish");
+    }
+}
+
+TEST_CASE("work in flight is finished when a later step throws") {
+    Variable x = vector("x");
+    Function f = function({x}, {delayed(x * 2.0), logged("fail", x + 1.0)});
+    g_events.clear();
+    CHECK_THROWS_WITH_AS(f({Tensor::from_vector<double>({1}, {1.0})}), doctest::Contains("failing on purpose"), UsageError);
+    INFO(fmt::format("{}", fmt::join(g_events, " ")));
+    // x * 2, the start, x + 1, the failing step: the copy is finished on the way out.
+    CHECK(g_events == std::vector<std::string>{"start", "progress", "progress", "run:fail", "finish"});
 }
