@@ -17,12 +17,16 @@ bool is_view(const Variable& v) {
     return v.index() < static_cast<int>(vm.size()) && vm[v.index()] >= 0;
 }
 
-// The input an output overwrites, or an undefined Variable.
-Variable destroyed_input(const Variable& v) {
+// The input an output may overwrite on the way back to shared variable `target`: the target
+// itself when it is a candidate, else the first candidate; an undefined Variable when none.
+Variable destroyed_input(const Variable& v, const SharedCell* target) {
     if (!v.is_apply()) return Variable();
-    auto dm = v.node().op->destroy_map();
-    if (v.index() >= static_cast<int>(dm.size()) || dm[v.index()] < 0) return Variable();
-    return v.node().inputs[dm[v.index()]];
+    const auto cands = v.node().op->destroy_candidates(v.node(), v.index());
+    for (int k : cands) {
+        const Variable& in = v.node().inputs[k];
+        if (in.is_shared() && in.node().cell.get() == target) return in;
+    }
+    return cands.empty() ? Variable() : v.node().inputs[cands.front()];
 }
 
 }  // namespace
@@ -44,7 +48,9 @@ InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& app
         std::vector<Variable> members;
         Variable cur = all[n_outputs + i];
         bool sole_reader = consumers[key(cur)].empty();
-        for (Variable src = destroyed_input(cur); src.defined() && sole_reader; src = destroyed_input(cur)) {
+        const SharedCell* target = update_cells[i].get();
+        for (Variable src = destroyed_input(cur, target); src.defined() && sole_reader;
+             src = destroyed_input(cur, target)) {
             members.push_back(cur);
             cur = src;
             if (cur.is_shared()) break;
@@ -54,74 +60,94 @@ InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& app
         for (const auto& m : members) chain_of[key(m)] = update_cells[i].get();
     }
     VarMap<bool> destroyed;  // values some step overwrites
+    std::unordered_map<const Node*, std::vector<const Node*>> after_succ;  // g.after by reader
     for (const auto& n : applies) {
-        std::vector<int> dm = n->op->destroy_map();
-        for (int o = 0; o < static_cast<int>(dm.size()); ++o) {
-            if (dm[o] < 0) continue;
-            const Variable& v = n->inputs[dm[o]];
-            if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(key(v)) || is_view(v)) continue;
-            const bool into_shared = v.is_shared() || (v.is_apply() && g.commit.count(&v.node()));
-            if (into_shared && !into_shared_allowed) continue;
-            if (into_shared) {
-                // Only the variable's own update chain, and only when the node's other
-                // outputs are unused (so the node can run after every other step).
-                auto it = chain_of.find(VarKey{n.get(), o});
-                if (it == chain_of.end()) continue;
-                if (v.is_shared() && it->second != v.node().cell.get()) continue;
-                bool others_unused = true;
-                for (int k = 0; k < n->n_outputs(); ++k) {
-                    if (k != o && (!consumers[VarKey{n.get(), k}].empty() || returned.count(VarKey{n.get(), k}))) {
-                        others_unused = false;
-                    }
-                }
-                if (!others_unused) continue;
+        for (int o = 0; o < n->n_outputs(); ++o) {
+            std::vector<int> cands = n->op->destroy_candidates(*n, o);
+            // On an update chain, the shared variable it leads to is tried first.
+            if (auto it = chain_of.find(VarKey{n.get(), o}); it != chain_of.end()) {
+                std::stable_partition(cands.begin(), cands.end(), [&](int k) {
+                    return n->inputs[k].is_shared() && n->inputs[k].node().cell.get() == it->second;
+                });
             }
-            // Every variable that shares v's storage (v and the views made of it).
-            std::vector<Variable> aliases = {v};
-            bool ok = true;
-            for (std::size_t k = 0; k < aliases.size() && ok; ++k) {
-                for (const Node* c : consumers[key(aliases[k])]) {
-                    auto vm = c->op->view_map();
-                    for (int co = 0; co < static_cast<int>(vm.size()); ++co) {
-                        if (vm[co] >= 0 && c->inputs[vm[co]].same(aliases[k])) {
-                            Variable alias = c->output(co);
-                            if (returned.count(key(alias))) ok = false;
-                            aliases.push_back(alias);
+            for (int k : cands) {
+                const Variable& v = n->inputs[k];
+                if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(key(v)) || is_view(v)) continue;
+                const bool into_shared = v.is_shared() || (v.is_apply() && g.commit.count(&v.node()));
+                if (into_shared && !into_shared_allowed) continue;
+                if (into_shared) {
+                    // Only the variable's own update chain, and only when the node's other
+                    // outputs are unused (so the node can run after every other step).
+                    auto it = chain_of.find(VarKey{n.get(), o});
+                    if (it == chain_of.end()) continue;
+                    if (v.is_shared() && it->second != v.node().cell.get()) continue;
+                    bool others_unused = true;
+                    for (int k = 0; k < n->n_outputs(); ++k) {
+                        if (k != o && (!consumers[VarKey{n.get(), k}].empty() || returned.count(VarKey{n.get(), k}))) {
+                            others_unused = false;
+                        }
+                    }
+                    if (!others_unused) continue;
+                }
+                // Every variable that shares v's storage (v and the views made of it).
+                std::vector<Variable> aliases = {v};
+                bool ok = true;
+                for (std::size_t k = 0; k < aliases.size() && ok; ++k) {
+                    for (const Node* c : consumers[key(aliases[k])]) {
+                        auto vm = c->op->view_map();
+                        for (int co = 0; co < static_cast<int>(vm.size()); ++co) {
+                            if (vm[co] >= 0 && c->inputs[vm[co]].same(aliases[k])) {
+                                Variable alias = c->output(co);
+                                if (returned.count(key(alias))) ok = false;
+                                aliases.push_back(alias);
+                            }
                         }
                     }
                 }
-            }
-            // The destroyer reads v once; the other readers must not depend on it.
-            std::unordered_set<const Node*> downstream = {n.get()};
-            for (const auto& m : applies) {
-                for (const auto& in : m->inputs) {
-                    if (downstream.count(in.node_ptr().get())) {
-                        downstream.insert(m.get());
-                        break;
+                // The destroyer reads v once; the other readers must not depend on it, through
+                // data or through the orders earlier grants set (a reader runs before its
+                // destroyer), or the schedule would have a cycle.
+                std::unordered_set<const Node*> downstream = {n.get()};
+                std::vector<const Node*> todo = {n.get()};
+                while (!todo.empty()) {
+                    const Node* m = todo.back();
+                    todo.pop_back();
+                    auto visit = [&](const Node* next) {
+                        if (downstream.insert(next).second) todo.push_back(next);
+                    };
+                    for (int mo = 0; mo < m->n_outputs(); ++mo) {
+                        for (const Node* c : consumers[VarKey{m, mo}]) visit(c);
+                    }
+                    if (auto it = after_succ.find(m); it != after_succ.end()) {
+                        for (const Node* d : it->second) visit(d);
                     }
                 }
-            }
-            int reads_by_n = 0;
-            std::vector<const Node*> readers;
-            for (const auto& a : aliases) {
-                for (const Node* c : consumers[key(a)]) {
-                    if (c == n.get()) {
-                        ++reads_by_n;
-                    } else if (downstream.count(c)) {
-                        ok = false;
-                    } else {
-                        readers.push_back(c);
+                int reads_by_n = 0;
+                std::vector<const Node*> readers;
+                for (const auto& a : aliases) {
+                    for (const Node* c : consumers[key(a)]) {
+                        if (c == n.get()) {
+                            ++reads_by_n;
+                        } else if (downstream.count(c)) {
+                            ok = false;
+                        } else {
+                            readers.push_back(c);
+                        }
                     }
                 }
-            }
-            if (!ok || reads_by_n != 1) continue;
-            for (const Node* r : readers) g.after.emplace_back(r, n.get());
-            slot_of[VarKey{n.get(), o}] = slot_of.at(key(v));
-            g.log.push_back(fmt::format("{} writes output {} into input {} ({})", n->op->name(), o, dm[o], v.label()));
-            destroyed[key(v)] = true;
-            if (into_shared) {
-                g.commit.insert(n.get());
-                if (v.is_shared()) g.destroyed_cells.push_back(v.node().cell);
+                if (!ok || reads_by_n != 1) continue;
+                for (const Node* r : readers) {
+                    g.after.emplace_back(r, n.get());
+                    after_succ[r].push_back(n.get());
+                }
+                slot_of[VarKey{n.get(), o}] = slot_of.at(key(v));
+                g.log.push_back(fmt::format("{} writes output {} into input {} ({})", n->op->name(), o, k, v.label()));
+                destroyed[key(v)] = true;
+                if (into_shared) {
+                    g.commit.insert(n.get());
+                    if (v.is_shared()) g.destroyed_cells.push_back(v.node().cell);
+                }
+                break;  // one input per output
             }
         }
     }

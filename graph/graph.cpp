@@ -66,6 +66,11 @@ bool Variable::is_shared() const { return node_ && node_->kind == NodeKind::shar
 void Op::validate(const Node&, std::span<const Tensor* const>) const {}
 void Op::finish(const Node&, std::span<Tensor* const>) const {}
 void Op::progress(const Node&) const {}
+std::vector<int> Op::destroy_candidates(const Node&, int output) const {
+    const std::vector<int> dm = destroy_map();
+    if (output < static_cast<int>(dm.size()) && dm[output] >= 0) return {dm[output]};
+    return {};
+}
 
 std::optional<std::vector<Shape>> Op::infer_shape(const std::vector<Shape>&) const {
     return std::nullopt;

@@ -146,6 +146,11 @@ public:
     /// The planner grants it (passing the input's own tensor as that output) only when no
     /// later step reads the old value; otherwise the output is a separate buffer.
     virtual std::vector<int> destroy_map() const { return {}; }
+    /// The inputs output `output` of node may overwrite, most preferred first: destroy_map's
+    /// by default. An op that can take any of several (an elementwise loop over inputs of its
+    /// output's type) lists them all; the planner grants at most one, and the kernel finds it
+    /// as the input whose tensor is the output's (out[o] == in[k]).
+    virtual std::vector<int> destroy_candidates(const Node& node, int output) const;
 
     /// Checks the runtime inputs as perform() does before it writes anything, throwing the
     /// error perform() would throw. An op with a destroy_map implements it, and perform()

@@ -268,7 +268,50 @@ std::vector<TensorType> Composite::make_types(const std::vector<Variable>& input
     return types;
 }
 
+bool Composite::can_write_in_place() const {
+    // One elementwise output, made by the last instruction: every instruction has read its
+    // tile of the inputs before that one writes the same elements.
+    return outputs_.size() == 1 && outputs_[0].sum.empty() && outputs_[0].type.dtype == compute_ && !program_.empty() &&
+           outputs_[0].reg == n_inputs_ + static_cast<int>(program_.size()) - 1 &&
+           program_.back().kind != Instr::Kind::cast_identity;
+}
+
+std::vector<int> Composite::destroy_candidates(const Node& node, int output) const {
+    std::vector<int> c;
+    if (output != 0 || !can_write_in_place()) return c;
+    for (int k = 0; k < n_inputs_; ++k) {
+        if (node.inputs[k].type() == outputs_[0].type) c.push_back(k);
+    }
+    return c;
+}
+
+void Composite::validate(const Node& node, std::span<const Tensor* const> in) const {
+    broadcast_shapes(*this, in, node);
+}
+
 void Composite::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    // The planner may have granted an input's buffer to the output (destroy_candidates): then
+    // out[0] is that input's tensor. The loop writes over it when it is laid out as the output;
+    // otherwise the input is read through a reference of its own and the output gets a new buffer.
+    for (int k = 0; k < n_inputs_; ++k) {
+        if (out[0] != in[k]) continue;
+        const Tensor& t = *in[k];
+        if (t.dtype() == compute_ && t.is_contiguous() && t.shape() == broadcast_shapes(*this, in, node)) {
+            compute(node, in, out, true);
+            return;
+        }
+        const Tensor saved = t;
+        std::vector<const Tensor*> ins(in.begin(), in.end());
+        ins[static_cast<std::size_t>(k)] = &saved;
+        *out[0] = Tensor();
+        compute(node, ins, out, false);
+        return;
+    }
+    compute(node, in, out, false);
+}
+
+void Composite::compute(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out,
+                        bool in_place) const {
     const Shape os = broadcast_shapes(*this, in, node);
     const int nd = static_cast<int>(os.size());
     const int n_out = static_cast<int>(outputs_.size());
@@ -279,7 +322,7 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
     for (int o = 0; o < n_out; ++o) {
         const Output& spec = outputs_[o];
         if (spec.sum.empty()) {
-            out[o]->ensure(spec.type.dtype, os);
+            if (!(in_place && o == 0)) out[o]->ensure(spec.type.dtype, os);
             continue;
         }
         Shape rs;

@@ -55,6 +55,10 @@ public:
     std::string name() const override { return "Composite{" + expr_ + "}"; }
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    /// A one-output elementwise loop may write over any input of its output's type (a
+    /// parameter's update written into the parameter); the planner picks which, if any.
+    std::vector<int> destroy_candidates(const Node& node, int output) const override;
+    void validate(const Node& node, std::span<const Tensor* const> in) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
     bool props_equal(const Op& other) const override;
     std::size_t props_hash() const override;
@@ -67,6 +71,8 @@ private:
     DType compute_;
     std::vector<Output> outputs_;
     std::string expr_;
+    bool can_write_in_place() const;
+    void compute(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out, bool in_place) const;
     std::vector<bool> used_;  ///< inputs some instruction or output reads
     std::int64_t work_ = 1;   ///< relative cost of the program per element
 };
