@@ -239,6 +239,14 @@ int main(int argc, char** argv) {
         io::Checkpointer checkpoints(flags.checkpoint, flags.checkpoint_every, flags.resume);
         const std::optional<io::Checkpoint> resumed = checkpoints.resume();
         io::install_stop_signals();
+        // A signal ends the run at a minibatch's end; with several ranks each may see it at a
+        // different one, so the whole job ends at once instead (no rank left in a collective).
+        auto stop = [&]() -> int {
+#ifdef THEANINE_HAVE_MPI
+            if (par) par->fail("dA", "stopped by a signal");
+#endif
+            return stopped(checkpoints);
+        };
         io::Mnist mnist = io::load_mnist(flags.data);
         const std::int64_t n_train = std::min<std::int64_t>(flags.train_size, mnist.train_images.dim(0));
         Tensor train_x = io::mnist_pixels(mnist.train_images, 0, n_train, fx, flags.pixel_scale);
@@ -361,7 +369,7 @@ int main(int argc, char** argv) {
                         if (checkpoints.due(steps) || io::stop_requested()) checkpoint(epoch, i + 1);
                         if (io::stop_requested()) {
                             progress.clear();
-                            return stopped(checkpoints);
+                            return stop();
                         }
                     }
                 }
@@ -374,7 +382,7 @@ int main(int argc, char** argv) {
                 costs = io::EpochCosts();
                 if (epoch + 1 < flags.epochs) {
                     checkpoint(epoch + 1, 0);
-                    if (io::stop_requested()) return stopped(checkpoints);
+                    if (io::stop_requested()) return stop();
                 }
             }
             const double minutes =
@@ -403,7 +411,7 @@ int main(int argc, char** argv) {
             }
             // The next model starts from scratch.
             if (li + 1 < flags.corruption.size()) checkpoints.save(position(li + 1, 0, 0, io::EpochCosts(), steps, out, metrics));
-            if (io::stop_requested() && li + 1 < flags.corruption.size()) return stopped(checkpoints);
+            if (io::stop_requested() && li + 1 < flags.corruption.size()) return stop();
         }
         // A finished run: resuming it prints its lines and trains nothing.
         checkpoints.save(position(flags.corruption.size(), 0, 0, io::EpochCosts(), steps, out, metrics));

@@ -132,6 +132,10 @@ int main(int argc, char** argv) {
         }
         std::printf("test error: %f %%\n", r.test_score * 100);
     } catch (const io::Stopped& stop) {
+#ifdef THEANINE_HAVE_MPI
+        // Each rank may see the signal at a different minibatch: the whole job ends at once.
+        if (par) par->fail("mlp", "stopped by a signal");
+#endif
         std::cerr << "mlp: stopped by a signal; resume with --resume " << common.checkpoint << "\n";
         return stop.status;
     } catch (const Error& e) {

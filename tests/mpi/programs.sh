@@ -58,4 +58,18 @@ set -e
 [ "$status" != 0 ] || fail "a failing rank ended the job with status 0"
 grep -q "dA: rank 1 of 2: .*train-images-idx3-ubyte.*truncated" "$tmp/f.err" || { cat "$tmp/f.err" >&2; fail "the error does not name rank 1 and the file"; }
 echo "a failing rank: status $status, $(grep -o 'dA: rank 1 of 2: .*truncated' "$tmp/f.err" | cut -c1-80)..."
+# A signal: mpiexec passes SIGTERM to every rank; the job ends, none left waiting.
+timeout 120 "$mpiexec" -n 2 "$dA" --epochs 50 --train-size 2000 --corruption 0 --data "$data" --threads 1 \
+    --data-parallel --output "$tmp/sig" > "$tmp/sig.txt" 2> "$tmp/sig.err" &
+job=$!
+for _ in $(seq 100); do grep -q '^Training epoch 1,' "$tmp/sig.txt" 2>/dev/null && break; sleep 0.2; done
+kill -TERM "$job" 2>/dev/null || true
+set +e
+wait "$job"
+status=$?
+set -e
+[ "$status" != 124 ] || fail "SIGTERM left the job hanging"
+[ "$status" != 0 ] || fail "SIGTERM: the job ended with status 0"
+grep -q "stopped by a signal" "$tmp/sig.err" || { cat "$tmp/sig.err" >&2; fail "SIGTERM: no rank said it stopped"; }
+echo "SIGTERM: the job ended with status $status"
 echo "PASS"
