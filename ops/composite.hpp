@@ -55,8 +55,8 @@ public:
     std::string name() const override { return "Composite{" + expr_ + "}"; }
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
-    /// A one-output elementwise loop may write over any input of its output's type (a
-    /// parameter's update written into the parameter); the planner picks which, if any.
+    /// A one-output elementwise loop may write over a shared variable input of its output's
+    /// type (a parameter's update written into the parameter); the planner picks which, if any.
     std::vector<int> destroy_candidates(const Node& node, int output) const override;
     void validate(const Node& node, std::span<const Tensor* const> in) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;

@@ -521,3 +521,23 @@ TEST_CASE("work in flight is finished when a later step throws") {
     // x * 2, the start, x + 1, the failing step: the copy is finished on the way out.
     CHECK(g_events == std::vector<std::string>{"start", "progress", "progress", "run:fail", "finish"});
 }
+
+TEST_CASE("a fused update is written into its parameter's own buffer") {
+    SharedVariable w = shared(Tensor::from_vector<double>({2, 2}, {1, 2, 3, 4}), "w");
+    Variable g = matrix("g");
+    Function f = function({g}, {}, {{w, w - 0.5 * exp(g)}});
+    bool into_w = false;
+    for (const auto& line : f.in_place()) into_w = into_w || line.find("(w)") != std::string::npos;
+    CHECK(into_w);
+    const void* before = w.get_value(true).raw_data();
+    f({Tensor::from_vector<double>({2, 2}, {0, 0, 0, std::log(2.0)})});
+    CHECK(w.get_value(true).raw_data() == before);
+    CHECK(w.get_value().to_doubles() == std::vector<double>{0.5, 1.5, 2.5, 3.0});
+    // A copy taken before (get_value without borrow) keeps its values; the next update is
+    // written into the same buffer again.
+    Tensor copy = w.get_value();
+    f({Tensor::from_vector<double>({2, 2}, {0, 0, 0, 0})});
+    CHECK(copy.to_doubles() == std::vector<double>{0.5, 1.5, 2.5, 3.0});
+    CHECK(w.get_value(true).raw_data() == before);
+    CHECK(w.get_value().to_doubles() == std::vector<double>{0.0, 1.0, 2.0, 2.5});
+}
