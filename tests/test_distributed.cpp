@@ -10,6 +10,7 @@
 #include <string>
 
 #include "distributed/data_parallel.hpp"
+#include "examples/io/parallel.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
@@ -44,19 +45,6 @@ Data make_data(std::int64_t n, std::int64_t dim, int k, std::uint32_t seed) {
     }
     (void)k;
     return d;
-}
-
-// Rows [offset, offset + size) of every minibatch of `batch` rows, one after the other.
-Tensor shard_of(const Tensor& t, std::int64_t batch, Shard s) {
-    const std::int64_t n = t.dim(0) / batch;
-    Shape shape = t.shape();
-    shape[0] = n * s.size;
-    Tensor out = Tensor::empty(t.dtype(), shape);
-    for (std::int64_t i = 0; i < n; ++i) {
-        Tensor dst = out.slice(0, i * s.size, (i + 1) * s.size, 1);
-        dst.copy_from(t.slice(0, i * batch + s.offset, i * batch + s.offset + s.size, 1));
-    }
-    return out;
 }
 
 // One mlp trainer: a model, a compiled SGD step over minibatches of `rows` rows of (x, y).
@@ -197,8 +185,8 @@ TEST_CASE("DataParallel: N ranks with minibatch b/N take the steps one process t
     const Shard s = dp.shard(batch);
     CHECK(s.size == batch / comm.size());
     CHECK(s.offset == comm.rank() * s.size);
-    mine.sx.set_value(shard_of(d.x, batch, s));
-    mine.sy.set_value(shard_of(d.y, batch, s));
+    mine.sx.set_value(io::shard_rows(d.x, batch, s));
+    mine.sy.set_value(io::shard_rows(d.y, batch, s));
     Function step = dp.function({mine.index}, {mine.cost}, mine.grads, mine.updates, mine.givens);
     double worst_cost = 0;
     for (std::int64_t i = 0; i < steps; ++i) {
@@ -229,7 +217,7 @@ TEST_CASE("DataParallel from the cost and an update rule; the dA without corrupt
         Tensor data = xs;
         if (dp) {
             dp->emplace(comm, da.params());
-            data = shard_of(xs, batch, (*dp)->shard(batch));
+            data = io::shard_rows(xs, batch, (*dp)->shard(batch));
         }
         SharedVariable sx = shared(data, "sx");
         const Givens givens = {{x, subtensor(sx, {slice(index * rows, (index + 1) * rows)})}};
@@ -269,8 +257,8 @@ TEST_CASE("periodic averaging: local steps, then the mean of the replicas every 
     for (int q = 0; q < n; ++q) {
         replicas.push_back(std::make_unique<MlpRun>(d, batch / n, 0.2));
         const Shard s{q * (batch / n), batch / n};
-        replicas.back()->sx.set_value(shard_of(d.x, batch, s));
-        replicas.back()->sy.set_value(shard_of(d.y, batch, s));
+        replicas.back()->sx.set_value(io::shard_rows(d.x, batch, s));
+        replicas.back()->sy.set_value(io::shard_rows(d.y, batch, s));
         fs.push_back(function({replicas.back()->index}, {replicas.back()->cost}, replicas.back()->updates,
                               replicas.back()->givens));
     }
@@ -280,8 +268,8 @@ TEST_CASE("periodic averaging: local steps, then the mean of the replicas every 
     o.average_outputs = false;
     DataParallel dp(comm, mine.params, o);
     const Shard s = dp.shard(batch);
-    mine.sx.set_value(shard_of(d.x, batch, s));
-    mine.sy.set_value(shard_of(d.y, batch, s));
+    mine.sx.set_value(io::shard_rows(d.x, batch, s));
+    mine.sy.set_value(io::shard_rows(d.y, batch, s));
     Function step = dp.function({mine.index}, {mine.cost}, mine.grads, mine.updates, mine.givens);
     int averaged = 0;
     for (std::int64_t i = 0; i < steps; ++i) {
