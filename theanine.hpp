@@ -11,6 +11,7 @@
 #include "graph/printing.hpp"
 #include "graph/tensor.hpp"
 #include "ops/blas.hpp"
+#include "ops/products.hpp"
 #include "ops/composite.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/nnet.hpp"

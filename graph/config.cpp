@@ -57,10 +57,19 @@ void apply_flags(std::string_view flags, Config& cfg) {
             cfg.profile = parse_bool(key, value);
         } else if (key == "nan_guard") {
             cfg.nan_guard = parse_bool(key, value);
+        } else if (key == "blas_kernel") {
+            if (value != "measure" && value != "eigen" && value != "openblas" && value != "blocked") {
+                throw UsageError(fmt::format(
+                    "THEANINE_FLAGS: blas_kernel must be measure, eigen, openblas or blocked, got '{}'", value));
+            }
+            cfg.blas_kernel = value;
+        } else if (key == "kernel_cache") {
+            if (value.empty()) throw UsageError("THEANINE_FLAGS: kernel_cache takes a file path or off");
+            cfg.kernel_cache = value == "off" ? "" : value;
         } else {
             throw UsageError(fmt::format(
                 "THEANINE_FLAGS: unknown key '{}' (known: floatX, optimizer, optimizer_excluding, "
-                "optimizer_including, optimizer_verbose, profile, nan_guard)", key));
+                "optimizer_including, optimizer_verbose, profile, nan_guard, blas_kernel, kernel_cache)", key));
         }
     }
 }
@@ -68,6 +77,11 @@ void apply_flags(std::string_view flags, Config& cfg) {
 Config& config() {
     static Config cfg = [] {
         Config c;
+        if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg == '/') {
+            c.kernel_cache = std::string(xdg) + "/theanine/products.txt";
+        } else if (const char* home = std::getenv("HOME"); home && *home) {
+            c.kernel_cache = std::string(home) + "/.cache/theanine/products.txt";
+        }
         if (const char* env = std::getenv("THEANINE_FLAGS")) apply_flags(env, c);
         return c;
     }();

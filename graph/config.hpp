@@ -14,6 +14,13 @@
 ///                                     (Function::profile_summary())
 ///   nan_guard=True                    check every step's outputs for NaN and inf
 ///                                     (Theano's NanGuardMode; CompileOptions::nan_guard)
+///   blas_kernel=measure|eigen|openblas|blocked
+///                                     how matrix products pick their kernel: timed per
+///                                     shape (the default), or one forced (ops/products.hpp)
+///   kernel_cache=PATH|off             file of the kernels chosen by measurement, shared by
+///                                     the processes of this machine (default
+///                                     $XDG_CACHE_HOME/theanine/products.txt, else
+///                                     $HOME/.cache/theanine/products.txt)
 ///
 /// This is the only place environment variables are read. function() takes a
 /// CompileOptions (compile/function.hpp) that starts from config() and can be changed in code.
@@ -35,6 +42,8 @@ struct Config {
     bool optimizer_verbose = false;
     bool profile = false;
     bool nan_guard = false;
+    std::string blas_kernel = "measure";
+    std::string kernel_cache;  ///< empty: none
 };
 
 /// The process-wide configuration (THEANINE_FLAGS applied on first call).

@@ -1,6 +1,5 @@
 #include "ops/blas.hpp"
 
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "ops/elemwise.hpp"
+#include "ops/products.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 
@@ -49,233 +49,48 @@ int threads_for_products() {
 }
 
 
-#if defined(__AVX512F__)
-// ---------------------------------------------------------------- small-product kernels
-//
-// Register-blocked AVX-512 kernels for the products of minibatch training, where one side is
-// short (20 rows of a minibatch, or k = 40 in a weight update): Eigen's general kernel packs
-// the large operand (W) into a panel on every call, which these shapes cannot amortise.
-// Here the large operand is read in place and only the short one is repacked. Every loop
-// over the accumulator block is unrolled: the accumulators then live in registers only
-// (without it GCC also stores them to the stack on every step, which halves the speed).
-
-template <class T>
-struct Simd;
-template <>
-struct Simd<float> {
-    using reg = __m512;
-    using mask = __mmask16;
-    static constexpr int lanes = 16;
-    static reg zero() { return _mm512_setzero_ps(); }
-    static reg load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-    static void store(float* p, mask m, reg v) { _mm512_mask_storeu_ps(p, m, v); }
-    static reg set1(float x) { return _mm512_set1_ps(x); }
-    static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-    static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-    static float sum(reg a) { return _mm512_reduce_add_ps(a); }
-};
-template <>
-struct Simd<double> {
-    using reg = __m512d;
-    using mask = __mmask8;
-    static constexpr int lanes = 8;
-    static reg zero() { return _mm512_setzero_pd(); }
-    static reg load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-    static void store(double* p, mask m, reg v) { _mm512_mask_storeu_pd(p, m, v); }
-    static reg set1(double x) { return _mm512_set1_pd(x); }
-    static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
-    static reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
-    static double sum(reg a) { return _mm512_reduce_add_pd(a); }
-};
-
-template <class T>
-typename Simd<T>::mask lanes_mask(std::int64_t w) {
-    using S = Simd<T>;
-    if (w >= S::lanes) return static_cast<typename S::mask>(~0u);
-    return w <= 0 ? typename S::mask(0) : static_cast<typename S::mask>((1u << w) - 1);
-}
-
-// C[0:rows, 0:w] = beta C + alpha sum_p ap[p][r] B[p, 0:w] for w <= 2 vectors; ap holds R
-// rows of op(A) k-major (zero past `rows`), B is row-major with leading dimension ldb.
-template <class T, int R>
-void nn_tile(T* C, std::int64_t ldc, int rows, std::int64_t w, std::int64_t k, T alpha, const T* ap, const T* B,
-             std::int64_t ldb, T beta) {
-    using S = Simd<T>;
-    const auto m0 = lanes_mask<T>(w), m1 = lanes_mask<T>(w - S::lanes);
-    typename S::reg acc[R][2];
-    #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = S::zero();
-    for (std::int64_t p = 0; p < k; ++p) {
-        const auto b0 = S::load(m0, B + p * ldb), b1 = S::load(m1, B + p * ldb + S::lanes);
-        const T* a = ap + p * R;
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            const auto av = S::set1(a[r]);
-            acc[r][0] = S::fma(av, b0, acc[r][0]);
-            acc[r][1] = S::fma(av, b1, acc[r][1]);
-        }
-    }
-    const auto al = S::set1(alpha), be = S::set1(beta);
-    #pragma GCC unroll 16
-    for (int r = 0; r < rows; ++r) {
-        T* c = C + r * ldc;
-        auto v0 = S::mul(al, acc[r][0]), v1 = S::mul(al, acc[r][1]);
-        if (beta != T(0)) {
-            v0 = S::fma(be, S::load(m0, c), v0);
-            v1 = S::fma(be, S::load(m1, c + S::lanes), v1);
-        }
-        S::store(c, m0, v0);
-        S::store(c + S::lanes, m1, v1);
-    }
-}
-
-// out[:, c0:c1] = beta out + alpha op(A) B[:, c0:c1], B row-major (k x n). op(A) is repacked
-// R rows at a time, k-major, so each step of the inner loop broadcasts from one cache line.
-template <class T, int R>
-void small_nn(T* out, std::int64_t n, std::int64_t m, std::int64_t k, std::int64_t c0, std::int64_t c1, T alpha,
-              const T* A, std::int64_t lda, bool ta, const T* B, std::int64_t ldb, T beta) {
-    thread_local std::vector<T> pack;
-    const std::int64_t blocks = (m + R - 1) / R;
-    pack.resize(static_cast<std::size_t>(blocks * R * k));
-    for (std::int64_t blk = 0; blk < blocks; ++blk) {
-        T* ap = pack.data() + blk * R * k;
-        for (std::int64_t p = 0; p < k; ++p) {
-            #pragma GCC unroll 16
-            for (int r = 0; r < R; ++r) {
-                const std::int64_t i = blk * R + r;
-                ap[p * R + r] = i < m ? (ta ? A[p * lda + i] : A[i * lda + p]) : T(0);
-            }
-        }
-    }
-    constexpr std::int64_t width = 2 * Simd<T>::lanes;
-    for (std::int64_t j = c0; j < c1; j += width) {
-        const std::int64_t w = std::min(width, c1 - j);
-        for (std::int64_t blk = 0; blk < blocks; ++blk) {
-            const int rows = static_cast<int>(std::min<std::int64_t>(R, m - blk * R));
-            nn_tile<T, R>(out + blk * R * n + j, n, rows, w, k, alpha, pack.data() + blk * R * k, B + j, ldb, beta);
-        }
-    }
-}
-
-// C[r][s] = beta C + alpha <A row r, B row s> over k, for R rows of A and S rows of B, both
-// contiguous along k.
-template <class T, int R, int Sn>
-void nt_tile(T* C, std::int64_t ldc, std::int64_t k, T alpha, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
-             T beta) {
-    using S = Simd<T>;
-    typename S::reg acc[R][Sn];
-    #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-        #pragma GCC unroll 16
-        for (int s = 0; s < Sn; ++s) acc[r][s] = S::zero();
-    }
-    for (std::int64_t p = 0; p < k; p += S::lanes) {
-        const auto mk = lanes_mask<T>(k - p);
-        typename S::reg b[Sn];
-        #pragma GCC unroll 16
-        for (int s = 0; s < Sn; ++s) b[s] = S::load(mk, B + s * ldb + p);
-        #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            const auto a = S::load(mk, A + r * lda + p);
-            #pragma GCC unroll 16
-            for (int s = 0; s < Sn; ++s) acc[r][s] = S::fma(a, b[s], acc[r][s]);
-        }
-    }
-    #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-        #pragma GCC unroll 16
-        for (int s = 0; s < Sn; ++s) {
-            const T v = alpha * S::sum(acc[r][s]);
-            T& c = C[r * ldc + s];
-            c = beta == T(0) ? v : beta * c + v;
-        }
-    }
-}
-
-// out[:, c0:c1] = beta out + alpha A B^T[:, c0:c1], A row-major (m x k), B row-major (n x k).
-template <class T>
-void small_nt(T* out, std::int64_t n, std::int64_t m, std::int64_t k, std::int64_t c0, std::int64_t c1, T alpha,
-              const T* A, std::int64_t lda, const T* B, std::int64_t ldb, T beta) {
-    std::int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-        std::int64_t j = c0;
-        for (; j + 4 <= c1; j += 4) nt_tile<T, 4, 4>(out + i * n + j, n, k, alpha, A + i * lda, lda, B + j * ldb, ldb, beta);
-        for (; j < c1; ++j) nt_tile<T, 4, 1>(out + i * n + j, n, k, alpha, A + i * lda, lda, B + j * ldb, ldb, beta);
-    }
-    for (; i < m; ++i) {
-        std::int64_t j = c0;
-        for (; j + 4 <= c1; j += 4) nt_tile<T, 1, 4>(out + i * n + j, n, k, alpha, A + i * lda, lda, B + j * ldb, ldb, beta);
-        for (; j < c1; ++j) nt_tile<T, 1, 1>(out + i * n + j, n, k, alpha, A + i * lda, lda, B + j * ldb, ldb, beta);
-    }
-}
-
-// The small-product path for out[:, c0:c1] when it applies (float/double, one short side);
-// false leaves the product to Eigen.
-template <class T>
-bool small_product(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const MatView& a,
-                   bool ta, const MatView& b, bool tb, T beta) {
-    if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
-        return false;
-    } else {
-        // A column-major view is the row-major transpose: flip the flag instead.
-        const bool ra = a.col_major ? !ta : ta, rb = b.col_major ? !tb : tb;
-        const std::int64_t lda = a.col_major ? a.rows : a.cols, ldb = b.col_major ? b.rows : b.cols;
-        const std::int64_t k = ta ? a.rows : a.cols;
-        const T* A = static_cast<const T*>(a.data);
-        const T* B = static_cast<const T*>(b.data);
-        if (m == 0 || k == 0 || (m > 64 && k > 64)) return false;
-        if (!rb) {
-            if (m >= 10) {
-                small_nn<T, 10>(out, n, m, k, c0, c1, alpha, A, lda, ra, B, ldb, beta);
-            } else if (m >= 4) {
-                small_nn<T, 4>(out, n, m, k, c0, c1, alpha, A, lda, ra, B, ldb, beta);
-            } else {
-                small_nn<T, 1>(out, n, m, k, c0, c1, alpha, A, lda, ra, B, ldb, beta);
-            }
-            return true;
-        }
-        if (!ra && m <= 64) {
-            small_nt<T>(out, n, m, k, c0, c1, alpha, A, lda, B, ldb, beta);
-            return true;
-        }
-        return false;
-    }
-}
-#endif
-
-// out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1], out row-major (m x n).
+// out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1], out row-major (m x n),
+// on the kernel chosen for the shape (ops/products.hpp). A column-major view is the
+// row-major transpose: its flag is flipped instead of copying it.
 template <class T>
 void gemm_columns(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const MatView& a,
                   bool ta, const MatView& b, bool tb, T beta) {
-#if defined(__AVX512F__)
-    if (small_product<T>(out, m, n, c0, c1, alpha, a, ta, b, tb, beta)) return;
-#endif
-    Eigen::Map<RowMat<T>> full(out, m, n);
-    auto o = full.middleCols(c0, c1 - c0);
-    auto run = [&](const auto& A, const auto& B) {
-        auto Bs = B.middleCols(c0, c1 - c0);
-        if (beta == T(0)) {
-            o.noalias() = alpha * (A * Bs);
+    if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
+        // Integer products: Eigen's general product, untimed.
+        Eigen::Map<RowMat<T>> full(out, m, n);
+        auto o = full.middleCols(c0, c1 - c0);
+        auto run = [&](const auto& A, const auto& B) {
+            auto Bs = B.middleCols(c0, c1 - c0);
+            if (beta == T(0)) {
+                o.noalias() = alpha * (A * Bs);
+            } else {
+                if (beta != T(1)) o *= beta;
+                o.noalias() += alpha * (A * Bs);
+            }
+        };
+        auto with_b = [&](const auto& A) {
+            if (b.col_major) {
+                Eigen::Map<const ColMat<T>> B(static_cast<const T*>(b.data), b.rows, b.cols);
+                if (tb) run(A, B.transpose()); else run(A, B);
+            } else {
+                Eigen::Map<const RowMat<T>> B(static_cast<const T*>(b.data), b.rows, b.cols);
+                if (tb) run(A, B.transpose()); else run(A, B);
+            }
+        };
+        if (a.col_major) {
+            Eigen::Map<const ColMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
+            if (ta) with_b(A.transpose()); else with_b(A);
         } else {
-            if (beta != T(1)) o *= beta;
-            o.noalias() += alpha * (A * Bs);
+            Eigen::Map<const RowMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
+            if (ta) with_b(A.transpose()); else with_b(A);
         }
-    };
-    auto with_b = [&](const auto& A) {
-        if (b.col_major) {
-            Eigen::Map<const ColMat<T>> B(static_cast<const T*>(b.data), b.rows, b.cols);
-            if (tb) run(A, B.transpose()); else run(A, B);
-        } else {
-            Eigen::Map<const RowMat<T>> B(static_cast<const T*>(b.data), b.rows, b.cols);
-            if (tb) run(A, B.transpose()); else run(A, B);
-        }
-    };
-    if (a.col_major) {
-        Eigen::Map<const ColMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
-        if (ta) with_b(A.transpose()); else with_b(A);
     } else {
-        Eigen::Map<const RowMat<T>> A(static_cast<const T*>(a.data), a.rows, a.cols);
-        if (ta) with_b(A.transpose()); else with_b(A);
+        const bool ra = a.col_major ? !ta : ta, rb = b.col_major ? !tb : tb;
+        const std::int64_t lda = a.col_major ? a.rows : a.cols, ldb = b.col_major ? b.rows : b.cols;
+        const std::int64_t k = ta ? a.rows : a.cols;
+        const T* B = static_cast<const T*>(b.data);
+        detail::run_product<T>({out + c0, n, m, c1 - c0, k, alpha, static_cast<const T*>(a.data), lda, ra,
+                                rb ? B + c0 * ldb : B + c0, ldb, rb, beta});
     }
 }
 

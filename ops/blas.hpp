@@ -4,8 +4,9 @@
 ///
 ///   Gemm{transA, transB}(C, alpha, A, B, beta) = beta * C + alpha * op(A) op(B)
 ///
-/// where op(X) is X or X^T read in place through the transpose flag (no copy). Products go
-/// through Eigen on the tensors' storage.
+/// where op(X) is X or X^T read in place through the transpose flag (no copy). Products run
+/// on the tensors' storage, each thread on its columns, with the kernel chosen for the shape
+/// by measurement (ops/products.hpp).
 #pragma once
 
 #include <functional>
@@ -91,10 +92,9 @@ private:
 };
 
 /// out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1] on the calling thread,
-/// with out row-major (m x n) and A, B row-major (a_rows x a_cols, b_rows x b_cols): the
-/// kernel each thread of Dot22 and Gemm runs on its column slice (register-blocked AVX-512
-/// kernels when a side is short, such as a minibatch's rows or a rank-40 update; Eigen
-/// otherwise). For float and double.
+/// with out row-major (m x n) and A, B row-major (a_rows x a_cols, b_rows x b_cols): what
+/// each thread of Dot22 and Gemm runs on its column slice, on the kernel chosen for the
+/// slice's shape (ops/products.hpp). For float and double.
 template <class T>
 void gemm_slice(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const T* a,
                 std::int64_t a_rows, std::int64_t a_cols, bool ta, const T* b, std::int64_t b_rows, std::int64_t b_cols,

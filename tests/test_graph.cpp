@@ -34,7 +34,7 @@ TEST_CASE("floatX defaults to float64 and can be set in code or by THEANINE_FLAG
                          UsageError);
     CHECK_THROWS_WITH_AS(apply_flags("colour=red", c),
                          "THEANINE_FLAGS: unknown key 'colour' (known: floatX, optimizer, optimizer_excluding, "
-                         "optimizer_including, optimizer_verbose, profile, nan_guard)", UsageError);
+                         "optimizer_including, optimizer_verbose, profile, nan_guard, blas_kernel, kernel_cache)", UsageError);
     config().floatX = DType::float32;
     CHECK(matrix("x").dtype() == DType::float32);
     config().floatX = DType::float64;

@@ -1,0 +1,261 @@
+// Product kernels and their choice by measurement (ops/products.hpp): every kernel against a
+// product computed by hand in double precision, the measurement, the cache file shared by
+// processes, and hostile cache files.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "support/helpers.hpp"
+
+using namespace theanine;
+using namespace theanine::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh cache file under the temporary directory, removed with the fixture; products use
+// it (and measure) while the fixture lives, then go back to the process's own settings.
+struct TempCache {
+    fs::path dir, file;
+    fs::path saved = kernel_cache();
+    std::optional<ProductKernel> saved_kernel = product_kernel();
+    TempCache() {
+        dir = fs::temp_directory_path() / fmt::format("theanine-products-{}-{}", ::getpid(), std::random_device{}());
+        fs::create_directories(dir);
+        file = dir / "products.txt";
+        set_product_kernel(std::nullopt);
+        set_kernel_cache(file);
+    }
+    ~TempCache() {
+        set_product_kernel(saved_kernel);
+        set_kernel_cache(saved);
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+    std::vector<std::string> lines() const {
+        std::ifstream in(file);
+        std::vector<std::string> out;
+        for (std::string l; std::getline(in, l);) {
+            if (!l.empty() && l[0] != '#') out.push_back(l);
+        }
+        return out;
+    }
+};
+
+std::vector<double> uniform(std::size_t n, unsigned seed) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<double> u(-1, 1);
+    std::vector<double> v(n);
+    for (auto& x : v) x = u(gen);
+    return v;
+}
+
+// C[:, c0:c1] = beta C + alpha op(A) op(B) through gemm_slice, against the sum computed here.
+template <class T>
+void check_slice(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb, std::int64_t c0, std::int64_t c1,
+                 double alpha, double beta) {
+    // (At least one element each: gemm_slice refuses null pointers, also with k = 0.)
+    auto ad = uniform(static_cast<std::size_t>(std::max<std::int64_t>(m * k, 1)), 1),
+         bd = uniform(static_cast<std::size_t>(std::max<std::int64_t>(k * n, 1)), 2),
+         cd = uniform(static_cast<std::size_t>(m * n), 3);
+    std::vector<T> a(ad.begin(), ad.end()), b(bd.begin(), bd.end()), c(cd.begin(), cd.end());
+    if (beta == 0) std::fill(c.begin(), c.end(), std::numeric_limits<T>::quiet_NaN());  // must not be read
+    const std::vector<T> c_before = c;
+    auto A = [&](std::int64_t i, std::int64_t p) { return static_cast<double>(ta ? a[p * m + i] : a[i * k + p]); };
+    auto B = [&](std::int64_t p, std::int64_t j) { return static_cast<double>(tb ? b[j * k + p] : b[p * n + j]); };
+    gemm_slice<T>(c.data(), m, n, c0, c1, static_cast<T>(alpha), a.data(), ta ? k : m, ta ? m : k, ta, b.data(),
+                  tb ? n : k, tb ? k : n, tb, static_cast<T>(beta));
+    const double tol = std::is_same_v<T, float> ? 1e-5 * std::sqrt(static_cast<double>(k)) : 1e-13 * k;
+    std::int64_t bad = 0;
+    for (std::int64_t i = 0; i < m; ++i) {
+        for (std::int64_t j = 0; j < n; ++j) {
+            const std::size_t at = static_cast<std::size_t>(i * n + j);
+            if (j < c0 || j >= c1) {
+                bad += !(std::isnan(c_before[at]) ? std::isnan(c[at]) : c[at] == c_before[at]);  // untouched
+                continue;
+            }
+            double s = 0;
+            for (std::int64_t p = 0; p < k; ++p) s += A(i, p) * B(p, j);
+            const double want = (beta == 0 ? 0.0 : beta * static_cast<double>(c_before[at])) + alpha * s;
+            bad += !(std::abs(static_cast<double>(c[at]) - want) <= tol * (1 + std::abs(want)));
+        }
+    }
+    CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE("every product kernel computes the product, for every transpose, slice and beta") {
+    TempCache cache;
+    for (ProductKernel kernel : available_kernels()) {
+        set_product_kernel(kernel);
+        CAPTURE(kernel_name(kernel));
+        // Short and long sides (the blocked kernels take m or k <= 64 and leave the rest to
+        // Eigen), column slices that start mid-row, odd sizes.
+        struct Case { std::int64_t m, n, k; } cases[] = {{20, 77, 131}, {3, 40, 9}, {70, 33, 70}, {131, 50, 20}};
+        for (auto [m, n, k] : cases) {
+            for (int t = 0; t < 4; ++t) {
+                const bool ta = t & 2, tb = t & 1;
+                CAPTURE(m); CAPTURE(n); CAPTURE(k); CAPTURE(ta); CAPTURE(tb);
+                check_slice<float>(m, n, k, ta, tb, 0, n, 1.0, 0.0);
+                check_slice<double>(m, n, k, ta, tb, 0, n, 1.0, 0.0);
+                check_slice<float>(m, n, k, ta, tb, 5, n - 3, -0.1, 1.0);
+                check_slice<double>(m, n, k, ta, tb, 16, n, 0.5, -2.0);
+            }
+        }
+        // k = 0: C = beta C, and with beta 0 the NaNs in C are overwritten with zeros.
+        check_slice<double>(4, 5, 0, false, false, 0, 5, 1.0, 0.0);
+        check_slice<double>(4, 5, 0, false, false, 1, 4, 1.0, 3.0);
+    }
+    // Forced kernels are not choices by measurement.
+    CHECK(product_choices().empty());
+}
+
+TEST_CASE("a product through the graph (Dot22, Gemm, transposed views) is the same on every kernel") {
+    TempCache cache;
+    Variable a = matrix("a"), b = matrix("b"), c = matrix("c");
+    Tensor av = random_tensor({30, 200}, 1), bv = random_tensor({40, 200}, 2), cv = random_tensor({30, 40}, 3);
+    Function f = function({a, b, c}, {dot(a, b.T()), c - 0.1 * dot(a, b.T())});
+    std::vector<std::vector<double>> first;
+    for (ProductKernel kernel : available_kernels()) {
+        set_product_kernel(kernel);
+        auto got = f({av, bv, cv});
+        if (first.empty()) {
+            for (auto& t : got) first.push_back(t.to_doubles());
+        } else {
+            CHECK(close(got[0].to_doubles(), first[0], 1e-12));
+            CHECK(close(got[1].to_doubles(), first[1], 1e-12));
+        }
+    }
+}
+
+TEST_CASE("a new shape is timed on every candidate once, the fastest is kept and written to the cache file") {
+    TempCache cache;
+    std::vector<float> a(20 * 300, 0.5f), b(300 * 64, 0.25f), c(20 * 64);
+    gemm_slice<float>(c.data(), 20, 64, 0, 64, 1.f, a.data(), 20, 300, false, b.data(), 300, 64, false, 0.f);
+    CHECK(c[0] == doctest::Approx(300 * 0.125));
+    auto choices = product_choices();
+    REQUIRE(choices.size() == 1);
+    const ProductChoice& p = choices[0];
+    CHECK(p.dtype == DType::float32);
+    CHECK((p.m == 20 && p.n == 64 && p.k == 300 && !p.trans_a && !p.trans_b && !p.accumulate));
+    CHECK(p.source == ProductChoice::Source::measured);
+    const auto kernels = available_kernels();
+    if (kernels.size() > 1) {
+        // Every candidate that takes the shape was timed, and the one kept is the fastest.
+        REQUIRE(p.seconds.size() >= 2);
+        double best = 1e300;
+        ProductKernel fastest = p.seconds[0].first;
+        for (auto& [k, s] : p.seconds) {
+            CHECK(s > 0);
+            if (s < best) best = s, fastest = k;
+        }
+        CHECK(p.kernel == fastest);
+        CHECK(p.str().find("(measured: eigen ") != std::string::npos);
+    }
+    // The same shape again: no second measurement.
+    gemm_slice<float>(c.data(), 20, 64, 0, 64, 1.f, a.data(), 20, 300, false, b.data(), 300, 64, false, 0.f);
+    CHECK(product_choices().size() == 1);
+    // A small product is not timed.
+    std::vector<float> s(4);
+    gemm_slice<float>(s.data(), 2, 2, 0, 2, 1.f, a.data(), 2, 3, false, b.data(), 3, 2, false, 0.f);
+    CHECK(product_choices().size() == 1);
+    // The file holds one line for the shape: this CPU's key, the shape, the kernel, the times.
+    auto lines = cache.lines();
+    REQUIRE(lines.size() == 1);
+    std::istringstream in(lines[0]);
+    std::string cpu, dtype, trans, kernel;
+    std::int64_t m, n, k;
+    int acc;
+    in >> cpu >> dtype >> m >> n >> k >> trans >> acc >> kernel;
+    CHECK(cpu.size() == 16);
+    CHECK(dtype == "float32");
+    CHECK((m == 20 && n == 64 && k == 300 && trans == "NN" && acc == 0));
+    CHECK(kernel == kernel_name(p.kernel));
+}
+
+TEST_CASE("a choice in the cache file is used without measuring; lines that do not apply are skipped") {
+    TempCache cache;
+    // Learn this machine's CPU key from a line the library writes.
+    std::vector<double> a(64 * 64, 1.0), b(64 * 64, 1.0), c(64 * 64);
+    gemm_slice<double>(c.data(), 64, 64, 0, 64, 1.0, a.data(), 64, 64, false, b.data(), 64, 64, false, 0.0);
+    auto lines = cache.lines();
+    REQUIRE(lines.size() == 1);
+    const std::string cpu = lines[0].substr(0, lines[0].find(' '));
+    const std::string last = available_kernels().back() == ProductKernel::eigen ? "eigen"
+                                                                                 : std::string(kernel_name(available_kernels().back()));
+    {
+        std::ofstream out(cache.file, std::ios::app);
+        out << "garbage line\n"
+            << cpu << " float64 -3 5 5 NN 0 eigen\n"                  // negative size
+            << cpu << " float64 48 48 48 XY 0 eigen\n"                // bad transpose
+            << cpu << " float64 48 48 48 NN 0 mkl\n"                  // unknown kernel
+            << "0123456789abcdef float64 48 48 48 NN 0 eigen\n"       // another CPU
+            << cpu << " float16 48 48 48 NN 0 eigen\n"                // bad dtype
+            << cpu << " float64 48 48 48 NN 0 " << last << " eigen=1us\n"  // the line that applies
+            << cpu << " float64 48 48 48 NN 0 eigen\n"                // a later line for it: the first wins
+            << cpu << " float64 50 50 50 NN 0 eigen";                 // no newline: being written, skipped
+    }
+    set_kernel_cache(cache.file);  // forget this process's choices, read the file afresh
+    std::vector<double> d(48 * 48);
+    gemm_slice<double>(d.data(), 48, 48, 0, 48, 1.0, a.data(), 48, 48, false, b.data(), 48, 48, false, 0.0);
+    CHECK(d[47] == 48.0);
+    auto choices = product_choices();
+    REQUIRE(choices.size() == 1);
+    CHECK(choices[0].source == ProductChoice::Source::cache_file);
+    CHECK(kernel_name(choices[0].kernel) == last);
+    CHECK(choices[0].seconds.empty());
+    CHECK(choices[0].str().find("(from the cache file)") != std::string::npos);
+    // The unterminated line's shape is measured (and appended on a line of its own).
+    std::vector<double> e(50 * 50);
+    gemm_slice<double>(e.data(), 50, 50, 0, 50, 1.0, a.data(), 50, 50, false, b.data(), 50, 50, false, 0.0);
+    CHECK(product_choices().size() == 2);
+    CHECK(product_choices()[1].source == ProductChoice::Source::measured);
+}
+
+TEST_CASE("without a cache file products still choose, in the process only") {
+    TempCache cache;
+    set_kernel_cache("");
+    std::vector<float> a(32 * 100, 1.f), b(100 * 48, 1.f), c(32 * 48);
+    gemm_slice<float>(c.data(), 32, 48, 0, 48, 1.f, a.data(), 32, 100, false, b.data(), 100, 48, false, 0.f);
+    CHECK(c[5] == 100.f);
+    REQUIRE(product_choices().size() == 1);
+    CHECK(product_choices()[0].source == ProductChoice::Source::measured);
+    CHECK(!fs::exists(cache.file));
+    // A cache path that cannot be created (under a regular file) is no error either.
+    std::ofstream(cache.dir / "plain") << "x";
+    set_kernel_cache(cache.dir / "plain" / "products.txt");
+    gemm_slice<float>(c.data(), 32, 48, 0, 48, 1.f, a.data(), 32, 100, false, b.data(), 100, 48, false, 0.f);
+    CHECK(c[5] == 100.f);
+    CHECK(product_choices().size() == 1);
+}
+
+TEST_CASE("kernel names and flags are checked") {
+    CHECK(kernel_name(kernel_from_name("openblas")) == "openblas");
+    CHECK_THROWS_WITH_AS(kernel_from_name("mkl"), "product kernel 'mkl' is unknown (known: eigen, openblas, blocked)",
+                         UsageError);
+    Config c;
+    apply_flags("blas_kernel=eigen,kernel_cache=/tmp/x.txt", c);
+    CHECK(c.blas_kernel == "eigen");
+    CHECK(c.kernel_cache == "/tmp/x.txt");
+    apply_flags("kernel_cache=off", c);
+    CHECK(c.kernel_cache.empty());
+    CHECK_THROWS_WITH_AS(apply_flags("blas_kernel=fastest", c),
+                         "THEANINE_FLAGS: blas_kernel must be measure, eigen, openblas or blocked, got 'fastest'",
+                         UsageError);
+    CHECK(available_kernels().front() == ProductKernel::eigen);
+    auto av = available_kernels();
+    for (ProductKernel k : {ProductKernel::openblas, ProductKernel::blocked}) {
+        if (std::find(av.begin(), av.end(), k) == av.end()) {
+            const std::string want = fmt::format("set_product_kernel: {} is not available in this build", kernel_name(k));
+            CHECK_THROWS_WITH_AS(set_product_kernel(k), want.c_str(), UsageError);
+        }
+    }
+}
