@@ -9,7 +9,7 @@
 // columns, each running single-threaded GEMMs on its slice (3 barriers per step, after
 // drawing the corruption with the same vectorised MRG generator theanine uses).
 //
-// The hand-written loop runs twice: with theanine's per-thread product kernel (gemm_slice,
+// The hand-written loop runs twice: with theanine's per-thread product kernels (gemm_slice,
 // called by hand on the same slices: the comparison then measures what the compiled graph
 // costs over the same kernels), and with Eigen's products.
 //
@@ -59,8 +59,9 @@ double median(std::vector<double> v) {
 template <class T>
 constexpr int kLog1pTerms = std::is_same_v<T, float> ? 7 : 16;
 
-// Products: Eigen's, or theanine's per-thread product kernel (gemm_slice, the one its
-// Dot22 and Gemm run on each thread's columns), called by hand on the same slices.
+// Products: Eigen's, or theanine's per-thread products (gemm_slice, what its Dot22 and Gemm
+// run on each thread's columns, on the kernel chosen for the shape by measurement), called
+// by hand on the same slices.
 enum class Products { eigen, theanine_kernel };
 
 template <class T, Products kProducts>
@@ -354,8 +355,8 @@ int main(int argc, char** argv) {
     }
     std::printf("steps per measured epoch: %lld of 2500, %d epochs, median reported\n",
                 static_cast<long long>(std::max<std::int64_t>(1, static_cast<std::int64_t>(kStepsPerEpoch * fraction))), epochs);
-    std::printf("hand: the hand-written loop with theanine's product kernel; hand-Eigen: the same loop with "
-                "Eigen's products\n");
+    std::printf("hand: the hand-written loop with theanine's product kernels (gemm_slice, chosen per shape by "
+                "measurement); hand-Eigen: the same loop with Eigen's products\n");
     std::printf("%-8s %-7s %13s %10s %12s %13s %9s %12s %7s %11s\n", "dtype", "threads", "theanine s/ep", "hand s/ep",
                 "hand-Eigen s/ep", "theanine GF/s", "hand GF/s", "h-Eigen GF/s", "ratio", "vs h-Eigen");
     double r32 = 0, r64 = 0;
@@ -371,6 +372,8 @@ int main(int argc, char** argv) {
             if (threads == 2) (dt == DType::float32 ? r32 : r64) = r.theanine_s / r.hand_s;
         }
     }
+    std::printf("product kernels (theanine and hand; each shape's columns per thread):\n");
+    for (const ProductChoice& p : product_choices()) std::printf("  %s\n", p.str().c_str());
     {
         config().floatX = DType::float64;
         RandomState rs(1);

@@ -49,23 +49,24 @@ int threads_for_products() {
 }
 
 
-// out[:, c0:c1] = beta * out[:, c0:c1] + alpha * op(A) op(B)[:, c0:c1], out row-major (m x n),
-// on the kernel chosen for the shape (ops/products.hpp). A column-major view is the
-// row-major transpose: its flag is flipped instead of copying it.
+// out[r0:r1, c0:c1] = beta * out[r0:r1, c0:c1] + alpha * (op(A) op(B))[r0:r1, c0:c1], out
+// row-major (m x n), on the kernel chosen for the block's shape (ops/products.hpp). A
+// column-major view is the row-major transpose: its flag is flipped instead of copying it.
 template <class T>
-void gemm_columns(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::int64_t c1, T alpha, const MatView& a,
-                  bool ta, const MatView& b, bool tb, T beta) {
+void gemm_block(T* out, std::int64_t m, std::int64_t n, std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1,
+                T alpha, const MatView& a, bool ta, const MatView& b, bool tb, T beta) {
     if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
         // Integer products: Eigen's general product, untimed.
         Eigen::Map<RowMat<T>> full(out, m, n);
-        auto o = full.middleCols(c0, c1 - c0);
+        auto o = full.block(r0, c0, r1 - r0, c1 - c0);
         auto run = [&](const auto& A, const auto& B) {
+            auto As = A.middleRows(r0, r1 - r0);
             auto Bs = B.middleCols(c0, c1 - c0);
             if (beta == T(0)) {
-                o.noalias() = alpha * (A * Bs);
+                o.noalias() = alpha * (As * Bs);
             } else {
                 if (beta != T(1)) o *= beta;
-                o.noalias() += alpha * (A * Bs);
+                o.noalias() += alpha * (As * Bs);
             }
         };
         auto with_b = [&](const auto& A) {
@@ -88,34 +89,42 @@ void gemm_columns(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::
         const bool ra = a.col_major ? !ta : ta, rb = b.col_major ? !tb : tb;
         const std::int64_t lda = a.col_major ? a.rows : a.cols, ldb = b.col_major ? b.rows : b.cols;
         const std::int64_t k = ta ? a.rows : a.cols;
+        const T* A = static_cast<const T*>(a.data);
         const T* B = static_cast<const T*>(b.data);
-        detail::run_product<T>({out + c0, n, m, c1 - c0, k, alpha, static_cast<const T*>(a.data), lda, ra,
+        detail::run_product<T>({out + r0 * n + c0, n, r1 - r0, c1 - c0, k, alpha, ra ? A + r0 : A + r0 * lda, lda, ra,
                                 rb ? B + c0 * ldb : B + c0, ldb, rb, beta});
     }
 }
 
-// out = beta * out + alpha * op(A) op(B). Large products are split by output columns across
-// the threads, each running a single-threaded product on its slice: for the skinny shapes of
-// minibatch training this beats a threaded GEMM, which splits the short dimension.
+// out = beta * out + alpha * op(A) op(B). Large products are split across the threads, each
+// running a single-threaded product on its part: by output columns (for the skinny shapes
+// of minibatch training this beats a threaded GEMM, which splits the short dimension), or by
+// output rows when there are too few columns to share (a 10-class layer's x W and x^T dL).
 template <class T>
 void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView& a, bool ta, const MatView& b, bool tb,
                  T beta) {
     const std::int64_t k = ta ? a.rows : a.cols;
     const int nt = threads_for_products();
-    if (nt > 1 && m * n * k >= 100000 && n >= 16 * nt) {
-        // nt column slices whatever the number of threads that run them (active_workers).
+    const bool by_columns = n >= 16 * nt, by_rows = !by_columns && m >= 16 * nt;
+    if (nt > 1 && m * n * k >= 100000 && (by_columns || by_rows)) {
+        // nt parts whatever the number of threads that run them (active_workers).
         const int workers = std::min(nt, active_workers());
 #pragma omp parallel num_threads(workers) if (workers > 1)
         {
             const int w = workers > 1 ? omp_get_thread_num() : 0, n_workers = workers > 1 ? omp_get_num_threads() : 1;
             for (int part = w; part < nt; part += n_workers) {
-                auto [c0, c1] = column_slice(n, part, nt);
-                if (c1 > c0) gemm_columns(out, m, n, c0, c1, alpha, a, ta, b, tb, beta);
+                if (by_columns) {
+                    auto [c0, c1] = column_slice(n, part, nt);
+                    if (c1 > c0) gemm_block(out, m, n, 0, m, c0, c1, alpha, a, ta, b, tb, beta);
+                } else {
+                    auto [r0, r1] = column_slice(m, part, nt);
+                    if (r1 > r0) gemm_block(out, m, n, r0, r1, 0, n, alpha, a, ta, b, tb, beta);
+                }
             }
         }
         return;
     }
-    gemm_columns(out, m, n, 0, n, alpha, a, ta, b, tb, beta);
+    gemm_block(out, m, n, 0, m, 0, n, alpha, a, ta, b, tb, beta);
 }
 
 // Views a tensor of ndim <= 2 as a matrix: vectors as (1, n) rows or (n, 1) columns.
@@ -152,8 +161,8 @@ void gemm_slice(T* out, std::int64_t m, std::int64_t n, std::int64_t c0, std::in
         throw UsageError(fmt::format("gemm_slice: out ({} x {}), columns [{}, {}), op(A) ({} x {}), op(B) ({} x {}) do "
                                      "not agree", m, n, c0, c1, am, ka, kb, bn));
     }
-    gemm_columns<T>(out, m, n, c0, c1, alpha, MatView{a, a_rows, a_cols, false}, ta, MatView{b, b_rows, b_cols, false}, tb,
-                    beta);
+    gemm_block<T>(out, m, n, 0, m, c0, c1, alpha, MatView{a, a_rows, a_cols, false}, ta, MatView{b, b_rows, b_cols, false},
+                  tb, beta);
 }
 template void gemm_slice<float>(float*, std::int64_t, std::int64_t, std::int64_t, std::int64_t, float, const float*,
                                 std::int64_t, std::int64_t, bool, const float*, std::int64_t, std::int64_t, bool, float);

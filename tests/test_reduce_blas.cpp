@@ -86,7 +86,8 @@ TEST_CASE("products of every shape class agree with a direct sum, in both float 
         std::int64_t m, k, n;
     };
     const std::vector<Case> cases = {{1, 1, 1},   {3, 5, 2},    {20, 784, 37}, {7, 33, 65},
-                                     {784, 40, 50}, {65, 70, 66}, {10, 3, 300},  {4, 17, 33}};
+                                     {784, 40, 50}, {65, 70, 66}, {10, 3, 300},  {4, 17, 33},
+                                     {600, 784, 10}, {784, 600, 10}};  // the last two split by rows
     for (DType dt : {DType::float64, DType::float32}) {
         for (int threads : {1, 2}) {
             set_num_threads(threads);

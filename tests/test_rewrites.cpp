@@ -403,6 +403,39 @@ TEST_CASE("specialize: two Gemm updates with one factor become one Gemm over joi
     CHECK(w_on.at({2, 3}) == doctest::Approx(want).epsilon(1e-14));
 }
 
+TEST_CASE("specialize: an L2 weight decay is the update product's beta, not a pass over W") {
+    SharedVariable W = shared(random_tensor({7, 5}, 3), "W");
+    Variable x = matrix("x"), dh = matrix("dh");
+    // The mlp's update of a weight with an L2 term: the gradient of 0.01 * sum(W^2) is 0.02 W.
+    Variable cost = sum(dot(x, W) * dh) + 0.01 * sqr(W).sum();
+    Variable g = grad(cost, Variable(W));
+    Function on = function({x, dh}, {}, {{W, W - 0.1 * g}});
+    Function off = function({x, dh}, {}, {{W, W - 0.1 * g}}, {}, excluding({"local_gemm_beta"}));
+    CHECK(on.debugprint(false) == "update W:\n"
+                                  "Gemm{T,N} [id A]\n"
+                                  " |W [id B]\n"
+                                  " |TensorConstant{-0.1} [id C]\n"
+                                  " |x [id D]\n"
+                                  " |dh [id E]\n"
+                                  " |TensorConstant{0.998} [id F]\n");
+    CHECK(count_op(off, "Elemwise{mul}") == 1);  // W * 0.998, a separate pass
+    Tensor W0 = W.get_value();
+    Tensor xv = random_tensor({4, 7}, 4), dv = random_tensor({4, 5}, 5);
+    on({xv, dv});
+    Tensor w_on = W.get_value();
+    W.set_value(W0);
+    off({xv, dv});
+    CHECK(close(w_on.to_doubles(), W.get_value().to_doubles(), 1e-14));
+    // By hand: W0 (1 - 0.1 * 0.02) - 0.1 x^T dh.
+    double want = W0.at({2, 3}) * (1 - 0.1 * 0.02);
+    for (int r = 0; r < 4; ++r) want -= 0.1 * xv.at({r, 2}) * dv.at({r, 3});
+    CHECK(w_on.at({2, 3}) == doctest::Approx(want).epsilon(1e-14));
+    // A tensor factor (not a scalar) stays a separate product.
+    Variable s = matrix("s");
+    Function tensor_factor = function({x, dh, s}, {}, {{W, W * s - 0.1 * dot(x.T(), dh)}});
+    CHECK(count_op(tensor_factor, "Elemwise{mul}") + count_op(tensor_factor, "Composite{mul(i0, i1)}") == 1);
+}
+
 TEST_CASE("canonicalize: a factor in a product's numerator and denominator cancels") {
     Variable a = matrix("a"), s = matrix("s"), b = matrix("b");
     Variable e = (a * s) / (s * b);

@@ -145,6 +145,30 @@ std::optional<std::vector<Variable>> local_gemm_merge(const Node& n) {
     return std::vector<Variable>{gemm(in1[0], in1[1], a, b, in1[4], ta, tb)};
 }
 
+// Gemm(s * C, alpha, A, B, beta) -> Gemm(C, alpha, A, B, beta * s) for a scalar s: a scaling of
+// the accumulated matrix (the weight decay of an L2 term, which canonicalisation turns into
+// W * (1 - lr * 2 * l2) - lr * x^T dh) is done by the product's beta instead of a separate
+// pass over C. The product then reads C itself, and can write into it in place when C is the
+// parameter it updates.
+std::optional<std::vector<Variable>> local_gemm_beta(const Node& n) {
+    const auto* g = op_as<Gemm>(n.output(0));
+    if (!g) return std::nullopt;
+    const Variable& c = n.inputs[0];
+    if (!is(c, ScalarOp::mul) || c.node().inputs.size() != 2) return std::nullopt;
+    const auto& f = c.node().inputs;
+    std::optional<Variable> s;
+    Variable base;
+    if ((s = as_scalar(f[0])) && f[1].type() == c.type()) {
+        base = f[1];
+    } else if ((s = as_scalar(f[1])) && f[0].type() == c.type()) {
+        base = f[0];
+    } else {
+        return std::nullopt;
+    }
+    Variable beta = mul(n.inputs[4], cast(*s, c.dtype()));
+    return std::vector<Variable>{gemm(base, n.inputs[1], n.inputs[2], n.inputs[3], beta, g->trans_a(), g->trans_b())};
+}
+
 }  // namespace
 
 // pow(x, 2) -> sqr(x), pow(x, 1) -> x, pow(x, 0.5) -> sqrt(x), pow(x, -1) -> 1 / x (as Theano's
@@ -170,6 +194,7 @@ void register_specialize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_dot22", "specialize", {"fast_run", "blas"}, local_dot22});
     r.add(NodeRewriter{"local_gemm_update", "specialize", {"fast_run", "blas"}, local_gemm_update});
     r.add(NodeRewriter{"local_gemm_merge", "specialize", {"fast_run", "blas"}, local_gemm_merge});
+    r.add(NodeRewriter{"local_gemm_beta", "specialize", {"fast_run", "blas"}, local_gemm_beta});
 }
 
 }  // namespace theanine
