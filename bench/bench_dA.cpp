@@ -368,6 +368,9 @@ int main(int argc, char** argv) {
                         std::string(dtype_name(dt)).c_str(), threads, r.theanine_s, r.hand_s, r.hand_eigen_s,
                         gflop / r.theanine_s, gflop / r.hand_s, gflop / r.hand_eigen_s, r.theanine_s / r.hand_s,
                         r.theanine_s / r.hand_eigen_s);
+            // For bench/run_all: model dtype threads s/epoch (theanine, hand) GFLOP/s (theanine, hand).
+            std::printf("row dA %s %d %.4f %.4f %.2f %.2f\n", std::string(dtype_name(dt)).c_str(), threads, r.theanine_s,
+                        r.hand_s, gflop / r.theanine_s, gflop / r.hand_s);
             std::fflush(stdout);
             if (threads == 2) (dt == DType::float32 ? r32 : r64) = r.theanine_s / r.hand_s;
         }

@@ -273,6 +273,14 @@ double run(DType dt, int steps) {
                "({:.1f} s/epoch), ratio {:.2f}; cost after {} steps {:.12g} (both)\n",
                dtype_name(dt), kBatch, kF0, kF1, num_threads(), t_compiled * 1e3, t_compiled * 100, t_hand * 1e3,
                t_hand * 100, ratio, 1 + 3 * steps, c_compiled);
+    // For bench/run_all (an epoch: 100 steps of 500 images). Flops of the step's products:
+    // forward convolutions (20 and 50 filters), hidden and output layers; the backward pass
+    // the same again for the weight gradients and for the input gradients but the first layer's.
+    const double conv0 = 2.0 * kBatch * kF0 * 24 * 24 * 25, conv1 = 2.0 * kBatch * kF1 * 8 * 8 * kF0 * 25;
+    const double dense = 2.0 * kBatch * (kF1 * 4 * 4 * 500 + 500 * 10);
+    const double gflop = 100 * (3 * (conv0 + conv1 + dense) - conv0) / 1e9;
+    fmt::print("row lenet {} {} {:.4f} {:.4f} {:.2f} {:.2f}\n", dtype_name(dt), num_threads(), t_compiled * 100, t_hand * 100,
+               gflop / (t_compiled * 100), gflop / (t_hand * 100));
     return ratio;
 }
 

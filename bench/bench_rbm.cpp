@@ -166,6 +166,13 @@ int main(int argc, char** argv) {
                    c.name, c.n_vis, c.n_hid, c.batch, c.k, c.persistent ? "PCD" : "CD", t_compiled * 1e3,
                    t_compiled * per_epoch, t_hand * 1e3, t_hand * per_epoch, t_compiled / t_hand);
         ratios.push_back(t_compiled / t_hand);
+        // For bench/run_all, with the step's products counted: the positive phase, 2 per Gibbs
+        // step, the two gradient products and, for the rbm, the pseudo-likelihood's two free
+        // energies (2 m n k flops each).
+        const double products = 1 + 2.0 * c.k + 2 + (c.persistent ? 2 : 0);
+        const double gflop = products * 2.0 * c.batch * c.n_vis * c.n_hid * per_epoch / 1e9;
+        fmt::print("row {} float64 {} {:.4f} {:.4f} {:.2f} {:.2f}\n", c.name, num_threads(), t_compiled * per_epoch,
+                   t_hand * per_epoch, gflop / (t_compiled * per_epoch), gflop / (t_hand * per_epoch));
     }
     fmt::print("rbm ratio rbm={:.2f} dbn={:.2f}\n", ratios[0], ratios[1]);
     return 0;

@@ -490,6 +490,9 @@ int main(int argc, char** argv) {
             std::printf("%-8s %-7d %13.3f %10.3f %13.1f %9.1f %7.3f  %.6g / %.6g\n", std::string(dtype_name(dt)).c_str(),
                         threads, r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s, r.theanine_s / r.hand_s,
                         r.theanine_cost, r.hand_cost);
+            // For bench/run_all: model dtype threads s/epoch (theanine, hand) GFLOP/s (theanine, hand).
+            std::printf("row %s %s %d %.4f %.4f %.2f %.2f\n", spec.name.c_str(), std::string(dtype_name(dt)).c_str(),
+                        threads, r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s);
             std::fflush(stdout);
             ratio[dt == DType::float32 ? 0 : 1] = r.theanine_s / r.hand_s;
         }
