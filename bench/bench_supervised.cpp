@@ -110,6 +110,14 @@ struct HandLogReg {
         part_cost.resize(static_cast<std::size_t>(nt));
     }
 
+    // logits[r0:r1] = x[r0:r1] W + b.
+    Map<T> forward_rows(const T* x, std::int64_t r0, std::int64_t r1) {
+        Map<T> L(logits.data() + r0 * kOut, r1 - r0, kOut);
+        L.noalias() = CMap<T>(x + r0 * kIn, r1 - r0, kIn) * W;
+        L.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, kOut>>(b.data());
+        return L;
+    }
+
     // One SGD step on rows x (batch x 784) with labels y; returns the mean NLL.
     double train(const T* x, const std::int64_t* y) {
         const std::int64_t B = spec.batch;
@@ -118,11 +126,7 @@ struct HandLogReg {
         {
             const int t = omp_get_thread_num(), nt = omp_get_num_threads();
             const std::int64_t r0 = B * t / nt, r1 = B * (t + 1) / nt;
-            Map<T> L(logits.data() + r0 * kOut, r1 - r0, kOut);
-            L.noalias() = CMap<T>(x + r0 * kIn, r1 - r0, kIn) * W;
-            for (std::int64_t i = 0; i < r1 - r0; ++i) {
-                for (int j = 0; j < kOut; ++j) L(i, j) += b[j];
-            }
+            Map<T> L = forward_rows(x, r0, r1);
             part_cost[t] = softmax_rows(logits.data(), y, r0, r1, B);
             // This thread's rows' share of the gradient.
             Map<T> P(partial.data() + static_cast<std::int64_t>(t) * kIn * kOut, kIn, kOut);
@@ -162,11 +166,7 @@ struct HandLogReg {
         {
             const int t = omp_get_thread_num(), nt = omp_get_num_threads();
             const std::int64_t r0 = B * t / nt, r1 = B * (t + 1) / nt;
-            Map<T> L(logits.data() + r0 * kOut, r1 - r0, kOut);
-            L.noalias() = CMap<T>(x + r0 * kIn, r1 - r0, kIn) * W;
-            for (std::int64_t i = 0; i < r1 - r0; ++i) {
-                for (int j = 0; j < kOut; ++j) L(i, j) += b[j];
-            }
+            forward_rows(x, r0, r1);
             wrong += argmax_errors(logits.data(), y, r0, r1);
         }
         return wrong;
