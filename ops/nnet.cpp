@@ -1,12 +1,14 @@
 #include "ops/nnet.hpp"
 
 #include <cmath>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "ops/elemwise.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
+#include "ops/vecmath.hpp"
 
 namespace theanine {
 
@@ -19,6 +21,20 @@ std::vector<TensorType> row_op_types(const char* op, const std::vector<Variable>
         throw UsageError(fmt::format("{}: input 0 must be a float vector or matrix, got {}", op, x.type().str()));
     }
     return {x.type()};
+}
+}  // namespace
+
+namespace {
+// o[r, :] = p[r, :] - max(p[r, :]) for each row (the shift that keeps exp finite; a NaN first
+// entry makes the row NaN).
+template <class T>
+void shift_by_row_max(const T* p, T* o, std::int64_t rows, std::int64_t cols) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const T* row = p + r * cols;
+        T m = row[0];
+        for (std::int64_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
+        for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = row[j] - m;
+    }
 }
 }  // namespace
 
@@ -39,16 +55,12 @@ void Softmax::perform(const Node&, std::span<const Tensor* const> in, std::span<
         if constexpr (std::is_floating_point_v<T>) {
             const T* p = x.data<T>();
             T* o = out[0]->data<T>();
+            shift_by_row_max(p, o, rows, cols);
+            vecmath::exp_into(o, o, rows * cols);  // one vectorised pass over every row
             for (std::int64_t r = 0; r < rows; ++r) {
-                const T* row = p + r * cols;
                 T* orow = o + r * cols;
-                T m = row[0];
-                for (std::int64_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
                 T s = 0;
-                for (std::int64_t j = 0; j < cols; ++j) {
-                    orow[j] = std::exp(row[j] - m);
-                    s += orow[j];
-                }
+                for (std::int64_t j = 0; j < cols; ++j) s += orow[j];
                 for (std::int64_t j = 0; j < cols; ++j) orow[j] /= s;
             }
         }
@@ -81,15 +93,17 @@ void LogSoftmax::perform(const Node&, std::span<const Tensor* const> in, std::sp
         if constexpr (std::is_floating_point_v<T>) {
             const T* p = x.data<T>();
             T* o = out[0]->data<T>();
+            shift_by_row_max(p, o, rows, cols);
+            thread_local std::vector<T> e;
+            e.resize(static_cast<std::size_t>(rows * cols));
+            vecmath::exp_into(e.data(), o, rows * cols);
             for (std::int64_t r = 0; r < rows; ++r) {
-                const T* row = p + r * cols;
                 T* orow = o + r * cols;
-                T m = row[0];
-                for (std::int64_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
+                const T* erow = e.data() + r * cols;
                 T s = 0;
-                for (std::int64_t j = 0; j < cols; ++j) s += std::exp(row[j] - m);
-                const T shift = m + std::log(s);
-                for (std::int64_t j = 0; j < cols; ++j) orow[j] = row[j] - shift;
+                for (std::int64_t j = 0; j < cols; ++j) s += erow[j];
+                const T log_s = std::log(s);
+                for (std::int64_t j = 0; j < cols; ++j) orow[j] -= log_s;
             }
         }
     });

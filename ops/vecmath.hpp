@@ -1,0 +1,114 @@
+/// \file
+/// Vectorised elementwise math over contiguous blocks, shared by the fused loops
+/// (ops/composite.cpp) and the row ops (ops/nnet.cpp): exp, log, sigmoid and tanh on Eigen's
+/// packet math, with the ranges Eigen gets wrong recomputed or done another way. Every
+/// function writes dst[0..n) from src[0..n) and allows dst == src. Accuracy against the C
+/// library over the whole range is tested in tests/test_elemwise.cpp (README: bounds in ulp).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+namespace theanine::vecmath {
+
+template <class T>
+using Arr = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using CArr = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+// Eigen's vectorised exp clamps its argument from below at about log(smallest normal number)
+// (so exp(-1000) came out as 2.2e-308, not 0), and its vectorised log misreads subnormal
+// inputs. The few lanes of a block in those ranges are recomputed with the C library: their
+// inputs are kept first (the output may be written over the input), and a block with none
+// costs one vectorised comparison.
+template <class T, class InRange, class Vec, class Scalar>
+void with_scalar_lanes(T* dst, const T* src, std::int64_t n, InRange in_range, Vec vec, Scalar scalar) {
+    thread_local std::vector<std::pair<std::int64_t, T>> lanes;
+    lanes.clear();
+    if (in_range(CArr<T>(src, n)).any()) {
+        for (std::int64_t j = 0; j < n; ++j) {
+            if (in_range(Eigen::Array<T, 1, 1>::Constant(src[j]))(0)) lanes.emplace_back(j, src[j]);
+        }
+    }
+    vec();
+    for (auto [j, v] : lanes) dst[j] = scalar(v);
+}
+
+// log of the smallest normal number: below it exp's result is subnormal or zero.
+template <class T>
+constexpr T kExpLow = std::is_same_v<T, float> ? T(-87.33654475f) : T(-708.3964185322641);
+
+template <class T>
+void exp_into(T* dst, const T* src, std::int64_t n) {
+    with_scalar_lanes(
+        dst, src, n, [](const auto& x) { return x < kExpLow<T>; },
+        [&] { Arr<T>(dst, n) = CArr<T>(src, n).exp(); }, [](T x) { return std::exp(x); });
+}
+
+template <class T>
+void log_into(T* dst, const T* src, std::int64_t n) {
+    with_scalar_lanes(
+        dst, src, n, [](const auto& x) { return x > T(0) && x < std::numeric_limits<T>::min(); },
+        [&] { Arr<T>(dst, n) = CArr<T>(src, n).log(); }, [](T x) { return std::log(x); });
+}
+
+// sigmoid(x) = 1 / (1 + exp(-x)), to about 2 ulp (Eigen's float logistic is accurate in
+// absolute terms only: 6000 ulp at x = -8.4). Below log(smallest normal) the result is
+// subnormal and may come out as 0.
+template <class T>
+void sigmoid_into(T* dst, const T* src, std::int64_t n) {
+    Arr<T> d(dst, n);
+    d = -CArr<T>(src, n);
+    exp_into(dst, dst, n);
+    d = T(1) / (T(1) + d);
+}
+
+// tanh. float: Eigen's vectorised rational approximation (4 ulp). double, where Eigen calls the
+// C library lane by lane: below |x| = 0.55 the odd Taylor series x + x z P(z), z = x^2, whose
+// terms shrink by (2 |x| / pi)^2 <= 0.123 (20 terms reach double precision); above it
+// 1 - 2 / (exp(2 |x|) + 1), with no cancellation since the result is then at least 0.5. Both
+// within 2 ulp; NaN and the sign of zero pass through, +-inf give +-1.
+struct TanhSeries {
+    static constexpr int kTerms = 20;
+    double c[kTerms];  // c[m] = a_{2m+3}, the coefficient of x^(2m+3)
+    TanhSeries() {
+        // tanh' = 1 - tanh^2 gives n a_n = -sum_{i+j=n-1} a_i a_j over odd i, j (a_1 = 1);
+        // summed in long double so every coefficient is right to the last bit of a double.
+        long double a[2 * kTerms + 4] = {};
+        a[1] = 1;
+        for (int n = 3; n < 2 * kTerms + 4; n += 2) {
+            long double s = 0;
+            for (int i = 1; i < n - 1; i += 2) s += a[i] * a[n - 1 - i];
+            a[n] = -s / n;
+        }
+        for (int m = 0; m < kTerms; ++m) c[m] = static_cast<double>(a[2 * m + 3]);
+    }
+};
+
+template <class T>
+void tanh_into(T* dst, const T* src, std::int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+        Arr<T>(dst, n) = CArr<T>(src, n).tanh();
+    } else {
+        static const TanhSeries series;
+        for (std::int64_t j0 = 0; j0 < n; j0 += 256) {
+            const std::int64_t w = std::min<std::int64_t>(256, n - j0);
+            CArr<T> x(src + j0, w);
+            Eigen::Array<T, Eigen::Dynamic, 1> ax = x.abs(), z = x * x, p(w), e(w);
+            p.setConstant(series.c[TanhSeries::kTerms - 1]);
+            for (int m = TanhSeries::kTerms - 2; m >= 0; --m) p = p * z + series.c[m];
+            p = x + x * (z * p);
+            e = (T(2) * ax).exp();
+            e = T(1) - T(2) / (e + T(1));
+            Arr<T>(dst + j0, w) = (ax < T(0.55)).select(p, (x < T(0)).select(-e, e));
+        }
+    }
+}
+
+}  // namespace theanine::vecmath
