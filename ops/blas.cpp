@@ -105,6 +105,7 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
                  T beta) {
     const std::int64_t k = ta ? a.rows : a.cols;
     const int nt = threads_for_products();
+    detail::ensure_configured();  // a bad blas_kernel flag throws here, not inside the threads
     const bool by_columns = n >= 16 * nt, by_rows = !by_columns && m >= 16 * nt;
     if (nt > 1 && m * n * k >= 100000 && (by_columns || by_rows)) {
         // nt parts whatever the number of threads that run them (active_workers).

@@ -318,11 +318,6 @@ struct KeyHash {
     }
 };
 
-std::string key_text(const Key& k) {
-    return fmt::format("{} {}x{}x{} {}{}{}", dtype_name(k.dtype), k.m, k.n, k.k, k.ta ? 'T' : 'N', k.tb ? 'T' : 'N',
-                       k.accumulate ? " +=" : "");
-}
-
 // The CPU a cache line was measured on: vendor, family, model, stepping and feature flags
 // from /proc/cpuinfo, hashed (FNV-1a). Cloud machines often report a bare "AMD EPYC", so the
 // model name alone would not tell two generations apart.
@@ -488,11 +483,18 @@ public:
                 "# theanine product kernels chosen by measurement: cpu dtype m n k trans accumulate kernel [times]\n");
             (void)!::write(fd_, head.data(), head.size());
         }
+        if (!cpu_named_) {
+            // Once per process: which machine the key stands for, for a reader of the file.
+            std::string cpu = fmt::format("# cpu {}: {}\n", cpu_id().key, cpu_id().text);
+            (void)!::write(fd_, cpu.data(), cpu.size());
+            cpu_named_ = true;
+        }
         (void)!::write(fd_, text.data(), text.size());
     }
 
 private:
     int fd_ = -1;
+    static inline bool cpu_named_ = false;  // guarded by the Choices mutex
 };
 
 using Clock = std::chrono::steady_clock;
@@ -677,6 +679,16 @@ void run_product(const GemmCall<T>& g) {
 }
 template void run_product<float>(const GemmCall<float>&);
 template void run_product<double>(const GemmCall<double>&);
+
+void ensure_configured() {
+    Choices& c = choices();
+    {
+        std::shared_lock lock(c.mutex);
+        if (c.initialised) return;
+    }
+    std::unique_lock lock(c.mutex);
+    initialise(c);
+}
 
 }  // namespace detail
 

@@ -102,6 +102,10 @@ struct GemmCall {
 /// Runs the call on the kernel chosen for its shape (measuring it the first time).
 template <class T>
 void run_product(const GemmCall<T>& call);
+/// Reads the configuration (THEANINE_FLAGS' blas_kernel, kernel_cache) if not yet done;
+/// throws UsageError for a kernel this build lacks. Called before a parallel region, so
+/// that nothing inside it throws for that reason.
+void ensure_configured();
 }  // namespace detail
 
 }  // namespace theanine
