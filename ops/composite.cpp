@@ -75,8 +75,10 @@ void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T*
         return;
     }
     case K::softplus_tail:
-        d = -A(0).abs();
-        vecmath::exp_into(dst, dst, n);
+        // exp(-|x|) in one pass, the lanes where it is subnormal from the C library.
+        vecmath::with_scalar_lanes(
+            dst, P(0), n, [](const auto& x) { return -x.abs() < vecmath::kExpLow<T>; },
+            [&] { d = (-A(0).abs()).exp(); }, [](T x) { return std::exp(-std::abs(x)); });
         log1p_unit(dst, n);
         return;
     case K::relu_add: {

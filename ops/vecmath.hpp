@@ -58,15 +58,12 @@ void log_into(T* dst, const T* src, std::int64_t n) {
         [&] { Arr<T>(dst, n) = CArr<T>(src, n).log(); }, [](T x) { return std::log(x); });
 }
 
-// sigmoid(x) = 1 / (1 + exp(-x)), to about 2 ulp (Eigen's float logistic is accurate in
-// absolute terms only: 6000 ulp at x = -8.4). Below log(smallest normal) the result is
-// subnormal and may come out as 0.
+// sigmoid(x) = 1 / (1 + exp(-x)) in one pass, to about 2 ulp (Eigen's float logistic is
+// accurate in absolute terms only: 6000 ulp at x = -8.4). Where exp(-x) overflows the result
+// is 0 (the true one is subnormal); where Eigen's exp clamps (x above 708) it is 1 either way.
 template <class T>
 void sigmoid_into(T* dst, const T* src, std::int64_t n) {
-    Arr<T> d(dst, n);
-    d = -CArr<T>(src, n);
-    exp_into(dst, dst, n);
-    d = T(1) / (T(1) + d);
+    Arr<T>(dst, n) = T(1) / (T(1) + (-CArr<T>(src, n)).exp());
 }
 
 // tanh. float: Eigen's vectorised rational approximation (4 ulp). double, where Eigen calls the
