@@ -76,9 +76,7 @@ void run_instr(const Composite::Instr& ins, const std::vector<const T*>& reg, T*
     }
     case K::softplus_tail:
         // exp(-|x|) in one pass, the lanes where it is subnormal from the C library.
-        vecmath::with_scalar_lanes(
-            dst, P(0), n, [](const auto& x) { return -x.abs() < vecmath::kExpLow<T>; },
-            [&] { d = (-A(0).abs()).exp(); }, [](T x) { return std::exp(-std::abs(x)); });
+        vecmath::exp_into(dst, P(0), n, /*of_minus_abs=*/true);
         log1p_unit(dst, n);
         return;
     case K::relu_add: {

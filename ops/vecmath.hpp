@@ -44,11 +44,49 @@ void with_scalar_lanes(T* dst, const T* src, std::int64_t n, InRange in_range, V
 template <class T>
 constexpr T kExpLow = std::is_same_v<T, float> ? T(-87.33654475f) : T(-708.3964185322641);
 
+// Eigen's float exp on 16-lane packets (AVX-512) reduces its argument with a one-part ln 2 and
+// clamps it at 88.376: 4 ulp at x = 85, and exp(88.5) came out as exp(88.376). Its generic packet
+// exp (a two-part ln 2, inf past 88.72) is within 1 ulp at every packet width, so float goes
+// through that one, a packet at a time; the tail is one packet padded with zeros.
+template <class T, class F>
+void map_packets(T* dst, const T* src, std::int64_t n, F f) {
+    using P = typename Eigen::internal::packet_traits<T>::type;
+    constexpr std::int64_t L = Eigen::internal::packet_traits<T>::size;
+    std::int64_t j = 0;
+    for (; j + L <= n; j += L) Eigen::internal::pstoreu(dst + j, f(Eigen::internal::ploadu<P>(src + j)));
+    if (j < n) {
+        alignas(64) T buf[L] = {};
+        std::copy(src + j, src + n, buf);
+        Eigen::internal::pstoreu(buf, f(Eigen::internal::ploadu<P>(buf)));
+        std::copy(buf, buf + (n - j), dst + j);
+    }
+}
+
+// exp of every element of src, or of -|x| (softplus's tail), into dst.
 template <class T>
-void exp_into(T* dst, const T* src, std::int64_t n) {
-    with_scalar_lanes(
-        dst, src, n, [](const auto& x) { return x < kExpLow<T>; },
-        [&] { Arr<T>(dst, n) = CArr<T>(src, n).exp(); }, [](T x) { return std::exp(x); });
+void exp_into(T* dst, const T* src, std::int64_t n, bool of_minus_abs = false) {
+    namespace ei = Eigen::internal;
+    auto vec = [&] {
+        if constexpr (std::is_same_v<T, float>) {
+            if (of_minus_abs) {
+                map_packets(dst, src, n, [](auto x) { return ei::pexp_float(ei::pnegate(ei::pabs(x))); });
+            } else {
+                map_packets(dst, src, n, [](auto x) { return ei::pexp_float(x); });
+            }
+        } else if (of_minus_abs) {
+            Arr<T>(dst, n) = (-CArr<T>(src, n).abs()).exp();
+        } else {
+            Arr<T>(dst, n) = CArr<T>(src, n).exp();
+        }
+    };
+    if (of_minus_abs) {
+        with_scalar_lanes(
+            dst, src, n, [](const auto& x) { return -x.abs() < kExpLow<T>; }, vec,
+            [](T x) { return std::exp(-std::abs(x)); });
+    } else {
+        with_scalar_lanes(
+            dst, src, n, [](const auto& x) { return x < kExpLow<T>; }, vec, [](T x) { return std::exp(x); });
+    }
 }
 
 template <class T>
@@ -63,7 +101,16 @@ void log_into(T* dst, const T* src, std::int64_t n) {
 // is 0 (the true one is subnormal); where Eigen's exp clamps (x above 708) it is 1 either way.
 template <class T>
 void sigmoid_into(T* dst, const T* src, std::int64_t n) {
-    Arr<T>(dst, n) = T(1) / (T(1) + (-CArr<T>(src, n)).exp());
+    if constexpr (std::is_same_v<T, float>) {
+        namespace ei = Eigen::internal;
+        map_packets(dst, src, n, [](auto x) {
+            using P = decltype(x);
+            const P one = ei::pset1<P>(1.0f);
+            return ei::pdiv(one, ei::padd(one, ei::pexp_float(ei::pnegate(x))));
+        });
+    } else {
+        Arr<T>(dst, n) = T(1) / (T(1) + (-CArr<T>(src, n)).exp());
+    }
 }
 
 // tanh. float: Eigen's vectorised rational approximation (4 ulp). double, where Eigen calls the
