@@ -404,7 +404,10 @@ std::vector<Variable> Elemwise::pullback(const Node& node, const std::vector<Var
     case ScalarOp::sqrt: return {true_div(mul(g, 0.5), out)};
     case ScalarOp::sqr: return {mul(g, mul(x[0], 2.0))};
     case ScalarOp::pow:
-        return {mul(g, mul(x[1], pow(x[0], sub(x[1], 1.0)))), mul(g, mul(out, log(x[0])))};
+        // d/dy x^y = x^y log(x), taken as 0 where x is 0 (x^y is 0 or 1 there, and 0 * log(0)
+        // would be NaN), as Theano's.
+        return {mul(g, mul(x[1], pow(x[0], sub(x[1], 1.0)))),
+                switch_(eq(x[0], 0.0), 0.0, mul(g, mul(out, log(x[0]))))};
     case ScalarOp::maximum: {
         DType dt = node.types[0].dtype;
         return {mul(g, cast(ge(x[0], x[1]), dt)), mul(g, cast(lt(x[0], x[1]), dt))};

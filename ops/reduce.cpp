@@ -265,11 +265,15 @@ Variable mean(const Variable& x, std::optional<int> axis, bool keepdims) {
     return true_div(cast(s, dt), cast(n, dt));
 }
 
-Variable max(const Variable& x, std::optional<int> axis, bool keepdims) {
-    auto axes = axes_of("max", x, axis);
+Variable max_axes(const Variable& x, std::vector<int> axes, bool keepdims) {
+    for (int& a : axes) a = normalise_axis("max", a, x.ndim());
     Variable m = apply1(std::make_shared<Reduce>(ReduceKind::max, axes), {x});
     if (keepdims) m = expand_reduced(m, axes, x.ndim());
     return m;
+}
+
+Variable max(const Variable& x, std::optional<int> axis, bool keepdims) {
+    return max_axes(x, axes_of("max", x, axis), keepdims);
 }
 
 Variable argmax(const Variable& x, std::optional<int> axis) {

@@ -50,6 +50,7 @@ Variable sum(const Variable& x, std::optional<int> axis = std::nullopt, bool kee
 Variable sum_axes(const Variable& x, std::vector<int> axes, bool keepdims = false);
 Variable mean(const Variable& x, std::optional<int> axis = std::nullopt, bool keepdims = false);
 Variable max(const Variable& x, std::optional<int> axis = std::nullopt, bool keepdims = false);
+Variable max_axes(const Variable& x, std::vector<int> axes, bool keepdims = false);
 Variable argmax(const Variable& x, std::optional<int> axis = std::nullopt);
 
 }  // namespace theanine

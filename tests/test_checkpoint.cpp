@@ -401,8 +401,10 @@ TEST_CASE("a cost that becomes NaN or inf stops the program with a message; --na
             }
         }
     } restore{old_flags != nullptr, saved};
+    const fs::path out = data.parent_path() / "nan_stop_output";  // the finished run's curves go here
+    fs::create_directories(out);
     const std::vector<std::string> args = {THEANINE_MLP_PROGRAM, "--data", data.string(), "--train-size", "400", "--epochs",
-                                           "3", "--hidden", "50", "--learning-rate", "1000000"};
+                                           "3", "--hidden", "50", "--learning-rate", "1000000", "--output", out.string()};
     Result r = run(args);
     CHECK(r.status == 1);
     CHECK(r.out.find("nan") == std::string::npos);
@@ -419,6 +421,7 @@ TEST_CASE("a cost that becomes NaN or inf stops the program with a message; --na
     Result stable = run(args);
     CHECK(stable.status == 0);
     CHECK(stable.out.find("test error of best model") != std::string::npos);
+    CHECK(fs::exists(out / "metrics.csv"));
 }
 
 TEST_CASE("flags are checked in their final type, and bad destinations are found before training") {

@@ -208,3 +208,16 @@ TEST_CASE("verify_grad reports the worst element when a gradient is wrong") {
         CHECK(std::string(e.what()).find("verify_grad: gradient of input 0 disagrees with finite differences at index") == 0);
     }
 }
+
+TEST_CASE("pow's gradient is finite at a zero base, as Theano's") {
+    // d/dx x^y = y x^(y-1); d/dy x^y = x^y log(x), taken as 0 where x is 0.
+    Variable x = vector("x"), y = vector("y");
+    Variable c = pow(x, y).sum();
+    Function f = function({x, y}, {grad(c, x), grad(c, y)});
+    const auto out = f({T64({3}, {0, 0, 2}), T64({3}, {2, 3, 3})});
+    CHECK(out[0].to_doubles() == std::vector<double>{0, 0, 12});  // 2*0, 3*0^2, 3*2^2
+    const auto gy = out[1].to_doubles();
+    CHECK(gy[0] == 0);
+    CHECK(gy[1] == 0);
+    CHECK(gy[2] == doctest::Approx(8 * std::log(2.0)).epsilon(1e-15));
+}

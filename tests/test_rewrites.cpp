@@ -550,3 +550,171 @@ TEST_CASE("LogSoftmax's gradient agrees with finite differences, vector and matr
     CHECK_THROWS_WITH_AS(log_softmax(lscalar("i")), doctest::Contains("LogSoftmax: input 0 must be a float vector or matrix"),
                          UsageError);
 }
+
+TEST_CASE("stabilize: exp(x) / (1 + exp(x)) and 1 / (1 + exp(-x)) become sigmoid, finite where exp overflows") {
+    for (const DType dt : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(dt));
+        Variable x = input(TensorType{dt, {false}}, "x");
+        // exp overflows above 88.7 in float32 and 709.8 in float64: inf / inf is NaN without the rewrite.
+        Tensor xv = T64({6}, {-1000, -30, -0.5, 0, 2, 1000}).astype(dt);
+        const double tol = dt == DType::float32 ? 2e-7 : 1e-15;
+        for (const auto& [label, e] : std::vector<std::pair<std::string, Variable>>{
+                 {"exp(x) / (1 + exp(x))", exp(x) / (1 + exp(x))},
+                 {"exp(x) / (exp(x) + 1)", exp(x) / (exp(x) + 1)},
+                 {"1 / (1 + exp(-x))", 1 / (1 + exp(-x))}}) {
+            CAPTURE(label);
+            Function on = function({x}, {e}, {}, {}, excluding({"fusion"}));
+            Function off = function({x}, {e}, {}, {}, excluding({"local_exp_over_1_plus_exp"}));
+            CHECK(on.debugprint(false) == "Elemwise{sigmoid} [id A]\n |x [id B]\n");
+            const auto got = on({xv})[0].to_doubles();
+            const auto naive = off({xv})[0].to_doubles();
+            // 1 / (1 + e^-x) by hand in long double.
+            for (int i = 0; i < 6; ++i) {
+                const long double v = xv.to_doubles()[i];
+                const double want = static_cast<double>(1 / (1 + std::exp(-v)));
+                if (want < 1e-30) {
+                    CHECK(got[i] < 1e-30);
+                } else {
+                    CHECK(got[i] == doctest::Approx(want).epsilon(tol));
+                }
+            }
+            CHECK(got[5] == 1);
+            if (label != "1 / (1 + exp(-x))") CHECK(std::isnan(naive[5]));
+            CHECK(naive[3] == doctest::Approx(got[3]).epsilon(tol));
+        }
+        // 1 / (1 + exp(y)) is sigmoid(-y).
+        Function g = function({x}, {1 / (1 + exp(x))}, {}, {}, excluding({"fusion"}));
+        CHECK(g.debugprint(false) == "Elemwise{sigmoid} [id A]\n |Elemwise{neg} [id B]\n   |x [id C]\n");
+        CHECK(g({xv})[0].to_doubles()[0] == 1);
+        // Not the pattern: the numerator's exp has another argument.
+        Variable z = input(TensorType{dt, {false}}, "z");
+        Function h = function({x, z}, {exp(z) / (1 + exp(x))}, {}, {}, excluding({"fusion"}));
+        CHECK(count_op(h, "Elemwise{sigmoid}") == 0);
+    }
+}
+
+TEST_CASE("stabilize: a broadcast numerator keeps the result's shape") {
+    // A (2, 3) matrix of ones over 1 + exp(row): the result is (2, 3), not the row's (1, 3).
+    Variable r = input(TensorType{DType::float64, {true, false}}, "r");
+    Variable ones = constant(T64({2, 3}, {1, 1, 1, 1, 1, 1}));
+    Function f = function({r}, {ones / (1 + exp(r))});
+    const auto out = f({T64({1, 3}, {0, 1000, -1000})})[0];
+    CHECK(out.shape() == Shape{2, 3});
+    CHECK(out.to_doubles() == std::vector<double>{0.5, 0, 1, 0.5, 0, 1});
+}
+
+TEST_CASE("stabilize: log(exp(a) + exp(b)) and log(sum(exp(x))) are max-shifted") {
+    for (const DType dt : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(dt));
+        const double tol = dt == DType::float32 ? 1e-6 : 1e-14;
+        const double inf = std::numeric_limits<double>::infinity();
+        Variable a = input(TensorType{dt, {false}}, "a"), b = input(TensorType{dt, {false}}, "b");
+        Variable c = input(TensorType{dt, {false}}, "c");
+        {
+            Variable e = log(exp(a) + exp(b) + exp(c));
+            Function on = function({a, b, c}, {e});
+            Function off = function({a, b, c}, {e}, {}, {}, excluding({"local_log_add_exp"}));
+            Function unfused = function({a, b, c}, {e}, {}, {}, excluding({"fusion"}));
+            CHECK(count_op(unfused, "Elemwise{maximum}") == 2);  // m = max(max(a, b), c)
+            CHECK(count_op(unfused, "Elemwise{exp}") == 3);      // exp(a - m), exp(b - m), exp(c - m)
+            Tensor av = T64({5}, {1000, -1000, 0, inf, -inf}).astype(dt);
+            Tensor bv = T64({5}, {999, -1001, 0, 0, -inf}).astype(dt);
+            Tensor cv = T64({5}, {-inf, -1000, 0, 1, -inf}).astype(dt);
+            const auto got = on({av, bv, cv})[0].to_doubles();
+            // By hand: m + log(sum exp(t - m)).
+            CHECK(got[0] == doctest::Approx(1000 + std::log1p(std::exp(-1.0))).epsilon(tol));
+            CHECK(got[1] == doctest::Approx(-1000 + std::log(2 + std::exp(-1.0))).epsilon(tol));
+            CHECK(got[2] == doctest::Approx(std::log(3.0)).epsilon(tol));
+            CHECK(got[3] == inf);
+            CHECK(got[4] == -inf);
+            const auto naive = off({av, bv, cv})[0].to_doubles();
+            CHECK(naive[0] == inf);   // exp(1000) overflows
+            CHECK(naive[1] == -inf);  // exp(-1000) is 0
+            CHECK(naive[2] == doctest::Approx(got[2]).epsilon(tol));
+            // NaN stays NaN.
+            Tensor nan_v = T64({5}, {std::nan(""), 0, 0, 0, 0}).astype(dt);
+            CHECK(std::isnan(on({nan_v, bv, cv})[0].to_doubles()[0]));
+        }
+        {
+            Variable X = input(TensorType{dt, {false, false}}, "X");
+            Tensor xv = T64({2, 3}, {1000, 1001, 999, -1000, -inf, -1001}).astype(dt);
+            const double l0 = 1001 + std::log(std::exp(-1.0) + 1 + std::exp(-2.0));
+            const double l1 = -1000 + std::log1p(std::exp(-1.0));
+            Function rows = function({X}, {log(sum(exp(X), 1))});
+            Function rows_off = function({X}, {log(sum(exp(X), 1))}, {}, {}, excluding({"local_log_sum_exp"}));
+            Function unfused = function({X}, {log(sum(exp(X), 1))}, {}, {}, excluding({"fusion"}));
+            CHECK(count_op(unfused, "Max{axes=[1]}") == 1);
+            CHECK(count_op(rows_off, "Max{axes=[1]}") == 0);
+            const auto got = rows({xv})[0];
+            CHECK(got.shape() == Shape{2});
+            CHECK(close(got.to_doubles(), {l0, l1}, tol));
+            const auto naive = rows_off({xv})[0].to_doubles();
+            CHECK(naive[0] == inf);
+            CHECK(naive[1] == -inf);
+            // Over every axis, and a row of -inf only.
+            Function all = function({X}, {log(sum(exp(X)))});
+            const double m = 1001;
+            const double want = m + std::log(std::exp(-1.0) + 1 + std::exp(-2.0));
+            CHECK(all({xv})[0].item() == doctest::Approx(want).epsilon(tol));
+            Tensor ninf = T64({2, 3}, {-inf, -inf, -inf, 0, 0, 0}).astype(dt);
+            const auto r = rows({ninf})[0].to_doubles();
+            CHECK(r[0] == -inf);
+            CHECK(r[1] == doctest::Approx(std::log(3.0)).epsilon(tol));
+        }
+    }
+}
+
+TEST_CASE("stabilize: log(sigmoid) and log(1 - sigmoid) through flatten, reshape and dimshuffle") {
+    for (const DType dt : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(dt));
+        Variable X = input(TensorType{dt, {false, false}}, "X");
+        Tensor xv = T64({2, 2}, {-1000, -20, 20, 1000}).astype(dt);
+        // softplus is x itself a little earlier than where log1p(exp(x)) rounds to x.
+        const double tol = dt == DType::float32 ? 1e-6 : 1e-9;
+        // log(1 - sigmoid(x)) = -softplus(x); log(sigmoid(x)) = -softplus(-x); both by hand.
+        auto softplus_ref = [](double v) { return v > 30 ? v : std::log1p(std::exp(v)); };
+        const std::vector<Variable> shaped = {sigmoid(X).flatten(1), sigmoid(X).reshape({X.shape(1), X.shape(0)}),
+                                              sigmoid(X).dimshuffle({1, 0}),
+                                              sigmoid(X).dimshuffle({1, 0}).flatten(1)};
+        for (std::size_t k = 0; k < shaped.size(); ++k) {
+            CAPTURE(k);
+            for (const bool one_minus : {true, false}) {
+                CAPTURE(one_minus);
+                Variable e = one_minus ? log(1 - shaped[k]) : log(shaped[k]);
+                Function on = function({X}, {e}, {}, {}, excluding({"fusion"}));
+                Function off = function({X}, {e}, {}, {}, no_rewrites());
+                CHECK(count_op(on, "Elemwise{softplus}") == 1);
+                CHECK(count_op(on, "Elemwise{sigmoid}") == 0);
+                const auto got = on({xv})[0].to_doubles();
+                const auto naive = off({xv})[0].to_doubles();
+                // flatten and reshape keep the row-major order; the transposes swap the middle two.
+                const std::vector<double> xs = xv.to_doubles();
+                const std::vector<int> order = k < 2 ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{0, 2, 1, 3};
+                for (int i = 0; i < 4; ++i) {
+                    const double v = xs[order[i]];
+                    const double want = one_minus ? -softplus_ref(v) : -softplus_ref(-v);
+                    CHECK(got[i] == doctest::Approx(want).epsilon(tol));
+                }
+                CHECK(std::isinf(naive[one_minus ? 3 : 0]));
+            }
+        }
+    }
+}
+
+TEST_CASE("stabilize: log(1 + x) with the 1 as a fill, and with an integer x") {
+    Variable d = vector("d"), M = matrix("M");
+    // ones_like(M) + d: the fill's shape (M's) stays; each element is log1p(d).
+    Variable e = log(second(M, 1.0) + d);
+    Function on = function({M, d}, {e}, {}, {}, excluding({"fusion"}));
+    CHECK(count_op(on, "Elemwise{log1p}") == 1);
+    CHECK(count_op(on, "Elemwise{log}") == 0);
+    const auto out = on({T64({2, 2}, {5, 6, 7, 8}), T64({2}, {1e-18, 0.5})})[0];
+    CHECK(out.shape() == Shape{2, 2});
+    CHECK(out.to_doubles() == std::vector<double>{1e-18, std::log1p(0.5), 1e-18, std::log1p(0.5)});
+    // An integer operand: log(1 + i) is float64, as log1p(i).
+    Variable i = lvector("i");
+    Function fi = function({i}, {log(1 + i)}, {}, {}, excluding({"fusion"}));
+    CHECK(count_op(fi, "Elemwise{log1p}") == 1);
+    CHECK(fi({I64({3}, {0, 1, 1000000})})[0].to_doubles() ==
+          std::vector<double>{0, std::log1p(1.0), std::log1p(1000000.0)});
+}
