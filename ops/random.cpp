@@ -497,8 +497,17 @@ int size_ndim(const Variable& v) {
                      "scalars, or constants)");
 }
 
-Variable size_variable(const Size& size, std::optional<std::int64_t>* n_elements) {
+// A size as an int64 vector variable. A literal size is checked here, when the graph is built,
+// as Theano does: the numpy streams refuse a negative dimension, the MRG streams any below 1.
+Variable size_variable(const Size& size, std::optional<std::int64_t>* n_elements, const char* who,
+                       std::int64_t min_dim) {
     if (const auto* v = std::get_if<std::vector<std::int64_t>>(&size)) {
+        for (std::size_t i = 0; i < v->size(); ++i) {
+            if ((*v)[i] < min_dim) {
+                throw UsageError(fmt::format("{}: size [{}] has dimension {} = {}; dimensions must be {}", who,
+                                             fmt::join(*v, ", "), i, (*v)[i], min_dim > 0 ? "positive" : "non-negative"));
+            }
+        }
         std::int64_t n = 1;
         for (auto d : *v) n *= d;
         if (n_elements) *n_elements = n;
@@ -575,7 +584,7 @@ std::vector<Variable> NumpyRandomOp::pullback(const Node& node, const std::vecto
 RandomStreams::RandomStreams(std::uint32_t seed) : seedgen_(seed) {}
 
 Variable RandomStreams::make(NumpyRandomOp::Dist dist, const Size& size, Variable a, Variable b, DType dtype) {
-    Variable sz = size_variable(size, nullptr);
+    Variable sz = size_variable(size, nullptr, "RandomStreams", 0);
     int nd = size_ndim(sz);
     RandomState rs(static_cast<std::uint32_t>(seedgen_.randint(1LL << 30)));
     SharedVariable state = shared(rs.to_blob(), fmt::format("random_state_{}", states_.size()));
@@ -729,11 +738,29 @@ std::vector<Variable> MRGRandomOp::pullback(const Node& node, const std::vector<
     return g;
 }
 
-MRG_RandomStreams::MRG_RandomStreams(std::uint32_t seed) {
+namespace {
+mrg::State mrg_base_state(const char* who, std::uint32_t seed) {
     if (seed == 0 || seed >= static_cast<std::uint32_t>(mrg::M2)) {
-        throw UsageError(fmt::format("MRG_RandomStreams: the seed must be in [1, {}), got {}", mrg::M2, seed));
+        throw UsageError(fmt::format("{}: the seed must be in [1, {}), got {}", who, mrg::M2, seed));
     }
-    rstate_.fill(static_cast<std::int32_t>(seed));
+    mrg::State s;
+    s.fill(static_cast<std::int32_t>(seed));
+    return s;
+}
+}  // namespace
+
+MRG_RandomStreams::MRG_RandomStreams(std::uint32_t seed)
+    : rstate_(mrg_base_state("MRG_RandomStreams", seed)), initial_seed_(seed) {}
+
+void MRG_RandomStreams::seed(std::optional<std::uint32_t> s) {
+    rstate_ = mrg_base_state("MRG_RandomStreams::seed", s.value_or(initial_seed_));
+    // Each state variable, in the order made, gets the substreams a new object with this seed
+    // would have given it: as many streams as it holds, from the base state, which then jumps.
+    for (auto& st : states_) {
+        const std::int64_t n_streams = st.get_value(true).dim(0);
+        st.set_value(mrg::substreams(rstate_, n_streams), true);
+        rstate_ = mrg::jump(rstate_, 134);
+    }
 }
 
 SharedVariable MRG_RandomStreams::new_state(const Size&, std::optional<std::int64_t> n_elements) {
@@ -747,7 +774,7 @@ SharedVariable MRG_RandomStreams::new_state(const Size&, std::optional<std::int6
 Variable MRG_RandomStreams::uniform(const Size& size, double low, double high, std::optional<DType> dtype) {
     DType dt = dtype.value_or(config().floatX);
     std::optional<std::int64_t> n;
-    Variable sz = size_variable(size, &n);
+    Variable sz = size_variable(size, &n, "MRG_RandomStreams::uniform", 1);
     int nd = size_ndim(sz);
     SharedVariable st = new_state(size, n);
     auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::uniform, dt, nd),
@@ -777,7 +804,7 @@ Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, const Var
 
 Variable MRG_RandomStreams::normal(const Size& size, double avg, double std, std::optional<DType> dtype) {
     DType dt = dtype.value_or(config().floatX);
-    Variable sz = size_variable(size, nullptr);
+    Variable sz = size_variable(size, nullptr, "MRG_RandomStreams::normal", 1);
     int nd = size_ndim(sz);
     // Theano's normal always passes a symbolic length to its uniform: the symbolic stream count.
     SharedVariable st = new_state(size, std::nullopt);

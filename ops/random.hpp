@@ -203,6 +203,10 @@ public:
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
                     std::optional<DType> dtype = std::nullopt) override;
 
+    /// Reseeds every stream as Theano's seed(): the base state from s (the constructor's seed
+    /// when none is given), then each random variable made so far, in order, its substreams from
+    /// it, as a new object seeded with s would have given them.
+    void seed(std::optional<std::uint32_t> s = std::nullopt);
     /// The base state the next random variable's substreams start from.
     const mrg::State& rstate() const { return rstate_; }
     const std::vector<SharedVariable>& state_variables() const { return states_; }
@@ -210,6 +214,7 @@ public:
 private:
     SharedVariable new_state(const Size& size, std::optional<std::int64_t> n_elements);
     mrg::State rstate_;
+    std::uint32_t initial_seed_;
     std::vector<SharedVariable> states_;
 };
 

@@ -54,14 +54,6 @@ void write_gz(const fs::path& p, const std::vector<unsigned char>& b) {
     gzclose(g);
 }
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const UsageError& e) {
-        return e.what();
-    }
-    return "";
-}
 }  // namespace
 
 TEST_CASE("IDX files read plain and gzip-compressed") {

@@ -4,11 +4,13 @@
 #include <fmt/format.h>
 
 #include "support/fixtures.hpp"
+#include "support/helpers.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
 using theanine::testing::bit_equal;
 using theanine::testing::count_diff;
+using theanine::testing::error_of;
 using theanine::testing::fixture;
 
 namespace {
@@ -288,4 +290,53 @@ TEST_CASE("the tutorial's corruption draws Theano's masks with either stream cla
             CHECK(count_diff(calls[0], calls[1]) > 1000);  // successive calls draw new masks
         }
     }
+}
+
+TEST_CASE("MRG_RandomStreams::seed reseeds every stream as Theano's seed() (fixture D)") {
+    for (DType fx : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(fx));
+        FloatXScope scope(fx);
+        MRG_RandomStreams rng(843828734);
+        Variable u = rng.uniform(std::vector<std::int64_t>{5}, 0, 1, fx);
+        Variable w = rng.uniform(std::vector<std::int64_t>{20, 784}, 0, 1, fx);
+        Function f = function({}, {u, w});
+        const std::vector<Tensor> first = f();
+        f();
+        // seed(234): the first variable draws what Theano's first call with seed 234 drew, the
+        // second what a new object seeded 234 gives its second variable.
+        rng.seed(234);
+        const std::vector<Tensor> after = f();
+        const Tensor want = fixture(fmt::format("D_mrg_s234_{}_uniform5_x3.npy", dtype_name(fx)));
+        CHECK(bit_equal(after[0], want.index(0, 0)));
+        MRG_RandomStreams fresh(234);
+        Variable u2 = fresh.uniform(std::vector<std::int64_t>{5}, 0, 1, fx);
+        Variable w2 = fresh.uniform(std::vector<std::int64_t>{20, 784}, 0, 1, fx);
+        const std::vector<Tensor> fresh_draws = function({}, {u2, w2})();
+        CHECK(bit_equal(after[1], fresh_draws[1]));
+        CHECK(!bit_equal(after[1], first[1]));
+        // seed() goes back to the constructor's seed: the first call's draws again.
+        rng.seed();
+        const std::vector<Tensor> again = f();
+        CHECK(bit_equal(again[0], first[0]));
+        CHECK(bit_equal(again[1], first[1]));
+        CHECK(bit_equal(first[0], fixture(fmt::format("D_mrg_s843828734_{}_uniform5_x3.npy", dtype_name(fx))).index(0, 0)));
+        CHECK(error_of([&] { rng.seed(0); }).find("MRG_RandomStreams::seed: the seed must be in [1, ") == 0);
+    }
+}
+
+TEST_CASE("random sizes are checked when the graph is built") {
+    MRG_RandomStreams mrg(12);
+    RandomStreams np(12);
+    CHECK(error_of([&] { mrg.uniform(std::vector<std::int64_t>{3, 0}); }) ==
+          "MRG_RandomStreams::uniform: size [3, 0] has dimension 1 = 0; dimensions must be positive");
+    CHECK(error_of([&] { mrg.normal(std::vector<std::int64_t>{-2}); }) ==
+          "MRG_RandomStreams::normal: size [-2] has dimension 0 = -2; dimensions must be positive");
+    CHECK(error_of([&] { mrg.binomial(std::vector<std::int64_t>{4, -1}, 1, 0.5); }).find("dimension 1 = -1") !=
+          std::string::npos);
+    CHECK(error_of([&] { np.uniform(std::vector<std::int64_t>{2, -3}); }) ==
+          "RandomStreams: size [2, -3] has dimension 1 = -3; dimensions must be non-negative");
+    // numpy draws an empty sample for a zero dimension.
+    Variable z = np.uniform(std::vector<std::int64_t>{0, 3});
+    CHECK(function({}, {z})()[0].shape() == Shape{0, 3});
+    CHECK(mrg.state_variables().empty());  // nothing was made by the refused calls
 }

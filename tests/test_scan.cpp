@@ -16,15 +16,6 @@ namespace {
 std::vector<double> vals(const Tensor& t) { return t.to_doubles(); }
 
 // Throws and returns the message, or "" when nothing is thrown.
-template <class F>
-std::string error_of(F&& f) {
-    try {
-        f();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "";
-}
 
 // The tanh RNN h_t = tanh(x_t W + h_{t-1} U + b), by hand, float64.
 std::vector<double> rnn_by_hand(const Tensor& x, const Tensor& h0, const Tensor& W, const Tensor& U, const Tensor& b) {

@@ -2,11 +2,23 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "theanine.hpp"
 
 namespace theanine::testing {
+
+// The message of the exception f throws, or "" when it throws none.
+template <class F>
+std::string error_of(F&& f) {
+    try {
+        f();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "";
+}
 
 inline Tensor T64(const Shape& s, const std::vector<double>& v) { return Tensor::from_vector<double>(s, v); }
 inline Tensor T32(const Shape& s, const std::vector<float>& v) { return Tensor::from_vector<float>(s, v); }
