@@ -611,6 +611,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     Function f;
     f.plan_ = std::make_unique<Plan>();
     Plan& p = *f.plan_;
+    p.definition = std::make_shared<const Definition>(Definition{inputs, outputs, updates, givens, options});
     p.log = log.lines;
     p.profile = options.profile;
     p.nan_guard = options.nan_guard;
@@ -637,6 +638,66 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
         p.updates.push_back(UpdateBinding{c.update_cells[i], c.slot_of.at(key(c.all[c.n_outputs + i])), Tensor()});
     }
     return f;
+}
+
+Function Function::copy(const std::vector<std::pair<SharedVariable, SharedVariable>>& swap, bool delete_updates) const {
+    const Definition& d = *plan().definition;
+    VarMap<Variable> replace;
+    for (const auto& [from, to] : swap) {
+        if (!from.is_shared() || !to.is_shared()) {
+            throw UsageError("Function::copy: swap pairs shared variables with shared variables");
+        }
+        if (from.type() != to.type()) {
+            throw UsageError(fmt::format("Function::copy: cannot swap {} ({}) for {} ({}): the types differ",
+                                         from.label(), from.type().str(), to.label(), to.type().str()));
+        }
+        replace[key(from)] = to;
+    }
+    // The graph as it was given, with the swapped variables in place: outputs, update values
+    // and the givens' replacements in one rebuild, so shared subgraphs stay shared.
+    std::vector<Variable> all;
+    for (const Out& o : d.outputs) all.push_back(o.var);
+    if (!delete_updates) {
+        for (const auto& u : d.updates) all.push_back(u.second);
+    }
+    for (const auto& g : d.givens) all.push_back(g.second);
+    if (!replace.empty()) {
+        VarMap<bool> used;
+        for (const auto& node : toposort(all)) {
+            for (const Variable& v : node->inputs) used[key(v)] = true;
+            for (int i = 0; i < node->n_outputs(); ++i) used[key(node->output(i))] = true;
+        }
+        for (const auto& u : d.updates) used[key(u.first)] = true;
+        for (const auto& [from, to] : swap) {
+            if (!used.count(key(from))) {
+                throw UsageError(fmt::format("Function::copy: {} is not used by this function", from.label()));
+            }
+        }
+        all = clone_with_replace(all, replace);
+    }
+    std::vector<Out> outputs = d.outputs;
+    std::size_t k = 0;
+    for (Out& o : outputs) o.var = all[k++];
+    Updates updates;
+    if (!delete_updates) {
+        for (const auto& [shared_var, value] : d.updates) {
+            auto it = std::find_if(swap.begin(), swap.end(), [&](const auto& s) { return s.first.same(shared_var); });
+            updates.emplace_back(it == swap.end() ? shared_var : it->second, all[k++]);
+        }
+    }
+    Givens givens;
+    for (const auto& [var, value] : d.givens) {
+        auto it = std::find_if(swap.begin(), swap.end(), [&](const auto& s) { return s.first.same(var); });
+        givens.emplace_back(it == swap.end() ? var : Variable(it->second), all[k++]);
+    }
+    CompileOptions options = d.options;
+    if (delete_updates) {
+        options.no_default_updates = true;
+        options.no_default_updates_for.clear();
+        // An input read only by an update is unused now; the copy keeps its signature.
+        options.on_unused_input = CompileOptions::UnusedInput::ignore;
+    }
+    return function(d.inputs, outputs, updates, givens, options);
 }
 
 }  // namespace theanine

@@ -157,6 +157,13 @@ public:
     /// (slots and the liveness pool; inputs, constants and shared values not counted).
     std::size_t buffer_bytes() const;
 
+    /// Theano's Function.copy: the same definition compiled again into an independent function
+    /// (its own buffers; calls of one never change the other's results). swap pairs each shared
+    /// variable with one of the same type that the copy reads and updates in its place;
+    /// delete_updates leaves out every update, the default ones too.
+    Function copy(const std::vector<std::pair<SharedVariable, SharedVariable>>& swap = {},
+                  bool delete_updates = false) const;
+
     ~Function();
     Function(Function&&) noexcept;
     Function& operator=(Function&&) noexcept;

@@ -79,7 +79,17 @@ private:
 // The options of the plan whose steps are running on this thread (LoopOptions in function.hpp).
 const LoopOptions& running_options();
 
+// What a function was compiled from (Function::copy compiles it again).
+struct Definition {
+    std::vector<In> inputs;
+    std::vector<Out> outputs;
+    Updates updates;
+    Givens givens;
+    CompileOptions options;
+};
+
 struct Plan {
+    std::shared_ptr<const Definition> definition;
     std::vector<Variable> outputs;
     std::vector<std::pair<std::string, Variable>> update_values;  // for printing
     std::vector<Tensor> slots;

@@ -541,3 +541,49 @@ TEST_CASE("a fused update is written into its parameter's own buffer") {
     CHECK(w.get_value(true).raw_data() == before);
     CHECK(w.get_value().to_doubles() == std::vector<double>{0.0, 1.0, 2.0, 2.5});
 }
+
+TEST_CASE("Function::copy: swap shared variables, delete updates, independent of the original") {
+    SharedVariable acc = shared(Tensor::scalar(0.0), "acc");
+    Variable inc = scalar("inc");
+    Function f = function({inc}, {acc * 2}, {{acc, acc + inc}});
+    f({1.0});
+    f({2.0});
+    CHECK(acc.get_value().item() == 3);
+
+    // swap: the copy reads and updates other, acc is left alone.
+    SharedVariable other = shared(Tensor::scalar(100.0), "other");
+    Function g = f.copy({{acc, other}});
+    const Tensor from_f = f({0.0})[0];  // 2 * 3
+    CHECK(g({5.0})[0].item() == 200);
+    CHECK(other.get_value().item() == 105);
+    CHECK(acc.get_value().item() == 3);
+    CHECK(from_f.item() == 6);  // the original's earlier result is not changed by the copy's call
+    CHECK(g({1.0})[0].item() == 210);
+
+    // delete_updates: the state stays where it is.
+    Function h = f.copy({}, true);
+    CHECK(h({10.0})[0].item() == 6);
+    CHECK(h({10.0})[0].item() == 6);
+    CHECK(acc.get_value().item() == 3);
+    f({1.0});  // the original still updates
+    CHECK(acc.get_value().item() == 4);
+
+    SharedVariable unused = shared(Tensor::scalar(0.0), "unused");
+    CHECK(error_of([&] { f.copy({{unused, other}}); }) == "Function::copy: unused is not used by this function");
+    // A swap must keep the type.
+    SharedVariable vec = shared(T64({2}, {1, 2}), "vec");
+    CHECK(error_of([&] { f.copy({{acc, vec}}); }) ==
+          "Function::copy: cannot swap acc (float64 scalar) for vec (float64 vector): the types differ");
+}
+
+TEST_CASE("Function::copy with delete_updates leaves out default updates (random states) too") {
+    MRG_RandomStreams rng(1234);
+    Variable u = rng.uniform(std::vector<std::int64_t>{4});
+    Function f = function({}, {u});
+    Function frozen = f.copy({}, true);
+    const Tensor a = frozen()[0], b = frozen()[0];
+    CHECK(a.to_doubles() == b.to_doubles());  // the state is not advanced
+    const Tensor c = f()[0], d = f()[0];
+    CHECK(a.to_doubles() == c.to_doubles());  // the original draws from the same state, then advances it
+    CHECK(c.to_doubles() != d.to_doubles());
+}
