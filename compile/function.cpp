@@ -641,6 +641,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
 }
 
 Function Function::copy(const std::vector<std::pair<SharedVariable, SharedVariable>>& swap, bool delete_updates) const {
+    if (!plan().definition) throw UsageError("Function::copy: this function keeps no definition to compile again");
     const Definition& d = *plan().definition;
     VarMap<Variable> replace;
     for (const auto& [from, to] : swap) {
