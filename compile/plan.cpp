@@ -55,7 +55,7 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
     if (type.ndim() != 0) {
         throw UsageError(fmt::format("function call: {} expects {}, got a number", input_label(position, b), type.str()));
     }
-    if (!(b.scratch.defined() && b.scratch.storage_use_count() == 1)) b.scratch = Tensor::empty(type.dtype, {});
+    if (!(b.scratch.sole_owner())) b.scratch = Tensor::empty(type.dtype, {});
     if (is_float(type.dtype)) {
         const double x = a.is_integer ? static_cast<double>(a.integer) : a.number;
         dispatch(type.dtype, [&]<class T>() {

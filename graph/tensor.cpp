@@ -367,10 +367,20 @@ void Tensor::copy_from(const Tensor& src) {
     });
 }
 
+bool Tensor::sole_owner() const {
+    // use_count() is a relaxed load: seeing 1 does not order the last other holder's reads of
+    // the buffer (on another thread) before this thread's writes. Copying the pointer does: its
+    // increment is an acquire-release read-modify-write of the count, which reads the value the
+    // other holder's release (its decrement) wrote.
+    if (!storage_ || storage_.use_count() != 1) return false;
+    std::shared_ptr<Storage> synchronise = storage_;
+    return true;
+}
+
 void Tensor::ensure(DType dt, const Shape& shape) {
     if (placed_ && storage_ && dtype_ == dt && shape_ == shape && is_contiguous()) return;
     const std::size_t need = checked_byte_size(shape, dtype_size(dt));
-    if (storage_ && storage_.use_count() == 1 && storage_->bytes() >= need &&
+    if (sole_owner() && storage_->bytes() >= need &&
         storage_->bytes() <= 2 * need + 64) {
         dtype_ = dt;
         offset_ = 0;

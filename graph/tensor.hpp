@@ -142,7 +142,10 @@ public:
     bool shares_storage(const Tensor& other) const {
         return storage_ != nullptr && storage_ == other.storage_;
     }
-    long storage_use_count() const { return storage_.use_count(); }
+    /// Whether this tensor holds the only reference to its storage, so that writing the buffer
+    /// cannot change a value someone else holds. When true, every read of the buffer by a
+    /// former holder on another thread happens before the caller's next write (see tensor.cpp).
+    bool sole_owner() const;
     std::size_t storage_bytes() const { return storage_ ? storage_->bytes() : 0; }
     const void* storage_id() const { return storage_.get(); }  ///< the same for all views of a buffer
 

@@ -325,7 +325,7 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
         }
         for (std::size_t m = 0; m < info.n_shared; ++m) {
             const Tensor& r = p.slots[p.results[n_out + m].slot];
-            if (!(next_state[m].defined() && next_state[m].storage_use_count() == 1)) next_state[m] = Tensor();
+            if (!(next_state[m].sole_owner())) next_state[m] = Tensor();
             next_state[m].ensure(r.dtype(), r.shape());
             next_state[m].copy_from(r);
             std::swap(state[m], next_state[m]);
