@@ -118,6 +118,165 @@ std::vector<Variable> LogSoftmax::pullback(const Node& node, const std::vector<V
 
 Variable log_softmax(const Variable& x) { return apply1(std::make_shared<LogSoftmax>(), {x}); }
 
+namespace {
+// The labels of y as row offsets in [0, cols): negative ones count from the end of the row.
+std::vector<std::int64_t> read_labels(const char* op, const Tensor& y, std::int64_t cols) {
+    const std::int64_t n = y.size();
+    std::vector<std::int64_t> lab(static_cast<std::size_t>(n));
+    dispatch(y.dtype(), [&]<class I>() {
+        if constexpr (std::is_integral_v<I> && !std::is_same_v<I, bool>) {
+            const I* p = y.data<I>();
+            const std::int64_t st = y.ndim() ? y.strides()[0] : 0;
+            for (std::int64_t i = 0; i < n; ++i) {
+                const auto v = static_cast<std::int64_t>(p[i * st]);
+                const std::int64_t j = v < 0 ? v + cols : v;
+                if (j < 0 || j >= cols) {
+                    throw UsageError(fmt::format("{}: label {} (at position {} of input 1) is out of bounds for rows "
+                                                 "of {} classes", op, v, i, cols));
+                }
+                lab[static_cast<std::size_t>(i)] = j;
+            }
+        }
+    });
+    return lab;
+}
+
+void check_label_type(const char* op, const Variable& y, int input) {
+    if (y.ndim() != 1 || !is_integer(y.dtype())) {
+        throw UsageError(fmt::format("{}: input {} (the labels) must be an integer vector, got {}", op, input,
+                                     y.type().str()));
+    }
+}
+}  // namespace
+
+std::string CrossentropySoftmax1Hot::name() const {
+    return rows_must_match_ ? "CrossentropySoftmax1Hot" : "CrossentropySoftmax1Hot{leading_rows}";
+}
+
+std::vector<TensorType> CrossentropySoftmax1Hot::make_types(const std::vector<Variable>& inputs) const {
+    const char* op = "CrossentropySoftmax1Hot";
+    if (inputs.size() != 2) throw UsageError(fmt::format("{}: takes 2 inputs (x, y), got {}", op, inputs.size()));
+    const Variable& x = inputs[0];
+    if (x.ndim() != 2 || !is_float(x.dtype())) {
+        throw UsageError(fmt::format("{}: input 0 (the logits) must be a float matrix, got {}", op, x.type().str()));
+    }
+    check_label_type(op, inputs[1], 1);
+    return {TensorType{x.dtype(), {inputs[1].broadcastable()[0]}}, x.type()};
+}
+
+void CrossentropySoftmax1Hot::perform(const Node&, std::span<const Tensor* const> in,
+                                      std::span<Tensor* const> out) const {
+    const char* op = "CrossentropySoftmax1Hot";
+    const Tensor x = in[0]->contiguous();
+    const std::int64_t rows = x.dim(0), cols = x.dim(1);
+    const std::int64_t n = in[1]->size();
+    if (n > rows || (rows_must_match_ && n != rows)) {
+        throw UsageError(fmt::format("{}: {} labels for a matrix of {} rows (input 0 has shape ({}, {}), input 1 ({}))",
+                                     op, n, rows, rows, cols, n));
+    }
+    const std::vector<std::int64_t> lab = read_labels(op, *in[1], cols);
+    out[0]->ensure(x.dtype(), {n});
+    out[1]->ensure(x.dtype(), x.shape());
+    dispatch(x.dtype(), [&]<class T>() {
+        if constexpr (std::is_floating_point_v<T>) {
+            T* nll = out[0]->data<T>();
+            T* o = out[1]->data<T>();
+            shift_by_row_max(x.data<T>(), o, rows, cols);
+            for (std::int64_t r = 0; r < n; ++r) nll[r] = -o[r * cols + lab[static_cast<std::size_t>(r)]];
+            vecmath::exp_into(o, o, rows * cols);
+            for (std::int64_t r = 0; r < rows; ++r) {
+                T* orow = o + r * cols;
+                T s = 0;
+                for (std::int64_t j = 0; j < cols; ++j) s += orow[j];
+                for (std::int64_t j = 0; j < cols; ++j) orow[j] /= s;
+                if (r < n) nll[r] += std::log(s);
+            }
+        }
+    });
+}
+
+std::vector<Variable> CrossentropySoftmax1Hot::pullback(const Node& node, const std::vector<Variable>& g) const {
+    const Variable& y = node.inputs[1];
+    const Variable sm = node.output(1);
+    Variable dx;
+    if (g[0].defined()) dx = crossentropy_softmax_1hot_dx(g[0], sm, y);
+    if (g[1].defined()) {
+        // Softmax's pullback: sm * (g - sum(g * sm, last axis, keepdims)).
+        Variable dsm = mul(sm, sub(g[1], sum(mul(g[1], sm), 1, true)));
+        dx = dx.defined() ? add(dx, dsm) : dsm;
+    }
+    return {dx, Variable()};
+}
+
+NllAndSoftmax crossentropy_softmax_1hot(const Variable& x, const Variable& y, bool rows_must_match,
+                                        std::source_location where) {
+    auto outs = apply(std::make_shared<CrossentropySoftmax1Hot>(rows_must_match), {x, y}, where);
+    return {outs[0], outs[1]};
+}
+
+std::vector<TensorType> CrossentropySoftmax1HotDx::make_types(const std::vector<Variable>& inputs) const {
+    const char* op = "CrossentropySoftmax1HotDx";
+    if (inputs.size() != 3) {
+        throw UsageError(fmt::format("{}: takes 3 inputs (dnll, sm, y), got {}", op, inputs.size()));
+    }
+    const Variable& sm = inputs[1];
+    if (sm.ndim() != 2 || !is_float(sm.dtype())) {
+        throw UsageError(fmt::format("{}: input 1 (the softmax) must be a float matrix, got {}", op, sm.type().str()));
+    }
+    if (inputs[0].ndim() != 1 || inputs[0].dtype() != sm.dtype()) {
+        throw UsageError(fmt::format("{}: input 0 (the nll's gradient) must be a vector of the softmax's dtype {}, got {}",
+                                     op, dtype_name(sm.dtype()), inputs[0].type().str()));
+    }
+    check_label_type(op, inputs[2], 2);
+    return {TensorType{sm.dtype(), {false, false}}};
+}
+
+void CrossentropySoftmax1HotDx::perform(const Node&, std::span<const Tensor* const> in,
+                                        std::span<Tensor* const> out) const {
+    const char* op = "CrossentropySoftmax1HotDx";
+    const Tensor sm = in[1]->contiguous();
+    const std::int64_t rows = sm.dim(0), cols = sm.dim(1);
+    const std::int64_t n = in[2]->size();
+    const Tensor& dnll = *in[0];
+    if (n > rows || (dnll.size() != n && dnll.size() != 1)) {
+        throw UsageError(fmt::format("{}: shapes do not fit: nll gradient ({}), softmax ({}, {}), labels ({})", op,
+                                     dnll.size(), rows, cols, n));
+    }
+    const std::vector<std::int64_t> lab = read_labels(op, *in[2], cols);
+    out[0]->ensure(sm.dtype(), sm.shape());
+    dispatch(sm.dtype(), [&]<class T>() {
+        if constexpr (std::is_floating_point_v<T>) {
+            const T* s = sm.data<T>();
+            const T* d = dnll.data<T>();
+            const std::int64_t dst = dnll.size() == 1 ? 0 : dnll.strides()[0];
+            T* o = out[0]->data<T>();
+            for (std::int64_t r = 0; r < n; ++r) {
+                const T dr = d[r * dst];
+                for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = s[r * cols + j] * dr;
+                o[r * cols + lab[static_cast<std::size_t>(r)]] -= dr;
+            }
+            std::fill(o + n * cols, o + rows * cols, T(0));
+        }
+    });
+}
+
+std::vector<Variable> CrossentropySoftmax1HotDx::pullback(const Node& node, const std::vector<Variable>& g) const {
+    // dx = dnll[i] * (sm - onehot(y)) on the first len(y) rows: linear in dnll and in sm.
+    const Variable& dnll = node.inputs[0];
+    const Variable& sm = node.inputs[1];
+    const Variable& y = node.inputs[2];
+    const Variable rows = arange(y.shape(0));
+    const Variable h = advanced_subtensor(g[0], {rows});  // the gradient's first len(y) rows
+    Variable d_dnll = sub(sum(mul(h, advanced_subtensor(sm, {rows})), 1), advanced_subtensor(g[0], {rows, y}));
+    Variable d_sm = advanced_inc_subtensor(zeros_like(sm), mul(h, dimshuffle(dnll, {0, -1})), {rows});
+    return {d_dnll, d_sm, Variable()};
+}
+
+Variable crossentropy_softmax_1hot_dx(const Variable& dnll, const Variable& sm, const Variable& y,
+                                      std::source_location where) {
+    return apply1(std::make_shared<CrossentropySoftmax1HotDx>(), {dnll, sm, y}, where);
+}
+
 Variable relu(const Variable& x) { return maximum(x, 0.0); }
 
 Variable binary_crossentropy(const Variable& output, const Variable& target) {

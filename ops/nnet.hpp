@@ -4,6 +4,8 @@
 /// and rewrites for free.
 #pragma once
 
+#include <source_location>
+
 #include "graph/graph.hpp"
 
 namespace theanine {
@@ -38,6 +40,55 @@ public:
 };
 
 Variable log_softmax(const Variable& x);
+
+/// The negative log-likelihood of integer labels under a row-wise softmax, and the softmax,
+/// in one pass (the crossentropy_softmax_1hot of Theano): for a float matrix x and an integer
+/// vector y, nll[i] = log(sum_j exp(x[i, j] - m_i)) - (x[i, y[i]] - m_i), m_i the row's maximum,
+/// for the first len(y) rows, and sm = softmax(x) for every row. Finite for any finite logits
+/// (-log(softmax(x)[i, y[i]]) is inf once the label's logit trails the maximum by about 745).
+/// Labels count from the end of a row when negative, as in indexing. With rows_must_match,
+/// y must have one label per row (the form x.shape[0] indexes); otherwise it may be shorter.
+/// The stabilize rewrites local_crossentropy_softmax_1hot and local_crossentropy_softmax_1hot_grad
+/// put it and CrossentropySoftmax1HotDx in place of the indexing form of the negative
+/// log-likelihood and of its gradient.
+class CrossentropySoftmax1Hot final : public Op {
+public:
+    explicit CrossentropySoftmax1Hot(bool rows_must_match) : rows_must_match_(rows_must_match) {}
+    bool rows_must_match() const { return rows_must_match_; }
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op& o) const override {
+        return static_cast<const CrossentropySoftmax1Hot&>(o).rows_must_match_ == rows_must_match_;
+    }
+    std::size_t props_hash() const override { return rows_must_match_ ? 3 : 2; }
+
+private:
+    bool rows_must_match_;
+};
+
+/// The gradient of CrossentropySoftmax1Hot's nll with respect to x: dx[i, :] = dnll[i] *
+/// (sm[i, :] - onehot(y[i])) for the first len(y) rows, zero below them. dnll has len(y)
+/// entries or is a broadcastable vector of one.
+class CrossentropySoftmax1HotDx final : public Op {
+public:
+    std::string name() const override { return "CrossentropySoftmax1HotDx"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op&) const override { return true; }
+    std::size_t props_hash() const override { return 4; }
+};
+
+struct NllAndSoftmax {
+    Variable nll;      ///< vector: -log(softmax(x)[i, y[i]])
+    Variable softmax;  ///< matrix: softmax(x)
+};
+NllAndSoftmax crossentropy_softmax_1hot(const Variable& x, const Variable& y, bool rows_must_match = true,
+                                        std::source_location where = std::source_location::current());
+Variable crossentropy_softmax_1hot_dx(const Variable& dnll, const Variable& sm, const Variable& y,
+                                      std::source_location where = std::source_location::current());
 /// max(x, 0).
 Variable relu(const Variable& x);
 /// -(target * log(output) + (1 - target) * log(1 - output)), elementwise.

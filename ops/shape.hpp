@@ -208,6 +208,7 @@ public:
 class AdvancedIncSubtensor final : public Op {
 public:
     explicit AdvancedIncSubtensor(bool set) : set_(set) {}
+    bool set() const { return set_; }
     std::string name() const override;
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;

@@ -527,7 +527,7 @@ TEST_CASE("stabilize: log(softmax(x)) becomes LogSoftmax, finite for logits 1000
         // and its gradient (softmax(x) - onehot(y)) / n stay finite for these logits.
         Variable nll = -log(softmax(x))[{arange(y.shape(0)), y}].mean();
         Function f = function({x, y}, {nll, grad(nll, x)});
-        CHECK(count_op(f, "LogSoftmax") == 1);
+        CHECK(count_op(f, "CrossentropySoftmax1Hot{leading_rows}") == 1);
         const auto out = f({xv, I64({2}, {0, 2})});
         CHECK(out[0].item() == doctest::Approx(-(want[0] + want[5]) / 2).epsilon(tol));
         std::vector<double> g_want(6);
@@ -537,9 +537,128 @@ TEST_CASE("stabilize: log(softmax(x)) becomes LogSoftmax, finite for logits 1000
         CHECK(close(out[1].to_doubles(), g_want, tol));
         // categorical_crossentropy(softmax(x), y) is the same graph.
         Function cce = function({x, y}, {categorical_crossentropy(softmax(x), y).mean()});
-        CHECK(count_op(cce, "LogSoftmax") == 1);
+        CHECK(count_op(cce, "CrossentropySoftmax1Hot") == 1);
         CHECK(cce({xv, I64({2}, {0, 2})})[0].item() == doctest::Approx(out[0].item()).epsilon(tol));
     }
+}
+
+TEST_CASE("stabilize: the indexing negative log-likelihood and its gradient become CrossentropySoftmax1Hot and its Dx") {
+    const std::vector<std::string> both = {"local_crossentropy_softmax_1hot", "local_crossentropy_softmax_1hot_grad"};
+    for (const DType dt : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(dt));
+        const double tol = dt == DType::float32 ? 2e-6 : 1e-14;
+        Variable x = input(TensorType{dt, {false, false}}, "x");
+        Variable y = lvector("y");
+        Variable nll = -mean(log(softmax(x))[{arange(y.shape(0)), y}]);
+        Variable gx = grad(nll, x);
+        Function on = function({x, y}, {nll, gx});
+        Function off = function({x, y}, {nll, gx}, {}, {}, excluding(both));
+        // Before: LogSoftmax, a separate Softmax for the gradient, a scatter into zeros and a row sum.
+        CHECK(count_op(off, "LogSoftmax") == 1);
+        CHECK(count_op(off, "Softmax") == 1);
+        CHECK(count_op(off, "AdvancedIncSubtensor") == 1);
+        // After: one op gives the nll and the softmax, the other the gradient.
+        CHECK(count_op(on, "CrossentropySoftmax1Hot{leading_rows}") == 1);
+        CHECK(count_op(on, "CrossentropySoftmax1HotDx") == 1);
+        CHECK(count_op(on, "LogSoftmax") == 0);
+        CHECK(count_op(on, "Softmax") == 0);
+        CHECK(count_op(on, "AdvancedIncSubtensor") == 0);
+
+        // Ordinary logits: both graphs agree; labels may be negative (counted from the row's end).
+        const Tensor xv = random_tensor({5, 4}, 11, -3, 3).astype(dt);
+        const Tensor yv = I64({5}, {0, 3, -1, 2, 1});
+        const auto a = on({xv, yv});
+        const auto b = off({xv, yv});
+        CHECK(a[0].item() == doctest::Approx(b[0].item()).epsilon(tol));
+        CHECK(close(a[1].to_doubles(), b[1].to_doubles(), tol));
+        // By hand for row 0: -log(e^x0 / sum e^xj) / 5 is its share of the mean.
+        const auto xd = xv.to_doubles();
+        double want = 0;
+        const std::vector<int> lab = {0, 3, 3, 2, 1};
+        for (int r = 0; r < 5; ++r) {
+            double s = 0;
+            for (int j = 0; j < 4; ++j) s += std::exp(xd[r * 4 + j]);
+            want += (std::log(s) - xd[r * 4 + lab[r]]) / 5;
+        }
+        CHECK(a[0].item() == doctest::Approx(want).epsilon(tol));
+
+        // Logits 1000 apart: the naive graph (no rewrites at all) gives inf and a NaN gradient;
+        // the fused one the hand value 2000 / 2 and a finite gradient (softmax - onehot) / n.
+        const Tensor big = T64({2, 3}, {1000, 0, -1000, 0, 1000, 2}).astype(dt);
+        const Tensor ybig = I64({2}, {2, 1});
+        Function naive = function({x, y}, {nll, gx}, {}, {}, no_rewrites());
+        const auto nv = naive({big, ybig});
+        CHECK(std::isinf(nv[0].item()));
+        const auto fv = on({big, ybig});
+        CHECK(fv[0].item() == doctest::Approx(1000.0).epsilon(tol));
+        const std::vector<double> g_want = {0.5, 0, -0.5, 0, 0, 0};
+        const auto g = fv[1].to_doubles();
+        for (double v : g) CHECK(std::isfinite(v));
+        CHECK(close(g, g_want, tol));
+    }
+}
+
+TEST_CASE("CrossentropySoftmax1Hot: values by hand, fewer labels than rows, and errors naming the input") {
+    Variable x = dmatrix("x");
+    Variable y = lvector("y");
+    auto [nll, sm] = crossentropy_softmax_1hot(x, y);
+    Function f = function({x, y}, {nll, sm});
+    // Row (1, 2, 3) with label 2: nll = log(e^-2 + e^-1 + 1); softmax = e^(x-3) / that sum.
+    const double s = std::exp(-2.0) + std::exp(-1.0) + 1;
+    const auto out = f({T64({1, 3}, {1, 2, 3}), I64({1}, {2})});
+    CHECK(out[0].item() == doctest::Approx(std::log(s)).epsilon(1e-15));
+    CHECK(close(out[1].to_doubles(), {std::exp(-2.0) / s, std::exp(-1.0) / s, 1 / s}, 1e-15));
+
+    CHECK(error_of([&] { f({T64({2, 3}, {1, 2, 3, 4, 5, 6}), I64({2}, {0, 3})}); })
+              .find("CrossentropySoftmax1Hot: label 3 (at position 1 of input 1) is out of bounds for rows of 3 classes") !=
+          std::string::npos);
+    CHECK(error_of([&] { f({T64({2, 3}, {1, 2, 3, 4, 5, 6}), I64({1}, {0})}); })
+              .find("CrossentropySoftmax1Hot: 1 labels for a matrix of 2 rows") != std::string::npos);
+    CHECK(error_of([&] { crossentropy_softmax_1hot(x, vector("p", DType::float64)); })
+              .find("CrossentropySoftmax1Hot: input 1 (the labels) must be an integer vector, got float64 vector (node built at test_rewrites.cpp") != std::string::npos);
+
+    // The indexing form over arange(len(y)) reads only the first len(y) rows: the fused graph
+    // does the same, and the gradient's other rows are zero.
+    Variable cost = -log(softmax(x))[{arange(y.shape(0)), y}].sum();
+    Function part = function({x, y}, {cost, grad(cost, x)});
+    Function ref = function({x, y}, {cost, grad(cost, x)}, {}, {},
+                            excluding({"local_crossentropy_softmax_1hot", "local_crossentropy_softmax_1hot_grad"}));
+    CHECK(count_op(part, "CrossentropySoftmax1HotDx") == 1);
+    const Tensor xv = random_tensor({4, 3}, 12, -2, 2);
+    const auto p = part({xv, I64({2}, {1, 0})});
+    const auto r = ref({xv, I64({2}, {1, 0})});
+    CHECK(p[0].item() == doctest::Approx(r[0].item()).epsilon(1e-14));
+    CHECK(close(p[1].to_doubles(), r[1].to_doubles(), 1e-14));
+    const auto pg = p[1].to_doubles();
+    for (int i = 6; i < 12; ++i) CHECK(pg[i] == 0.0);
+    // More labels than rows is refused as the indexing would refuse it.
+    CHECK(error_of([&] { part({xv, I64({5}, {0, 0, 0, 0, 0})}); }).find("5 labels for a matrix of 4 rows") !=
+          std::string::npos);
+}
+
+TEST_CASE("CrossentropySoftmax1Hot and its Dx: gradients agree with finite differences") {
+    const Variable y = constant(I64({3}, {2, 0, 3}));
+    // Both outputs of the fused op feed the cost, so both pullback terms are checked.
+    VerifyGradReport r = verify_grad(
+        [&](auto v) {
+            auto [nll, sm] = crossentropy_softmax_1hot(v[0], y);
+            return add(sum(mul(nll, constant(T64({3}, {0.3, -1.2, 0.7})))), sum(mul(sm, sm)));
+        },
+        {random_tensor({3, 4}, 13, -2, 2)});
+    CHECK(r.n_checked > 0);
+    // The Dx op in dnll and in sm; two labels for three rows (the third row's gradient is zero).
+    const Variable y2 = constant(I64({2}, {1, -1}));
+    r = verify_grad([&](auto v) { return crossentropy_softmax_1hot_dx(v[0], v[1], y2); },
+                    {random_tensor({2}, 14, -1, 1), random_tensor({3, 3}, 15, 0.1, 0.9)});
+    CHECK(r.n_checked > 0);
+    // Second derivative through the fused graph: grad of sum(grad^2) matches finite differences.
+    r = verify_grad(
+        [&](auto v) {
+            Variable c = crossentropy_softmax_1hot(v[0], y).nll.sum();
+            return sum(sqr(grad(c, v[0])));
+        },
+        {random_tensor({3, 4}, 16, -2, 2)});
+    CHECK(r.n_checked > 0);
 }
 
 TEST_CASE("LogSoftmax's gradient agrees with finite differences, vector and matrix") {

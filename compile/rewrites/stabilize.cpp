@@ -103,6 +103,80 @@ std::optional<std::vector<Variable>> local_log_softmax(const Node& n) {
     return std::nullopt;
 }
 
+// Whether a is arange(0, len(y), 1) (then the labels may be fewer than the rows) or
+// arange(0, rows of x, 1) (then they must match); nullopt when it is neither.
+std::optional<bool> row_range_needs_match(const Variable& a, const Variable& x, const Variable& y) {
+    if (!pattern::op_as<ARange>(a)) return std::nullopt;
+    const auto& se = a.node().inputs;
+    if (!is_constant_value(se[0], 0.0) || !is_constant_value(se[2], 1.0)) return std::nullopt;
+    const ShapeI* s = pattern::op_as<ShapeI>(se[1]);
+    if (!s || s->axis() != 0) return std::nullopt;
+    const Variable& of = se[1].node().inputs[0];
+    if (of.same(y)) return false;
+    const bool rows_of_x = of.same(x) || ((pattern::op_as<Softmax>(of) || pattern::op_as<LogSoftmax>(of)) &&
+                                          of.node().inputs[0].same(x));
+    if (rows_of_x) return true;
+    return std::nullopt;
+}
+
+// The negative log-likelihood in indexing form, log_softmax(x)[arange(len(y)), y] (what
+// log(softmax(x))[...] becomes), -> -nll of CrossentropySoftmax1Hot(x, y): one pass that also
+// gives the softmax its gradient reads.
+std::optional<std::vector<Variable>> local_crossentropy_softmax_1hot(const Node& n) {
+    if (n.inputs.size() != 3 || !pattern::op_as<AdvancedSubtensor>(n.output(0))) return std::nullopt;
+    const Variable& ls = n.inputs[0];
+    if (!pattern::op_as<LogSoftmax>(ls) || ls.ndim() != 2) return std::nullopt;
+    const Variable& x = ls.node().inputs[0];
+    const Variable& y = n.inputs[2];
+    if (y.ndim() != 1) return std::nullopt;
+    const std::optional<bool> match = row_range_needs_match(n.inputs[1], x, y);
+    if (!match) return std::nullopt;
+    return typed(n.output(0), neg(crossentropy_softmax_1hot(x, y, *match).nll));
+}
+
+// The gradient of that negative log-likelihood with respect to the logits, as grad builds it
+// (after local_mul_div_cancel): A - softmax(x) * sum(A, 1)[:, None], with A the labels'
+// gradients v scattered into zeros, A = advanced_inc_subtensor(zeros, v, {arange(len(y)), y}),
+// -> CrossentropySoftmax1HotDx(-v, softmax(x), y); the softmax is the one
+// CrossentropySoftmax1Hot(x, y) computes, so the forward pass and the gradient share it.
+std::optional<std::vector<Variable>> local_crossentropy_softmax_1hot_grad(const Node& n) {
+    Variable out = n.output(0);
+    if (!is(out, ScalarOp::sub) || out.ndim() != 2) return std::nullopt;
+    const Variable& A = n.inputs[0];
+    const Variable& M = n.inputs[1];
+    if (!is(M, ScalarOp::mul) || M.node().inputs.size() != 2) return std::nullopt;
+    const auto* inc = pattern::op_as<AdvancedIncSubtensor>(A);
+    if (!inc || A.node().inputs.size() != 4 || inc->set()) return std::nullopt;
+    const Variable& zeros = A.node().inputs[0];
+    if (!(is(zeros, ScalarOp::second) && is_constant_value(zeros.node().inputs[1], 0.0)) &&
+        !is_constant_value(zeros, 0.0)) {
+        return std::nullopt;
+    }
+    // One factor is softmax(x), the other sum(A, axis 1) as a column.
+    for (int k = 0; k < 2; ++k) {
+        const Variable& S = M.node().inputs[k];
+        const Variable& D = M.node().inputs[1 - k];
+        if (!pattern::op_as<Softmax>(S)) continue;
+        const auto* ds = pattern::op_as<DimShuffle>(D);
+        if (!ds || ds->order() != std::vector<int>{0, -1}) continue;
+        const Variable& total = D.node().inputs[0];
+        const auto* red = pattern::op_as<Reduce>(total);
+        if (!red || red->kind() != ReduceKind::sum || red->axes() != std::vector<int>{1} ||
+            !total.node().inputs[0].same(A)) {
+            continue;
+        }
+        const Variable& x = S.node().inputs[0];
+        const Variable& y = A.node().inputs[3];
+        const Variable& v = A.node().inputs[1];
+        if (y.ndim() != 1 || v.ndim() > 1 || v.dtype() != out.dtype()) continue;
+        const std::optional<bool> match = row_range_needs_match(A.node().inputs[2], x, y);
+        if (!match) continue;
+        Variable dnll = v.ndim() == 1 ? neg(v) : dimshuffle(neg(v), {-1});
+        return typed(out, crossentropy_softmax_1hot_dx(dnll, crossentropy_softmax_1hot(x, y, *match).softmax, y));
+    }
+    return std::nullopt;
+}
+
 // log1p(exp(x)) -> softplus(x)
 std::optional<std::vector<Variable>> local_log1p_exp(const Node& n) {
     Variable out = n.output(0);
@@ -207,6 +281,9 @@ void register_stabilize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_log1p", "stabilize", {"fast_run"}, local_log1p});
     r.add(NodeRewriter{"local_log1p_exp", "stabilize", {"fast_run"}, local_log1p_exp});
     r.add(NodeRewriter{"local_log_softmax", "stabilize", {"fast_run"}, local_log_softmax});
+    r.add(NodeRewriter{"local_crossentropy_softmax_1hot", "stabilize", {"fast_run"}, local_crossentropy_softmax_1hot});
+    r.add(NodeRewriter{"local_crossentropy_softmax_1hot_grad", "stabilize", {"fast_run"},
+                       local_crossentropy_softmax_1hot_grad});
     r.add(NodeRewriter{"local_exp_over_1_plus_exp", "stabilize", {"fast_run"}, local_exp_over_1_plus_exp});
     r.add(NodeRewriter{"local_log_add_exp", "stabilize", {"fast_run"}, local_log_add_exp});
     r.add(NodeRewriter{"local_log_sum_exp", "stabilize", {"fast_run"}, local_log_sum_exp});
