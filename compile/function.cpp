@@ -336,6 +336,19 @@ void check_unused_inputs(const CompileOptions& options, Compilation& c) {
     }
 }
 
+// Stage: no output or update is built on an undefined gradient (a not_differentiable marker
+// that reached the graph inside a larger expression): refused now, not when called.
+void check_defined_gradients(const Compilation& c) {
+    for (const auto& node : toposort(c.all)) {
+        if (node->kind != NodeKind::apply) continue;
+        const Variable v(node, 0);
+        if (!is_not_differentiable(v)) continue;
+        const std::string reason = not_differentiable_reason(v);
+        throw UsageError(fmt::format("function: the graph uses an undefined gradient, {}{}; a function cannot compute "
+                                     "it", node->op->name(), reason.empty() ? "" : " (" + reason + ")"));
+    }
+}
+
 // Stage: one slot per variable (an in-place output later takes its input's slot). Inputs
 // first, in order; constants hold their values; shared values and views are bound per call.
 void assign_slots(Compilation& c, Plan& p) {
@@ -603,6 +616,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     c.inputs = inputs;
     check_signature(inputs, outputs, updates, c);
     substitute_givens(givens, options, c);
+    check_defined_gradients(c);
     check_unused_inputs(options, c);
     RewriteLog log;
     log.verbose = options.verbose;

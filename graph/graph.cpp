@@ -44,11 +44,27 @@ const TensorType& Variable::type() const {
     return node_->types.at(static_cast<std::size_t>(index_));
 }
 
-std::string Variable::name() const { return node_ ? node_->name : ""; }
+std::string Variable::name() const {
+    if (!node_) return "";
+    if (node_->kind != NodeKind::apply) return node_->name;
+    const auto i = static_cast<std::size_t>(index_);
+    return i < node_->output_names.size() ? node_->output_names[i] : "";
+}
+
+void Variable::set_name(const std::string& name) const {
+    if (!node_) throw UsageError("set_name: the Variable is undefined");
+    if (node_->kind != NodeKind::apply) {
+        throw UsageError(fmt::format("set_name: '{}' is a {} and keeps the name it was made with", label(),
+                                     node_->kind == NodeKind::constant ? "constant" : "leaf"));
+    }
+    node_->output_names.resize(static_cast<std::size_t>(node_->n_outputs()));
+    node_->output_names[static_cast<std::size_t>(index_)] = name;
+}
 
 std::string Variable::label() const {
     if (!node_) return "<undefined>";
     if (!node_->name.empty()) return node_->name;
+    if (std::string n = name(); !n.empty()) return n;
     if (node_->kind == NodeKind::apply) {
         std::string s = node_->op->name();
         if (node_->n_outputs() > 1) s += fmt::format(".{}", index_);

@@ -65,7 +65,9 @@ public:
     DType dtype() const { return type().dtype; }
     int ndim() const { return type().ndim(); }
     const std::vector<bool>& broadcastable() const { return type().broadcastable; }
-    std::string name() const;  ///< the leaf's name, or "" for an apply output
+    std::string name() const;  ///< the leaf's name, or the name set on an apply output ("" if none)
+    /// Names an apply output (as `var.name = ...` in Theano); a leaf keeps the name it was made with.
+    void set_name(const std::string& name) const;
     /// A short label for messages: the name, or the op name with the output index.
     std::string label() const;
 
@@ -210,6 +212,9 @@ public:
     std::vector<Variable> inputs;             ///< apply only
     std::vector<TensorType> types;            ///< one per output (leaves: one)
     std::string name;                         ///< leaves: the user's name
+    /// Apply nodes: names given to outputs after the node was built (Variable::set_name; grad
+    /// names its results (dcost/dwrt)); empty where none was given.
+    mutable std::vector<std::string> output_names;
     Tensor value;                             ///< constants
     bool weak = false;                        ///< constants auto-wrapped from C++ numbers
     std::shared_ptr<SharedCell> cell;         ///< shared variables

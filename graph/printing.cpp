@@ -28,6 +28,7 @@ std::string leaf_or_op(const Variable& v) {
     case NodeKind::apply: {
         std::string s = n.op->name();
         if (n.n_outputs() > 1) s += fmt::format(".{}", v.index());
+        if (std::string name = v.name(); !name.empty()) s += fmt::format(" '{}'", name);
         return s;
     }
     case NodeKind::constant: return n.name.empty() ? constant_text(n.value) : n.name;

@@ -444,7 +444,10 @@ void Cast::perform(const Node&, std::span<const Tensor* const> in, std::span<Ten
 
 std::vector<Variable> Cast::pullback(const Node& node, const std::vector<Variable>& out_grads) const {
     const Variable& x = node.inputs[0];
-    if (!is_float(x.dtype()) || !is_float(to_)) return {Variable()};
+    // An integer result passes no gradient (grad gives its inputs zeros before asking); an
+    // integer source gets the float gradient as it is, as Theano's.
+    if (!is_float(to_)) return {Variable()};
+    if (!is_float(x.dtype())) return {out_grads[0]};
     return {cast(out_grads[0], x.dtype())};
 }
 

@@ -234,10 +234,6 @@ std::vector<Variable> Join::pullback(const Node& node, const std::vector<Variabl
     std::vector<Variable> grads;
     Variable at = constant(Tensor::full(DType::int64, {}, 0));
     for (const auto& x : node.inputs) {
-        if (!is_float(x.dtype())) {
-            grads.emplace_back();
-            continue;
-        }
         Variable next = at + x.shape(axis_);
         std::vector<Idx> idx(static_cast<std::size_t>(axis_), Idx::all());
         idx.push_back(slice(at, next));

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "autodiff/grad.hpp"
 #include "compile/rewrites/rewrites.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/shape.hpp"
@@ -327,9 +328,17 @@ std::optional<std::vector<Variable>> local_collect_terms(const Node& n) {
     return if_same_type(out, f.defined() ? mul(f, sum) : sum);
 }
 
+// disconnected_grad(x), zero_grad(x), consider_constant(x), grad_clip(x), grad_scale(x) -> x:
+// they change only gradients, which are built before compiling.
+std::optional<std::vector<Variable>> local_remove_gradient_ops(const Node& n) {
+    if (!dynamic_cast<const GradOverride*>(n.op.get())) return std::nullopt;
+    return std::vector<Variable>{n.inputs[0]};
+}
+
 }  // namespace
 
 void register_canonicalize(RewriteRegistry& r) {
+    r.add(NodeRewriter{"local_remove_gradient_ops", "canonicalize", {"fast_run"}, local_remove_gradient_ops});
     r.add(NodeRewriter{"local_mul_by_one", "canonicalize", {"fast_run"}, local_mul_by_one});
     r.add(NodeRewriter{"local_add_zero", "canonicalize", {"fast_run"}, local_add_zero});
     r.add(NodeRewriter{"local_double_neg", "canonicalize", {"fast_run"}, local_double_neg});
