@@ -304,11 +304,11 @@ void substitute_givens(const Givens& givens, const CompileOptions& options, Comp
         if (!options.no_default_updates) {
             for (const auto& node : toposort(after)) {
                 if (node->kind != NodeKind::shared || updated.count(node->cell.get())) continue;
-                auto upd = node->cell->default_update_node.lock();
-                if (!upd) continue;
+                Variable upd = default_update_of(node);
+                if (!upd.defined()) continue;
                 updated.insert(node->cell.get());
                 c.update_cells.push_back(node->cell);
-                before.emplace_back(upd, node->cell->default_update_index);
+                before.push_back(upd);
                 c.update_names.push_back(node->name.empty() ? "<shared>" : node->name);
                 grew = true;
             }

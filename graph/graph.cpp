@@ -230,13 +230,41 @@ void SharedVariable::set_value(const Tensor& value, bool borrow) const {
     cell().value = borrow ? value : value.copy();
 }
 
-void SharedVariable::set_default_update(const Variable& update) const {
+void SharedVariable::tie_default_update(const Variable& update) const {
+    if (!update.defined()) throw UsageError(fmt::format("default update of '{}' is an undefined Variable", label()));
     if (update.type() != type()) {
         throw UsageError(fmt::format("default update of '{}' has type {}, expected {}", label(),
                                      update.type().str(), type().str()));
     }
+    clear_default_update();
     cell().default_update_node = update.node_ptr();
     cell().default_update_index = update.index();
+}
+
+void SharedVariable::set_default_update(const Variable& update) const {
+    tie_default_update(update);
+    Variable self = input(type(), name().empty() ? "<shared>" : name());
+    VarMap<Variable> to_self;
+    to_self[key(*this)] = self;
+    cell().detached_update = clone_with_replace({update}, to_self)[0];
+    cell().detached_self = self;
+}
+
+void SharedVariable::clear_default_update() const {
+    cell().default_update_node.reset();
+    cell().default_update_index = 0;
+    cell().detached_update = Variable();
+    cell().detached_self = Variable();
+}
+
+Variable default_update_of(const std::shared_ptr<const Node>& shared_node) {
+    if (!shared_node || shared_node->kind != NodeKind::shared) return Variable();
+    const SharedCell& cell = *shared_node->cell;
+    if (auto live = cell.default_update_node.lock()) return Variable(live, cell.default_update_index);
+    if (!cell.detached_update.defined()) return Variable();
+    VarMap<Variable> back;
+    back[key(cell.detached_self)] = Variable(shared_node, 0);
+    return clone_with_replace({cell.detached_update}, back)[0];
 }
 
 SharedVariable shared(const Tensor& value, const std::string& name, bool borrow,

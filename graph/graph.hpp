@@ -199,10 +199,19 @@ struct SharedCell {
     Tensor value;
     std::string name;
     /// Update applied by every function that reads this variable, unless the function's own
-    /// updates name it (random generator states use this). Held weakly: the expression is
-    /// kept alive by the graphs that use its other outputs, and a cycle is avoided.
+    /// updates name it. The expression itself is held weakly, so that while a graph uses it a
+    /// function computes that very node. A random op's new state is tied to its draw this
+    /// way only (tie_default_update): once the draw's graph is gone, or a loop has taken the
+    /// draw into its step, the state has no default update. For an update set by
+    /// set_default_update, a copy with this variable replaced by the placeholder
+    /// `detached_self` is also held strongly (holding the expression itself would be a cycle,
+    /// as it refers to this variable) and takes over once nothing else keeps the expression
+    /// alive (x.set_default_update(x + 1) from a temporary). Two shared variables whose
+    /// default updates read each other keep each other alive.
     std::weak_ptr<const Node> default_update_node;
     int default_update_index = 0;
+    Variable detached_update;
+    Variable detached_self;
 };
 
 class Node : public std::enable_shared_from_this<Node> {
@@ -270,9 +279,19 @@ public:
     /// the dtype or rank does not fit its type.
     void set_value(const Tensor& value, bool borrow = false) const;
     SharedCell& cell() const { return *node().cell; }
-    /// Sets the expression every function reading this variable uses as its update.
+    /// Sets the expression every function reading this variable uses as its update (Theano's
+    /// `x.default_update = ...`); the expression is kept for as long as the variable lives.
     void set_default_update(const Variable& update) const;
+    /// As set_default_update, for as long as a graph holds the expression's node only (random
+    /// ops tie their generator state's update to the draw this way).
+    void tie_default_update(const Variable& update) const;
+    /// Removes it (Theano's `del x.default_update`).
+    void clear_default_update() const;
 };
+
+/// The default update of the shared variable `shared_node`: the expression set, or its copy
+/// rebuilt on this variable when the expression is gone; undefined when none is set.
+Variable default_update_of(const std::shared_ptr<const Node>& shared_node);
 
 /// shared(value, name): the type is value's dtype with no broadcastable dimension (as in
 /// Theano); broadcastable overrides that.

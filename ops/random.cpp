@@ -590,7 +590,7 @@ Variable RandomStreams::make(NumpyRandomOp::Dist dist, const Size& size, Variabl
     SharedVariable state = shared(rs.to_blob(), fmt::format("random_state_{}", states_.size()));
     auto outs = apply(std::make_shared<NumpyRandomOp>(dist, dtype, nd),
                       {state, sz, cast(a, DType::float64), cast(b, DType::float64)});
-    state.set_default_update(outs[0]);
+    state.tie_default_update(outs[0]);
     states_.push_back(state);
     return outs[1];
 }
@@ -779,7 +779,7 @@ Variable MRG_RandomStreams::uniform(const Size& size, double low, double high, s
     SharedVariable st = new_state(size, n);
     auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::uniform, dt, nd),
                       {st, sz, constant(as_floatx(low), dt), constant(as_floatx(high), dt)});
-    st.set_default_update(outs[0]);
+    st.tie_default_update(outs[0]);
     return outs[1];
 }
 
@@ -810,7 +810,7 @@ Variable MRG_RandomStreams::normal(const Size& size, double avg, double std, std
     SharedVariable st = new_state(size, std::nullopt);
     auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::normal, dt, nd),
                       {st, sz, constant(as_floatx(avg), dt), constant(as_floatx(std), dt)});
-    st.set_default_update(outs[0]);
+    st.tie_default_update(outs[0]);
     return outs[1];
 }
 

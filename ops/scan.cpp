@@ -518,10 +518,10 @@ ScanResult scan(const ScanFn& fn, const ScanArgs& a, std::source_location where)
         bool grew = false;
         for (const auto& node : toposort(all)) {
             if (node->kind != NodeKind::shared || updated.count(node->cell.get())) continue;
-            auto upd = node->cell->default_update_node.lock();
-            if (!upd) continue;
+            Variable upd = default_update_of(node);
+            if (!upd.defined()) continue;
             updated.insert(node->cell.get());
-            updates.emplace_back(SharedVariable(node->output(0)), Variable(upd, node->cell->default_update_index));
+            updates.emplace_back(SharedVariable(node->output(0)), upd);
             grew = true;
         }
         if (!grew) break;

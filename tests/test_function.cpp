@@ -390,6 +390,70 @@ TEST_CASE("function edge cases as Theano has them: unused inputs, givens on inpu
     CHECK_THROWS_WITH_AS(g.call({1.0}, {arg("c", 1.0)}), "function call: missing argument for input 1 ('b')", UsageError);
 }
 
+TEST_CASE("default updates set from temporary expressions live on; cleared, chained, partial graphs, givens") {
+    auto ishared = [](std::int64_t v, const std::string& name) { return shared(I64({}, {v}), name); };
+    auto value = [](const SharedVariable& s) { return static_cast<std::int64_t>(s.get_value().item()); };
+    // x + 1 is a temporary: nothing but x's default update refers to it.
+    SharedVariable x = ishared(0, "x");
+    x.set_default_update(x + constant(1.0, DType::int64));
+    Function f = function({}, {x});
+    f();
+    CHECK(value(x) == 1);
+    x.clear_default_update();
+    f();  // compiled with the update: it keeps it
+    CHECK(value(x) == 2);
+    function({}, {x})();
+    CHECK(value(x) == 2);
+
+    // Chained: x := x - y, y := z, z := z - 1; each function applies the updates of what it reads.
+    SharedVariable a = ishared(2, "a"), b = ishared(1, "b"), c = ishared(-1, "c");
+    a.set_default_update(a - b);
+    b.set_default_update(Variable(c));
+    c.set_default_update(c - constant(1.0, DType::int64));
+    function({}, {a})();
+    CHECK(std::vector<std::int64_t>{value(a), value(b), value(c)} == std::vector<std::int64_t>{1, -1, -2});
+    function({}, {a, b})();
+    CHECK(std::vector<std::int64_t>{value(a), value(b), value(c)} == std::vector<std::int64_t>{2, -2, -3});
+    function({}, {b})();
+    CHECK(std::vector<std::int64_t>{value(a), value(b), value(c)} == std::vector<std::int64_t>{2, -3, -4});
+    CompileOptions no_a;
+    no_a.no_default_updates_for = {a};
+    function({}, {a, b}, {}, {}, no_a)();
+    CHECK(std::vector<std::int64_t>{value(a), value(b), value(c)} == std::vector<std::int64_t>{2, -4, -5});
+    CompileOptions no_c;
+    no_c.no_default_updates_for = {c};
+    function({}, {a, b, c}, {}, {}, no_c)();
+    CHECK(std::vector<std::int64_t>{value(a), value(b), value(c)} == std::vector<std::int64_t>{6, -5, -5});
+
+    // An update that reads an input: the function must take it.
+    SharedVariable p = ishared(0, "p"), q = ishared(1, "q");
+    Variable k = lscalar("k");
+    p.set_default_update(Variable(q));
+    q.set_default_update(q + k);
+    function({k}, {p})({2.0});
+    CHECK(value(p) == 1);
+    CHECK(value(q) == 3);
+    CHECK(error_of([&] { function({}, {p}); }).find("'k'") != std::string::npos);
+
+    // Only the tip of a graph is used (the part under it given): the variable under it is not
+    // read, so not updated.
+    SharedVariable t = ishared(0, "t");
+    t.set_default_update(t + constant(1.0, DType::int64));
+    Variable twice = t * constant(2.0, DType::int64);
+    Variable m = lscalar("m");
+    Function tip = function({m}, {twice + constant(1.0, DType::int64)}, {}, {{twice, m}});
+    CHECK(tip({21.0})[0].item() == 22);
+    CHECK(value(t) == 0);
+
+    // A given that replaces the variable by an expression of it applies to its update too:
+    // c = s + 10 with s := s + 10 given, and s's update s + 3 becomes (s + 10) + 3.
+    SharedVariable sv = shared(T64({}, {1}), "s");
+    sv.set_default_update(sv + 3.0);
+    Function g = function({}, {sv + 10.0}, {}, {{sv, sv + 10.0}});
+    CHECK(g()[0].item() == 21);
+    CHECK(g()[0].item() == 34);
+}
+
 TEST_CASE("default updates: no_default_updates, and a given that replaces the variable drops its update") {
     MRG_RandomStreams rng(234);
     Variable u = rng.uniform(std::vector<std::int64_t>{3});

@@ -95,9 +95,10 @@ std::pair<Variable, Updates> unrolled_cd(models::RBM& rbm, const Variable& lr, s
     std::vector<SharedVariable> states;
     std::vector<Variable> next;
     for (const auto& node : toposort({g[2], g[5]})) {
-        if (node->kind != NodeKind::shared || !node->cell->default_update_node.lock()) continue;
+        Variable upd = default_update_of(node);
+        if (!upd.defined()) continue;
         states.emplace_back(node->output(0));
-        next.emplace_back(node->cell->default_update_node.lock(), node->cell->default_update_index);
+        next.push_back(upd);
     }
     REQUIRE(states.size() == 2);
     Variable h = persistent ? Variable(*persistent) : ph[2];
