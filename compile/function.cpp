@@ -636,6 +636,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
         p.update_values.emplace_back(c.update_names[i], c.all[c.n_outputs + i]);
     }
     assign_slots(c, p);
+    for (auto& b : p.inputs) b.allow_downcast = options.allow_input_downcast;
     // In-place grants change slots, so they come before the schedule that orders readers
     // before writers; placement and liveness need the final order.
     c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of, !options.nan_guard);

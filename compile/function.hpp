@@ -52,6 +52,10 @@ struct CompileOptions {
     /// Theano's no_default_updates: leave out every default update (true), or those of the
     /// listed shared variables.
     bool no_default_updates = false;
+    /// Theano's allow_input_downcast: convert call arguments of any dtype to their inputs'
+    /// dtypes (float64 data for a float32 input). Without it only conversions numpy deems
+    /// safe are made (an int array for a float64 input) and others are refused.
+    bool allow_input_downcast = false;
     std::vector<SharedVariable> no_default_updates_for;
     /// Let the executor run parallel parts on fewer threads when that measures faster (other
     /// processes busy on the cores); false keeps num_threads() threads, for measurements.

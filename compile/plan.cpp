@@ -42,15 +42,26 @@ Tensor Plan::bind_arg(InputBinding& b, std::size_t position, const Arg& a) {
     if (a.tensor) {
         const Tensor& t = *a.tensor;
         if (!t.defined()) throw UsageError(fmt::format("function call: {} got an empty tensor", input_label(position, b)));
-        if (t.dtype() != type.dtype || t.ndim() != type.ndim()) {
+        if (t.ndim() != type.ndim()) {
             throw UsageError(fmt::format("function call: {} expects {}, got {} of shape {}", input_label(position, b),
                                          type.str(), dtype_name(t.dtype()), shape_string(t.shape())));
         }
-        if (!type.accepts(t)) {
+        if (!TensorType{t.dtype(), type.broadcastable}.accepts(t)) {
             throw UsageError(fmt::format("function call: {} expects {} (size 1 on broadcastable axes), got shape {}",
                                          input_label(position, b), type.str(), shape_string(t.shape())));
         }
-        return t;
+        if (t.dtype() == type.dtype) return t;
+        // Another dtype: converted when numpy's safe casting allows it (or the function was
+        // compiled with allow_input_downcast), into a buffer of the function's own.
+        if (!b.allow_downcast && !casts_safely(t.dtype(), type.dtype)) {
+            throw UsageError(fmt::format("function call: {} expects {}; {} data may lose precision as {} (cast it "
+                                         "first, or compile with CompileOptions::allow_input_downcast = true)",
+                                         input_label(position, b), type.str(), dtype_name(t.dtype()),
+                                         dtype_name(type.dtype)));
+        }
+        if (!b.converted.sole_owner() || b.converted.shape() != t.shape()) b.converted = Tensor::empty(type.dtype, t.shape());
+        b.converted.copy_from(t);
+        return b.converted;
     }
     if (type.ndim() != 0) {
         throw UsageError(fmt::format("function call: {} expects {}, got a number", input_label(position, b), type.str()));

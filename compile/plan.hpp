@@ -40,6 +40,8 @@ struct InputBinding {
     std::optional<Tensor> default_value;
     bool borrow = false;  // In::borrow: results and updates may keep the argument's buffer
     Tensor scratch;       // reused for number arguments
+    bool allow_downcast = false;  // CompileOptions::allow_input_downcast
+    Tensor converted;     // reused for arguments converted to the input's dtype
 };
 
 struct UpdateBinding {

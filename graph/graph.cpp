@@ -222,12 +222,16 @@ Tensor SharedVariable::get_value(bool borrow) const {
 }
 
 void SharedVariable::set_value(const Tensor& value, bool borrow) const {
-    if (!type().accepts(value)) {
+    if (!value.defined()) throw UsageError(fmt::format("set_value of shared variable '{}': the value is empty", label()));
+    const bool fits = TensorType{value.dtype(), type().broadcastable}.accepts(value);
+    if (!fits || !casts_safely(value.dtype(), dtype())) {
         throw UsageError(fmt::format(
-            "set_value of shared variable '{}': value {} {} does not fit its type {}",
-            label(), dtype_name(value.dtype()), shape_string(value.shape()), type().str()));
+            "set_value of shared variable '{}': value {} {} does not fit its type {}{}", label(),
+            dtype_name(value.dtype()), shape_string(value.shape()), type().str(),
+            fits ? " without losing precision (cast it first)" : ""));
     }
-    cell().value = borrow ? value : value.copy();
+    // Another dtype that converts safely (an int array for a float variable) is converted.
+    cell().value = value.dtype() != dtype() ? value.astype(dtype()) : borrow ? value : value.copy();
 }
 
 void SharedVariable::tie_default_update(const Variable& update) const {

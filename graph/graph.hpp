@@ -275,8 +275,9 @@ public:
 
     /// A copy of the value, or the stored tensor itself when borrow is true.
     Tensor get_value(bool borrow = false) const;
-    /// Replaces the value; copies unless borrow. Throws UsageError naming the variable when
-    /// the dtype or rank does not fit its type.
+    /// Replaces the value; copies unless borrow. A value of another dtype is converted when
+    /// numpy's safe casting allows it (casts_safely); otherwise, or when the rank or a
+    /// broadcastable axis does not fit, throws UsageError naming the variable.
     void set_value(const Tensor& value, bool borrow = false) const;
     SharedCell& cell() const { return *node().cell; }
     /// Sets the expression every function reading this variable uses as its update (Theano's

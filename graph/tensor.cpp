@@ -69,6 +69,17 @@ bool is_integer(DType dt) {
     return dt == DType::int64 || dt == DType::int32 || dt == DType::uint8;
 }
 
+bool casts_safely(DType from, DType to) {
+    if (from == to || from == DType::boolean) return true;
+    switch (from) {
+    case DType::uint8: return to != DType::boolean;
+    case DType::int32: return to == DType::int64 || to == DType::float64;
+    case DType::int64: return to == DType::float64;
+    case DType::float32: return to == DType::float64;
+    default: return false;
+    }
+}
+
 std::string shape_string(const Shape& shape) {
     std::string s = "(";
     for (std::size_t i = 0; i < shape.size(); ++i) {

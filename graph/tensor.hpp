@@ -29,6 +29,11 @@ std::string_view dtype_name(DType dt);
 DType dtype_from_name(std::string_view name);
 bool is_float(DType dt);
 bool is_integer(DType dt);  ///< int64, int32, uint8 (not bool)
+/// Whether numpy's "safe" casting allows from -> to (every value of from has a value in to
+/// that numpy deems equal: bool to anything, uint8 to the wider types, int32 to int64 and
+/// float64, int64 to float64, float32 to float64). Function arguments and set_value convert
+/// such values; other conversions need allow_input_downcast.
+bool casts_safely(DType from, DType to);
 
 template <class T>
 constexpr DType dtype_of();

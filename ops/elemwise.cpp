@@ -219,6 +219,15 @@ DType float_for(DType dt) {
     return config().floatX;
 }
 
+// The float dtype a float-only op gives integer operands (Theano's upgrade_to_float): the
+// small integers (bool, uint8) become float32, the wide ones float64; int / int true
+// division gives floatX instead.
+DType upgrade_to_float(ScalarOp op, DType dt) {
+    if (is_float(dt)) return dt;
+    if (op == ScalarOp::true_div) return config().floatX;
+    return dt == DType::int64 || dt == DType::int32 ? DType::float64 : DType::float32;
+}
+
 int kind_rank(DType dt) { return dt == DType::boolean ? 0 : (is_integer(dt) ? 1 : 2); }
 
 // Casts v to dt: weak constants are re-made in dt, others get a Cast node.
@@ -493,7 +502,7 @@ Variable elemwise(ScalarOp op, const std::vector<Variable>& inputs, std::source_
         dt = *strong;
         if (weak && kind_rank(*weak) > kind_rank(dt)) dt = kind_rank(*weak) == 2 ? float_for(dt) : DType::int64;
     }
-    if (inf.float_only) dt = float_for(dt);
+    if (inf.float_only) dt = upgrade_to_float(op, dt);
     int nd = 0;
     for (const auto& v : ins) nd = std::max(nd, v.ndim());
     for (std::size_t i = 0; i < ins.size(); ++i) {

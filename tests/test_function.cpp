@@ -59,8 +59,10 @@ TEST_CASE("arguments are checked and errors name the input") {
     CHECK(f({xv, 3})[0].to_doubles() == std::vector<double>{3, 6});
     CHECK_THROWS_WITH_AS(f({xv}), "function call: missing argument for input 1 ('i') (1 given, 2 needed)", UsageError);
     CHECK_THROWS_WITH_AS(f({xv, 1, 2}), "function call: 3 arguments given, the function takes 2", UsageError);
-    CHECK_THROWS_WITH_AS(f({T32({1, 2}, {1, 2}), 1}),
-                         "function call: input 0 ('x') expects float64 matrix, got float32 of shape (1, 2)", UsageError);
+    CHECK(f({T32({1, 2}, {1, 2}), 1})[0].to_doubles() == std::vector<double>{1, 2});  // float32 converts safely
+    CHECK_THROWS_WITH_AS(f({xv, T64({}, {2})}),
+                         "function call: input 1 ('i') expects int64 scalar; float64 data may lose precision as int64 "
+                         "(cast it first, or compile with CompileOptions::allow_input_downcast = true)", UsageError);
     CHECK_THROWS_WITH_AS(f({T64({2}, {1, 2}), 1}),
                          "function call: input 0 ('x') expects float64 matrix, got float64 of shape (2,)", UsageError);
     CHECK_THROWS_WITH_AS(f({xv, 1.5}), "function call: input 1 ('i') expects int64 scalar, got the non-integer 1.5",
@@ -388,6 +390,59 @@ TEST_CASE("function edge cases as Theano has them: unused inputs, givens on inpu
     CHECK_THROWS_WITH_AS(g.call({1.0, 2.0}, {arg("b", 1.0)}),
                          "function call: input 'b' given twice (by position and by name)", UsageError);
     CHECK_THROWS_WITH_AS(g.call({1.0}, {arg("c", 1.0)}), "function call: missing argument for input 1 ('b')", UsageError);
+}
+
+TEST_CASE("arguments of another dtype: converted when numpy deems it safe, else refused unless allow_input_downcast") {
+    Variable x = vector("x");
+    Function f = function({x}, {x * 2.0});
+    // int64, int32, uint8, bool and float32 data for a float64 input.
+    CHECK(f({I64({3}, {1, -2, 3})})[0].to_doubles() == std::vector<double>{2, -4, 6});
+    CHECK(f({Tensor::from_vector<std::int32_t>({2}, {7, 8})})[0].to_doubles() == std::vector<double>{14, 16});
+    CHECK(f({Tensor::from_vector<std::uint8_t>({2}, {255, 1})})[0].to_doubles() == std::vector<double>{510, 2});
+    CHECK(f({T32({2}, {0.1f, 1})})[0].to_doubles() == std::vector<double>{2 * static_cast<double>(0.1f), 2});
+    // float64 data for a float32 input, int64 for int32: refused, naming the input.
+    Variable xf = vector("xf", DType::float32);
+    Function g = function({xf}, {xf * 2.0});
+    CHECK(error_of([&] { g({T64({2}, {1, 0.1})}); }) ==
+          "function call: input 0 ('xf') expects float32 vector; float64 data may lose precision as float32 (cast "
+          "it first, or compile with CompileOptions::allow_input_downcast = true)");
+    Variable i = ivector("i");
+    Function h = function({i}, {i + 1});
+    CHECK(error_of([&] { h({I64({1}, {5})}); }).find("int64 data may lose precision as int32") != std::string::npos);
+    CHECK(h({Tensor::from_vector<std::uint8_t>({1}, {5})})[0].to_doubles() == std::vector<double>{6});
+    // With allow_input_downcast the value is converted (rounded to float32).
+    CompileOptions down;
+    down.allow_input_downcast = true;
+    Function gd = function({xf}, {xf * 2.0}, {}, {}, down);
+    const Tensor r = gd({T64({2}, {1, 0.1})})[0];
+    CHECK(r.dtype() == DType::float32);
+    CHECK(r.to_doubles()[1] == static_cast<double>(0.1f * 2.0f));
+    // Rank and broadcast pattern are still checked.
+    CHECK(error_of([&] { f({I64({1, 2}, {1, 2})}); }) == "function call: input 0 ('x') expects float64 vector, got int64 of shape (1, 2)");
+    // The caller's array is not the function's: a converted argument never aliases it.
+    Tensor data = I64({2}, {1, 2});
+    Function ident = function({x}, {Out(x, true)});
+    ident({data});
+    CHECK(data.to_doubles() == std::vector<double>{1, 2});
+}
+
+TEST_CASE("upcasts as Theano: small integers through transcendental ops give float32, int / int gives floatX") {
+    Variable b = input(TensorType{DType::uint8, {false}}, "b");
+    Variable flag = input(TensorType{DType::boolean, {false}}, "flag");
+    Variable i = lvector("i");
+    Variable j = ivector("j");
+    CHECK(exp(b).dtype() == DType::float32);
+    CHECK(sqrt(flag).dtype() == DType::float32);
+    CHECK(log(i).dtype() == DType::float64);
+    CHECK(tanh(j).dtype() == DType::float64);
+    CHECK(true_div(i, j).dtype() == config().floatX);
+    CHECK(true_div(b, b).dtype() == config().floatX);
+    CHECK((b + j).dtype() == DType::int32);
+    CHECK((i * 0.5).dtype() == DType::float64);
+    Function f = function({b}, {exp(b)});
+    const Tensor r = f({Tensor::from_vector<std::uint8_t>({2}, {0, 2})})[0];
+    CHECK(r.dtype() == DType::float32);
+    CHECK(r.to_doubles()[1] == static_cast<double>(std::exp(2.0f)));
 }
 
 TEST_CASE("default updates set from temporary expressions live on; cleared, chained, partial graphs, givens") {

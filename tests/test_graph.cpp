@@ -67,9 +67,20 @@ TEST_CASE("shared variables: get/set with and without borrow, type checks") {
     CHECK(V.get_value(true).shares_storage(w));
     W.set_value(T64({2, 2}, {5, 6, 7, 8}));
     CHECK(W.get_value().to_doubles() == std::vector<double>{5, 6, 7, 8});
-    CHECK_THROWS_WITH_AS(W.set_value(T32({2, 2}, {1, 2, 3, 4})),
-                         "set_value of shared variable 'W': value float32 (2, 2) does not fit its type float64 matrix",
-                         UsageError);
+    // Values that convert safely are converted (float32 or int64 data for a float64 variable);
+    // a conversion that may lose precision is refused.
+    W.set_value(T32({2, 2}, {1, 2, 3.5f, 4}));
+    CHECK(W.get_value().dtype() == DType::float64);
+    CHECK(W.get_value().to_doubles() == std::vector<double>{1, 2, 3.5, 4});
+    W.set_value(I64({2, 2}, {9, 8, 7, 6}), true);
+    CHECK(W.get_value().to_doubles() == std::vector<double>{9, 8, 7, 6});
+    SharedVariable F = shared(T32({2}, {0, 0}), "F");
+    CHECK_THROWS_WITH_AS(F.set_value(T64({2}, {1, 2})),
+                         "set_value of shared variable 'F': value float64 (2,) does not fit its type float32 vector "
+                         "without losing precision (cast it first)", UsageError);
+    CHECK_THROWS_WITH_AS(F.set_value(I64({2}, {1, 2})),
+                         "set_value of shared variable 'F': value int64 (2,) does not fit its type float32 vector "
+                         "without losing precision (cast it first)", UsageError);
     CHECK_THROWS_WITH_AS(W.set_value(T64({4}, {1, 2, 3, 4})),
                          "set_value of shared variable 'W': value float64 (4,) does not fit its type float64 matrix",
                          UsageError);
