@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <map>
 #include <queue>
+#include <set>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -110,7 +111,63 @@ std::vector<Tensor> Function::call(const std::vector<Arg>& positional, const std
         }
         p.slots[b.slot] = *b.default_value;
     }
-    return p.run();
+    // An input kernels may overwrite gets a private contiguous copy when its buffer is a view
+    // with gaps or is also another input's.
+    for (std::size_t i = 0; i < p.inputs.size(); ++i) {
+        if (!p.inputs[i].is_mutable) continue;
+        Tensor& t = p.slots[p.inputs[i].slot];
+        bool shared_buffer = !t.is_contiguous();
+        for (std::size_t j = 0; j < p.inputs.size() && !shared_buffer; ++j) {
+            shared_buffer = j != i && t.shares_storage(p.slots[p.inputs[j].slot]);
+        }
+        if (shared_buffer) t = t.copy();
+    }
+    std::vector<Tensor> out = p.run();
+    // The call succeeded: inputs with an update keep its result.
+    for (auto& b : p.inputs) {
+        if (b.kept_result >= 0) b.default_value = out[static_cast<std::size_t>(b.kept_result)];
+    }
+    out.resize(p.n_user_outputs);
+    return out;
+}
+
+Tensor Function::input_value(const std::string& name) const {
+    const Plan& p = plan();
+    for (const auto& b : p.inputs) {
+        if (b.name != name) continue;
+        if (!b.default_value) throw UsageError(fmt::format("Function::input_value: input '{}' has no value", name));
+        return b.default_value->copy();
+    }
+    throw UsageError(fmt::format("Function::input_value: no input named '{}'", name));
+}
+
+void Function::set_input_value(const std::string& name, const Tensor& value) {
+    Plan& p = plan();
+    CallGuard guard(p);
+    for (std::size_t i = 0; i < p.inputs.size(); ++i) {
+        InputBinding& b = p.inputs[i];
+        if (b.name != name) continue;
+        b.default_value = p.bind_arg(b, i, Arg(value)).copy();
+        return;
+    }
+    throw UsageError(fmt::format("Function::set_input_value: no input named '{}'", name));
+}
+
+std::map<std::string, Tensor> Function::named(const std::vector<Arg>& args) {
+    std::vector<Tensor> out = (*this)(args);
+    const auto& outs = plan_->definition->outputs;
+    std::map<std::string, Tensor> by_name;
+    for (std::size_t i = 0; i < outs.size(); ++i) {
+        if (!outs[i].name.empty()) by_name.emplace(outs[i].name, std::move(out[i]));
+    }
+    return by_name;
+}
+
+std::vector<std::string> Function::output_names() const {
+    if (!plan_ || !plan_->definition) throw UsageError("Function::output_names: the function was moved from");
+    std::vector<std::string> names;
+    for (const Out& o : plan_->definition->outputs) names.push_back(o.name);
+    return names;
 }
 
 double Function::scalar(const std::vector<Arg>& args) {
@@ -224,7 +281,14 @@ struct Compilation {
 // shared variable once and keeps its type.
 void check_signature(const std::vector<In>& inputs, const std::vector<Out>& outputs, const Updates& updates,
                      Compilation& c) {
-    for (const Out& o : outputs) c.all.push_back(o.var);
+    std::set<std::string> out_names;
+    for (std::size_t i = 0; i < outputs.size(); ++i) {
+        const std::string& n = outputs[i].name;
+        if (!n.empty() && !out_names.insert(n).second) {
+            throw UsageError(fmt::format("function: output {} is named '{}' like an earlier output; names must differ", i, n));
+        }
+        c.all.push_back(outputs[i].var);
+    }
     c.n_outputs = outputs.size();
     VarMap<std::size_t> input_pos;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
@@ -614,7 +678,30 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     // once givens and default updates are in it; planning needs the rewritten graph.
     Compilation c;
     c.inputs = inputs;
-    check_signature(inputs, outputs, updates, c);
+    // Inputs with an update: their update expressions are computed as results after the
+    // outputs, and kept as the inputs' values when the call succeeds.
+    std::vector<Out> all_outputs = outputs;
+    std::vector<std::size_t> kept_inputs;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        const In& in = inputs[i];
+        if (!in.update) continue;
+        const Variable& u = *in.update;
+        if (!u.defined()) throw UsageError(fmt::format("function: the update of input {} ('{}') is undefined", i, in.var.label()));
+        if (!in.value) {
+            throw UsageError(fmt::format("function: input {} ('{}') has an update but no value to start from", i,
+                                         in.var.label()));
+        }
+        bool fits = u.dtype() == in.var.dtype() && u.ndim() == in.var.ndim();
+        for (int d = 0; fits && d < u.ndim(); ++d) fits = !in.var.broadcastable()[d] || u.broadcastable()[d];
+        if (!fits) {
+            throw UsageError(fmt::format("function: the update of input {} ('{}', {}) has type {}; it must keep the "
+                                         "input's dtype, rank and broadcastable axes", i, in.var.label(),
+                                         in.var.type().str(), u.type().str()));
+        }
+        all_outputs.emplace_back(u);
+        kept_inputs.push_back(i);
+    }
+    check_signature(inputs, all_outputs, updates, c);
     substitute_givens(givens, options, c);
     check_defined_gradients(c);
     check_unused_inputs(options, c);
@@ -636,10 +723,20 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
         p.update_values.emplace_back(c.update_names[i], c.all[c.n_outputs + i]);
     }
     assign_slots(c, p);
-    for (auto& b : p.inputs) b.allow_downcast = options.allow_input_downcast;
+    std::unordered_set<const Node*> mutable_inputs;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        p.inputs[i].allow_downcast = options.allow_input_downcast;
+        p.inputs[i].is_mutable = inputs[i].is_mutable;
+        if (inputs[i].is_mutable) mutable_inputs.insert(&inputs[i].var.node());
+    }
+    for (std::size_t k = 0; k < kept_inputs.size(); ++k) {
+        p.inputs[kept_inputs[k]].kept_result = static_cast<int>(outputs.size() + k);
+    }
+    p.n_user_outputs = outputs.size();
     // In-place grants change slots, so they come before the schedule that orders readers
     // before writers; placement and liveness need the final order.
-    c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of, !options.nan_guard);
+    c.grants = grant_in_place(c.applies, c.all, c.n_outputs, c.update_cells, c.slot_of, !options.nan_guard,
+                              mutable_inputs);
     p.in_place = c.grants.log;
     p.destroyed_cells = c.grants.destroyed_cells;
     schedule(c, p);
@@ -647,7 +744,7 @@ Function function(const std::vector<In>& inputs, const std::vector<Out>& outputs
     place_joins(c, p);
     plan_liveness(c, p);
     for (std::size_t i = 0; i < c.n_outputs; ++i) {
-        p.results.push_back(OutputBinding{c.slot_of.at(key(c.all[i])), outputs[i].borrow, Tensor()});
+        p.results.push_back(OutputBinding{c.slot_of.at(key(c.all[i])), all_outputs[i].borrow, Tensor()});
     }
     for (std::size_t i = 0; i < c.update_cells.size(); ++i) {
         p.updates.push_back(UpdateBinding{c.update_cells[i], c.slot_of.at(key(c.all[c.n_outputs + i])), Tensor()});
@@ -713,7 +810,13 @@ Function Function::copy(const std::vector<std::pair<SharedVariable, SharedVariab
         // An input read only by an update is unused now; the copy keeps its signature.
         options.on_unused_input = CompileOptions::UnusedInput::ignore;
     }
-    return function(d.inputs, outputs, updates, givens, options);
+    Function copied = function(d.inputs, outputs, updates, givens, options);
+    // Inputs' current values (kept by an update, or set) carry over, as copies.
+    const Plan& from = plan();
+    for (std::size_t i = 0; i < from.inputs.size(); ++i) {
+        if (from.inputs[i].default_value) copied.plan().inputs[i].default_value = from.inputs[i].default_value->copy();
+    }
+    return copied;
 }
 
 }  // namespace theanine

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <concepts>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,11 +68,22 @@ struct CompileOptions {
 /// by name (Theano's In(variable, value=..., name=...)).
 /// borrow = true lets results and updates keep the argument's buffer instead of a copy (the
 /// caller accepts that later calls may change the array it passed).
+///
+/// update (Theano's In(update=...)): the function keeps this input's value between calls. A
+/// call without an argument for it uses the kept value (starting at `value`, which is then
+/// required), a call with one uses that; after a call that succeeds, the kept value becomes
+/// the update expression's result (computed from the call's inputs, like a shared variable's
+/// update). Function::input_value / set_input_value read and replace the kept value.
+/// is_mutable (Theano's mutable) lets in-place kernels overwrite the argument's buffer (the
+/// caller's array, or the kept value) when no later step reads it; such a buffer may be
+/// changed even by a call that fails.
 struct In {
     Variable var;
     std::optional<Tensor> value;
     std::string name;
     bool borrow = false;
+    std::optional<Variable> update;
+    bool is_mutable = false;
     In(const Variable& v) : var(v), name(v.name()) {}
     In(const Variable& v, const Tensor& default_value, std::string n = "")
         : var(v), value(default_value), name(n.empty() ? v.name() : std::move(n)) {}
@@ -84,7 +96,12 @@ struct In {
 struct Out {
     Variable var;
     bool borrow = false;
+    /// A name for the result (Theano's outputs given as a dict): Function::named() returns
+    /// the results by these names.
+    std::string name;
     Out(const Variable& v, bool b = false) : var(v), borrow(b) {}
+    Out(const Variable& v, std::string n, bool b = false) : var(v), borrow(b), name(std::move(n)) {}
+    Out(const Variable& v, const char* n, bool b = false) : var(v), borrow(b), name(n) {}
 };
 
 /// A call argument: a tensor, or a number converted to the input's dtype. Integers are kept
@@ -134,6 +151,15 @@ public:
     std::vector<Tensor> call(const std::vector<Arg>& positional, const std::vector<NamedArg>& named);
     /// The single output's value as a double (a function with one scalar output).
     double scalar(const std::vector<Arg>& args = {});
+    /// A positional call whose results come by the names their Outs were given (outputs
+    /// without a name are left out).
+    std::map<std::string, Tensor> named(const std::vector<Arg>& args = {});
+    /// The outputs' names, "" where none was given.
+    std::vector<std::string> output_names() const;
+    /// The value an input with a default (or an update) currently takes when a call leaves it
+    /// out, by input name; set_input_value replaces it (converted as a call argument is).
+    Tensor input_value(const std::string& name) const;
+    void set_input_value(const std::string& name, const Tensor& value);
 
     /// The graph after rewrites: outputs, then update values (marked).
     std::string debugprint(bool print_type = true) const;

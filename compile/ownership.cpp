@@ -33,7 +33,8 @@ Variable destroyed_input(const Variable& v, const SharedCell* target) {
 
 InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& applies, const std::vector<Variable>& all,
                              std::size_t n_outputs, const std::vector<std::shared_ptr<SharedCell>>& update_cells,
-                             VarMap<int>& slot_of, bool into_shared_allowed) {
+                             VarMap<int>& slot_of, bool into_shared_allowed,
+                             const std::unordered_set<const Node*>& mutable_inputs) {
     InPlaceGrants g;
     VarMap<std::vector<const Node*>> consumers;
     for (const auto& n : applies) {
@@ -72,7 +73,10 @@ InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& app
             }
             for (int k : cands) {
                 const Variable& v = n->inputs[k];
-                if (v.is_input() || v.is_constant() || returned.count(key(v)) || destroyed.count(key(v)) || is_view(v)) continue;
+                if ((v.is_input() && !mutable_inputs.count(&v.node())) || v.is_constant() || returned.count(key(v)) ||
+                    destroyed.count(key(v)) || is_view(v)) {
+                    continue;
+                }
                 const bool into_shared = v.is_shared() || (v.is_apply() && g.commit.count(&v.node()));
                 if (into_shared && !into_shared_allowed) continue;
                 if (into_shared) {

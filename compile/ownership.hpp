@@ -52,11 +52,13 @@ struct InPlaceGrants {
 // that rule (c) allows; a granted output takes its input's slot in slot_of. applies are in
 // topological order; all = outputs then update values (n_outputs of them outputs). With
 // into_shared false, no step writes into a shared variable's buffer (so any step may fail
-// without a shared variable having changed: the NaN guard checks every step).
+// without a shared variable having changed: the NaN guard checks every step). The inputs in
+// mutable_inputs (In::is_mutable) may be overwritten like the function's own buffers.
 InPlaceGrants grant_in_place(const std::vector<std::shared_ptr<const Node>>& applies,
                              const std::vector<Variable>& all, std::size_t n_outputs,
                              const std::vector<std::shared_ptr<SharedCell>>& update_cells,
-                             VarMap<int>& slot_of, bool into_shared = true);
+                             VarMap<int>& slot_of, bool into_shared = true,
+                             const std::unordered_set<const Node*>& mutable_inputs = {});
 
 // At the start of a call, with the arguments bound: binds the shared values to their slots,
 // first making private and contiguous the values that steps overwrite in place (rule (c)).

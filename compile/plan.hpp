@@ -42,6 +42,8 @@ struct InputBinding {
     Tensor scratch;       // reused for number arguments
     bool allow_downcast = false;  // CompileOptions::allow_input_downcast
     Tensor converted;     // reused for arguments converted to the input's dtype
+    bool is_mutable = false;      // In::is_mutable: in-place kernels may overwrite the argument
+    int kept_result = -1;         // In::update: the result (after the outputs) that becomes the default
 };
 
 struct UpdateBinding {
@@ -98,7 +100,8 @@ struct Plan {
     std::vector<Step> steps;
     std::vector<InputBinding> inputs;
     std::vector<std::pair<int, std::shared_ptr<SharedCell>>> shared;
-    std::vector<OutputBinding> results;
+    std::vector<OutputBinding> results;  // the outputs, then the results kept by inputs with an update
+    std::size_t n_user_outputs = 0;
     std::vector<UpdateBinding> updates;
     std::vector<int> transient;  // slots released after each call
     std::vector<int> constant_slots;

@@ -392,6 +392,75 @@ TEST_CASE("function edge cases as Theano has them: unused inputs, givens on inpu
     CHECK_THROWS_WITH_AS(g.call({1.0}, {arg("c", 1.0)}), "function call: missing argument for input 1 ('b')", UsageError);
 }
 
+TEST_CASE("In(update=): an accumulator input that keeps its value between calls; named outputs") {
+    Variable x = scalar("x");
+    Variable a = scalar("a");
+    Variable s = scalar("s");
+    In acc(s, 0.0, "s");
+    acc.update = s + a * x;
+    Function f = function({In(x), In(a, 1.0, "a"), acc}, {Out(s + a * x, "total"), Out(a * 2.0, "twice_a")});
+    CHECK(f.output_names() == std::vector<std::string>{"total", "twice_a"});
+    // s starts at 0: 0 + 1 * 1, then s = 1; with a = 2: 1 + 2 * 1, then s = 3.
+    CHECK(f({1.0})[0].item() == 1);
+    CHECK(f.input_value("s").item() == 1);
+    CHECK(f({1.0, 2.0})[0].item() == 3);
+    CHECK(f.input_value("s").item() == 3);
+    // An argument for s replaces the kept value for this call: 10 + 1 * 2, then s = 12.
+    const auto by_name = f.named({2.0, 1.0, 10.0});
+    CHECK(by_name.at("total").item() == 12);
+    CHECK(by_name.at("twice_a").item() == 2);
+    CHECK(f.input_value("s").item() == 12);
+    f.set_input_value("s", T64({}, {-1}));
+    CHECK(f.call({0.5}, {arg("a", 4.0)})[0].item() == 1);
+    CHECK(f.input_value("s").item() == 1);
+    // A call that fails keeps the value as it was.
+    CHECK(error_of([&] { f({1.0, T64({2}, {1, 2})}); }).find("input 1 ('a') expects float64 scalar") != std::string::npos);
+    CHECK(f.input_value("s").item() == 1);
+    // A copy of the function keeps its own value.
+    Function g = f.copy();
+    g({1.0});
+    CHECK(g.input_value("s").item() == 2);
+    CHECK(f.input_value("s").item() == 1);
+
+    // Errors: no starting value, a type the input cannot keep, duplicate output names.
+    In no_value(s);
+    no_value.update = s + 1.0;
+    CHECK(error_of([&] { function({no_value}, {s * 1.0}); }) ==
+          "function: input 0 ('s') has an update but no value to start from");
+    In wrong(s, 0.0);
+    wrong.update = vector("v");
+    CHECK(error_of([&] { function({wrong}, {s * 1.0}); })
+              .find("function: the update of input 0 ('s', float64 scalar) has type float64 vector") == 0);
+    CHECK(error_of([&] { function({x}, {Out(x * 1.0, "y"), Out(x * 2.0, "y")}); }) ==
+          "function: output 1 is named 'y' like an earlier output; names must differ");
+    CHECK(error_of([&] { f.input_value("nope"); }) == "Function::input_value: no input named 'nope'");
+}
+
+TEST_CASE("In(mutable=): an in-place kernel may overwrite the argument's buffer, and only then") {
+    Variable z = matrix("z");
+    Variable p = matrix("p");
+    Variable q = matrix("q");
+    const Tensor pv = T64({2, 2}, {1, 2, 3, 4}), qv = T64({2, 2}, {1, 0, 0, 1});
+    const std::vector<double> want = {11, 12, 13, 14};  // z + p q with z all 10
+    In zm(z);
+    zm.is_mutable = true;
+    Function mut = function({zm, In(p), In(q)}, {z + dot(p, q)});
+    Function safe = function({z, p, q}, {z + dot(p, q)});
+    bool writes_z = false;
+    for (const auto& line : mut.in_place()) writes_z = writes_z || line.find("(z)") != std::string::npos;
+    CHECK(writes_z);
+    for (const auto& line : safe.in_place()) CHECK(line.find("(z)") == std::string::npos);
+    Tensor zs = Tensor::full(DType::float64, {2, 2}, 10.0);
+    CHECK(safe({zs, pv, qv})[0].to_doubles() == want);
+    CHECK(zs.to_doubles() == std::vector<double>(4, 10.0));  // the caller's array is untouched
+    Tensor zm_arg = Tensor::full(DType::float64, {2, 2}, 10.0);
+    CHECK(mut({zm_arg, pv, qv})[0].to_doubles() == want);
+    CHECK(zm_arg.to_doubles() == want);  // written in place, as allowed
+    // The same array passed for the mutable input and another one: the other still reads it intact.
+    Tensor both = T64({2, 2}, {1, 2, 3, 4});
+    CHECK(mut({both, both, qv})[0].to_doubles() == std::vector<double>{2, 4, 6, 8});
+}
+
 TEST_CASE("arguments of another dtype: converted when numpy deems it safe, else refused unless allow_input_downcast") {
     Variable x = vector("x");
     Function f = function({x}, {x * 2.0});
