@@ -277,7 +277,28 @@ Variable dot(const Variable& a_in, const Variable& b_in, std::source_location wh
         a = cast(a, dt);
         b = cast(b, dt);
     }
-    return apply1(std::make_shared<Dot>(), {a, b}, where);
+    // numpy's dot beyond vectors and matrices: a scalar operand scales the other; otherwise
+    // the sum runs over a's last axis and b's second-to-last (its only one for a vector),
+    // done as one matrix product on reshaped operands.
+    if (a.ndim() == 0 || b.ndim() == 0) return mul(a, b);
+    if (a.ndim() <= 2 && b.ndim() <= 2) return apply1(std::make_shared<Dot>(), {a, b}, where);
+    const Variable minus_one = constant(-1.0, DType::int64);
+    std::vector<Variable> out_shape;
+    for (int d = 0; d + 1 < a.ndim(); ++d) out_shape.push_back(a.shape(d));
+    const Variable a2 = a.ndim() == 1 ? a : reshape(a, std::vector<Variable>{minus_one, a.shape(a.ndim() - 1)});
+    Variable b2 = b;
+    if (b.ndim() >= 2) {
+        std::vector<int> k_first = {b.ndim() - 2};
+        for (int d = 0; d + 2 < b.ndim(); ++d) {
+            k_first.push_back(d);
+            out_shape.push_back(b.shape(d));
+        }
+        k_first.push_back(b.ndim() - 1);
+        out_shape.push_back(b.shape(b.ndim() - 1));
+        b2 = reshape(dimshuffle(b, k_first), std::vector<Variable>{b.shape(b.ndim() - 2), minus_one});
+    }
+    const Variable r = apply1(std::make_shared<Dot>(), {a2, b2}, where);
+    return out_shape.empty() ? r : reshape(r, out_shape);
 }
 
 Variable outer(const Variable& u, const Variable& v) { return dot(dimshuffle(u, {0, -1}), dimshuffle(v, {-1, 0})); }

@@ -64,7 +64,10 @@ private:
     bool trans_a_, trans_b_;
 };
 
-/// dot(a, b) with numpy's rules for 1-d and 2-d operands; dtypes are upcast first.
+/// dot(a, b) with numpy's rules; dtypes are upcast first. 1-d and 2-d operands make a Dot
+/// node; a 0-d operand scales the other (mul); higher ranks sum over a's last axis and b's
+/// second-to-last, giving shape a.shape[:-1] + b.shape[:-2] + b.shape[-1:] (one Dot on
+/// reshaped operands, so the gradient follows).
 Variable dot(const Variable& a, const Variable& b,
              std::source_location where = std::source_location::current());
 /// outer(u, v) = u[:, None] * v[None, :] as a matrix product.

@@ -549,7 +549,7 @@ std::vector<TensorType> NumpyRandomOp::make_types(const std::vector<Variable>& i
     if (inputs[0].dtype() != DType::uint8 || inputs[0].ndim() != 1) {
         throw UsageError(fmt::format("{}: input 0 (state) must be a uint8 vector, got {}", name(), inputs[0].type().str()));
     }
-    return {inputs[0].type(), TensorType{dtype_, std::vector<bool>(static_cast<std::size_t>(ndim_), false)}};
+    return {inputs[0].type(), TensorType{dtype_, known_ones(inputs[1], ndim_)}};
 }
 
 void NumpyRandomOp::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
@@ -658,7 +658,7 @@ std::vector<TensorType> MRGRandomOp::make_types(const std::vector<Variable>& inp
         throw UsageError(fmt::format("{}: input 0 (rstate) must be an int32 matrix, got {}", name(), inputs[0].type().str()));
     }
     if (!is_float(dtype_)) throw UsageError(fmt::format("{}: the output dtype must be float32 or float64", name()));
-    return {inputs[0].type(), TensorType{dtype_, std::vector<bool>(static_cast<std::size_t>(ndim_), false)}};
+    return {inputs[0].type(), TensorType{dtype_, known_ones(inputs[1], ndim_)}};
 }
 
 namespace {

@@ -257,19 +257,35 @@ Variable concatenate(const std::vector<Variable>& xs, int axis, std::source_loca
 
 std::string Reshape::name() const { return fmt::format("Reshape{{{}}}", ndim_); }
 
+std::vector<bool> known_ones(const Variable& shape, int n) {
+    std::vector<bool> ones(static_cast<std::size_t>(n), false);
+    if (shape.is_constant()) {
+        const Tensor& s = shape.node().value;
+        for (int i = 0; i < n && i < s.size(); ++i) ones[i] = s.at({i}) == 1;
+        return ones;
+    }
+    if (!shape.is_apply() || !dynamic_cast<const MakeVector*>(shape.node().op.get())) return ones;
+    const auto& entries = shape.node().inputs;
+    for (int i = 0; i < n && i < static_cast<int>(entries.size()); ++i) {
+        const Variable& e = entries[i];
+        if (e.is_constant()) {
+            ones[i] = e.node().value.size() == 1 && e.node().value.item() == 1;
+        } else if (const auto* si = e.is_apply() ? dynamic_cast<const ShapeI*>(e.node().op.get()) : nullptr) {
+            const Variable& of = e.node().inputs[0];
+            ones[i] = si->axis() < of.ndim() && of.broadcastable()[si->axis()];
+        }
+    }
+    return ones;
+}
+
 std::vector<TensorType> Reshape::make_types(const std::vector<Variable>& inputs) const {
     if (inputs.size() != 2) throw UsageError(name() + ": takes 2 inputs (x, shape)");
     check_int_vector(name(), 1, inputs[1]);
-    std::vector<bool> bc(static_cast<std::size_t>(ndim_), false);
-    // A constant shape tells which axes have size 1.
-    if (inputs[1].is_constant()) {
-        const Tensor& s = inputs[1].node().value;
-        if (s.size() != ndim_) {
-            throw UsageError(fmt::format("{}: shape has {} entries, expected {}", name(), s.size(), ndim_));
-        }
-        for (int i = 0; i < ndim_; ++i) bc[i] = s.at({i}) == 1;
+    if (inputs[1].is_constant() && inputs[1].node().value.size() != ndim_) {
+        throw UsageError(fmt::format("{}: shape has {} entries, expected {}", name(), inputs[1].node().value.size(), ndim_));
     }
-    return {TensorType{inputs[0].dtype(), bc}};
+    // Entries known to be 1 (a constant 1, a broadcastable axis's size) make broadcastable axes.
+    return {TensorType{inputs[0].dtype(), known_ones(inputs[1], ndim_)}};
 }
 
 void Reshape::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
@@ -321,9 +337,13 @@ Variable Variable::flatten(int outdim) const {
     if (outdim < 1 || outdim > std::max(1, ndim())) {
         throw UsageError(fmt::format("flatten: outdim {} invalid for {}", outdim, type().str()));
     }
+    // The kept axes keep their pattern; the last axis is broadcastable when every axis it
+    // collapses is.
     std::vector<Variable> dims;
     for (int i = 0; i < outdim - 1; ++i) dims.push_back(shape(i));
-    dims.push_back(int64_scalar_const(-1));
+    bool last_one = true;
+    for (int i = outdim - 1; i < ndim(); ++i) last_one = last_one && broadcastable()[i];
+    dims.push_back(int64_scalar_const(last_one && ndim() > 0 ? 1 : -1));
     return theanine::reshape(*this, dims);
 }
 
@@ -808,11 +828,43 @@ Variable advanced_inc_subtensor(const Variable& x, const Variable& y, const std:
 
 std::vector<TensorType> ARange::make_types(const std::vector<Variable>& inputs) const {
     if (inputs.size() != 3) throw UsageError("ARange: takes start, stop, step");
-    for (std::size_t i = 0; i < 3; ++i) check_int_scalar(name(), i, inputs[i]);
-    return {TensorType{DType::int64, {false}}};
+    for (std::size_t i = 0; i < 3; ++i) {
+        if (inputs[i].ndim() != 0 || (!is_integer(inputs[i].dtype()) && !is_float(inputs[i].dtype()))) {
+            throw UsageError(fmt::format("ARange: input {} must be a number scalar, got {}", i, inputs[i].type().str()));
+        }
+    }
+    const DType dt = inputs[0].dtype();
+    if (inputs[1].dtype() != dt || inputs[2].dtype() != dt) {
+        throw UsageError(fmt::format("ARange: start, stop and step must have one dtype, got {}, {} and {}",
+                                     dtype_name(dt), dtype_name(inputs[1].dtype()), dtype_name(inputs[2].dtype())));
+    }
+    return {TensorType{is_float(dt) ? dt : DType::int64, {false}}};
 }
 
-void ARange::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+void ARange::perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    if (is_float(node.types[0].dtype)) {
+        // numpy's rule: ceil((stop - start) / step) values start + i * step.
+        const double start = in[0]->item(), stop = in[1]->item(), step = in[2]->item();
+        if (step == 0) throw UsageError("ARange: step cannot be zero");
+        const double len = std::ceil((stop - start) / step);
+        if (!std::isfinite(len) && !std::isnan(len)) {
+            throw UsageError(fmt::format("ARange: arange({}, {}, {}) has infinitely many elements", start, stop, step));
+        }
+        if (std::isnan(len)) throw UsageError(fmt::format("ARange: arange({}, {}, {}) has a NaN bound", start, stop, step));
+        if (len > 4.6e18) {
+            throw UsageError(fmt::format("ARange: arange({}, {}, {}) has {} elements, too many to store", start, stop,
+                                         step, len));
+        }
+        const auto n = static_cast<std::int64_t>(std::max(0.0, len));
+        out[0]->ensure(node.types[0].dtype, {n});
+        dispatch(node.types[0].dtype, [&]<class T>() {
+            if constexpr (std::is_floating_point_v<T>) {
+                T* d = out[0]->data<T>();
+                for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<T>(start + static_cast<double>(i) * step);
+            }
+        });
+        return;
+    }
     std::int64_t start = in[0]->item_int(), stop = in[1]->item_int(), step = in[2]->item_int();
     if (step == 0) throw UsageError("ARange: step cannot be zero");
     // In 128 bits: stop - start + step overflows 64 bits for far-apart bounds.
@@ -834,11 +886,19 @@ std::vector<Variable> ARange::pullback(const Node&, const std::vector<Variable>&
 }
 
 Variable arange(const Bound& a, const Bound& b, const Bound& c) {
-    auto to_var = [](const Bound& x, std::int64_t dflt) {
-        if (x.var.defined()) return x.var.dtype() == DType::int64 ? x.var : cast(x.var, DType::int64);
-        return int64_scalar_const(x.value.value_or(dflt));
+    // Integer bounds give int64 values; a float bound makes all of them (and the values) that
+    // float dtype (the widest one given), as numpy's arange.
+    std::optional<DType> fdt;
+    for (const Bound* x : {&a, &b, &c}) {
+        if (x->var.defined() && is_float(x->var.dtype())) fdt = fdt ? promote(*fdt, x->var.dtype()) : x->var.dtype();
+    }
+    const DType dt = fdt.value_or(DType::int64);
+    auto to_var = [&](const Bound& x, std::int64_t dflt) {
+        if (x.var.defined()) return x.var.dtype() == dt ? x.var : cast(x.var, dt);
+        const std::int64_t v = x.value.value_or(dflt);
+        return dt == DType::int64 ? int64_scalar_const(v) : constant(Tensor::full(dt, {}, static_cast<double>(v)));
     };
-    Variable start = b.none() ? int64_scalar_const(0) : to_var(a, 0);
+    Variable start = b.none() ? to_var(Bound(), 0) : to_var(a, 0);
     Variable stop = b.none() ? to_var(a, 0) : to_var(b, 0);
     Variable step = to_var(c, 1);
     return apply1(std::make_shared<ARange>(), {start, stop, step});

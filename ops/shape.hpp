@@ -231,6 +231,11 @@ public:
     std::size_t props_hash() const override { return 17; }
 };
 
+/// For a shape vector of n entries (a constant, or a MakeVector of scalars): which entries are
+/// known to be 1 when the graph is built (a constant 1, or the size of an axis that is
+/// broadcastable). Reshape and the random ops make those axes broadcastable, as Theano does.
+std::vector<bool> known_ones(const Variable& shape, int n);
+
 /// Builders.
 Variable dimshuffle(const Variable& x, const std::vector<int>& order);
 Variable transpose(const Variable& x);

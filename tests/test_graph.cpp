@@ -93,7 +93,7 @@ TEST_CASE("type errors name the op, the inputs and the user's line") {
     Variable x = matrix("x");
     Variable v = vector("v", DType::float32);
     const int line = __LINE__ + 1;
-    auto build = [&] { return dot(x, tensor3("t")); };
+    auto build = [&] { return apply1(std::make_shared<Dot>(), {x, tensor3("t")}); };
     try {
         build();
         FAIL("no error");
@@ -109,7 +109,7 @@ TEST_CASE("type errors name the op, the inputs and the user's line") {
         CHECK(std::string(e.what()).find("Elemwise{add}: input 1 is float32 vector but input 0 is float64 matrix (ranks differ)") == 0);
     }
     // Errors derive from theanine::Error.
-    CHECK_THROWS_AS(dot(x, tensor3("t")), Error);
+    CHECK_THROWS_AS(apply1(std::make_shared<Dot>(), {x, tensor3("t")}), Error);
 }
 
 TEST_CASE("clone_with_replace rebuilds only what depends on the replaced variable") {

@@ -140,3 +140,49 @@ TEST_CASE("gemm_slice names the shapes that do not agree") {
     gemm_slice<float>(c.data(), 2, 4, 1, 3, 1.f, a.data(), 2, 3, false, b.data(), 3, 4, false, 0.f);
     CHECK(c == std::vector<float>{-1, 6, 6, -1, -1, 6, 6, -1});
 }
+
+TEST_CASE("dot beyond matrices as numpy: a scalar scales, higher ranks sum a's last axis with b's second-to-last") {
+    Variable s = scalar("s");
+    Variable m = matrix("m");
+    Variable v = vector("v");
+    Variable t3 = tensor3("t3");
+    const Tensor mv = random_tensor({3, 4}, 41), tv = random_tensor({2, 3, 4}, 42), t4v = random_tensor({2, 4, 5}, 43);
+    const Tensor vv = random_tensor({4}, 44);
+    // A scalar operand scales the other, either side.
+    std::vector<double> twice = mv.to_doubles();
+    for (auto& e : twice) e *= 2;
+    CHECK(function({s, m}, {dot(s, m)})({2.0, mv})[0].to_doubles() == twice);
+    CHECK(function({s, m}, {dot(m, s)})({2.0, mv})[0].to_doubles() == twice);
+    // dot(t3 (2,3,4), m (4,5)) = sum_k t3[i,j,k] m[k,l]: shape (2, 3, 5).
+    Variable m45 = matrix("m45");
+    const Tensor m45v = random_tensor({4, 5}, 45);
+    const Tensor r = function({t3, m45}, {dot(t3, m45)})({tv, m45v})[0];
+    CHECK(r.shape() == Shape{2, 3, 5});
+    // dot(m (3,4), t3b (2,4,5)) = sum_k m[i,k] t3b[j,k,l]: shape (3, 2, 5).
+    Variable t3b = tensor3("t3b");
+    const Tensor r2 = function({m, t3b}, {dot(m, t3b)})({mv, t4v})[0];
+    CHECK(r2.shape() == Shape{3, 2, 5});
+    // dot(t3 (2,3,4), v (4)): shape (2, 3).
+    const Tensor r3 = function({t3, v}, {dot(t3, v)})({tv, vv})[0];
+    CHECK(r3.shape() == Shape{2, 3});
+    const auto t = tv.to_doubles(), w = m45v.to_doubles(), mm = mv.to_doubles(), b = t4v.to_doubles(), vx = vv.to_doubles();
+    std::vector<double> want(30, 0), want2(30, 0), want3(6, 0);
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 3; ++j)
+            for (int k = 0; k < 4; ++k) {
+                for (int l = 0; l < 5; ++l) want[(i * 3 + j) * 5 + l] += t[(i * 3 + j) * 4 + k] * w[k * 5 + l];
+                want3[i * 3 + j] += t[(i * 3 + j) * 4 + k] * vx[k];
+            }
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 2; ++j)
+            for (int k = 0; k < 4; ++k)
+                for (int l = 0; l < 5; ++l) want2[(i * 2 + j) * 5 + l] += mm[i * 4 + k] * b[(j * 4 + k) * 5 + l];
+    CHECK(close(r.to_doubles(), want, 1e-14));
+    CHECK(close(r2.to_doubles(), want2, 1e-14));
+    CHECK(close(r3.to_doubles(), want3, 1e-14));
+    // Gradients through the reshaped product agree with finite differences.
+    VerifyGradReport rep = verify_grad([](auto x) { return dot(x[0], x[1]); }, {tv, m45v});
+    CHECK(rep.n_checked > 0);
+    rep = verify_grad([](auto x) { return dot(x[0], x[1]); }, {mv, t4v});
+    CHECK(rep.n_checked > 0);
+}

@@ -117,3 +117,55 @@ TEST_CASE("concatenate joins along an axis, checks the other sizes, and upcasts"
                                      "rank must agree) (node built at test_shape.cpp:{})", line).c_str(),
                          UsageError);
 }
+
+TEST_CASE("broadcast patterns known when the graph is built: reshape with a 1, flatten, random sizes") {
+    auto pattern = [](const Variable& v) {
+        std::string s;
+        for (bool b : v.broadcastable()) s += b ? 'T' : 'F';
+        return s;
+    };
+    Variable x = vector("x");
+    CHECK(pattern(reshape(x, std::vector<std::int64_t>{1, -1})) == "TF");
+    // A symbolic shape with a constant 1, or the size of a broadcastable axis.
+    CHECK(pattern(reshape(x, {x.shape(0), constant(1.0, DType::int64)})) == "FT");
+    Variable r = input(TensorType{DType::float64, {true, false, true}}, "r");
+    CHECK(pattern(reshape(r, {r.shape(0), r.shape(2), r.shape(1)})) == "TTF");
+    // flatten keeps the leading axes' pattern; the last is broadcastable when all it collapses are.
+    CHECK(pattern(r.flatten(2)) == "TF");
+    CHECK(pattern(r.flatten(1)) == "F");
+    Variable ones = input(TensorType{DType::float64, {false, true, true}}, "ones");
+    CHECK(pattern(ones.flatten(2)) == "FT");
+    Function f = function({ones, x}, {ones.flatten(2) + x});  // (2, 1) + (3,) broadcasts to (2, 3)
+    CHECK(f({T64({2, 1, 1}, {1, 2}), T64({3}, {10, 20, 30})})[0].to_doubles() ==
+          std::vector<double>{11, 21, 31, 12, 22, 32});
+    // Random draws of a size with a 1.
+    RandomStreams rs(1);
+    MRG_RandomStreams mrg(2);
+    CHECK(pattern(rs.uniform(std::vector<std::int64_t>{1, 3})) == "TF");
+    CHECK(pattern(mrg.normal(std::vector<std::int64_t>{4, 1})) == "FT");
+    Variable m = matrix("m");
+    const Tensor drawn_plus = function({m}, {rs.uniform(std::vector<std::int64_t>{1, 3}) + m})({T64({2, 3}, {0, 0, 0, 1, 1, 1})})[0];
+    const auto d = drawn_plus.to_doubles();
+    for (int j = 0; j < 3; ++j) CHECK(d[3 + j] == d[j] + 1);  // one row of draws added to both rows
+}
+
+TEST_CASE("arange with float bounds, as numpy's") {
+    Variable a = scalar("a");
+    Variable b = scalar("b");
+    Variable st = scalar("st");
+    Variable r = arange(a, b, st);
+    CHECK(r.dtype() == DType::float64);
+    Function f = function({a, b, st}, {r});
+    // numpy.arange(0.5, 3.0, 0.5) = [0.5, 1, 1.5, 2, 2.5]; arange(1, 0, -0.3) = [1, 0.7, 0.4, 0.1] (start + i step).
+    CHECK(f({0.5, 3.0, 0.5})[0].to_doubles() == std::vector<double>{0.5, 1, 1.5, 2, 2.5});
+    CHECK(f({1.0, 0.0, -0.3})[0].to_doubles() == std::vector<double>{1, 1 - 0.3, 1 - 2 * 0.3, 1 - 3 * 0.3});
+    CHECK(f({0.0, 1.0, -1.0})[0].size() == 0);
+    CHECK(error_of([&] { f({0.0, 1.0, 0.0}); }) == "ARange: step cannot be zero");
+    // A float bound with integer ones: all float; a float32 bound stays float32.
+    Variable stop32 = scalar("s32", DType::float32);
+    Variable r32 = arange(0, stop32);
+    CHECK(r32.dtype() == DType::float32);
+    CHECK(function({stop32}, {r32})({T32({}, {2.5f})})[0].to_doubles() == std::vector<double>{0, 1, 2});
+    CHECK(arange(5).dtype() == DType::int64);
+    CHECK(error_of([] { arange(Bound(vector("v"))); }).find("ARange: input 1 must be a number scalar, got float64 vector") == 0);
+}
