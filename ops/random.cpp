@@ -622,6 +622,38 @@ Variable RandomStreams::normal(const Size& size, double avg, double std, std::op
                 constant(as_floatx(std), DType::float64), dtype.value_or(config().floatX));
 }
 
+namespace {
+// A distribution parameter given as a variable: a number (integer or float) tensor.
+void check_param(const char* who, const char* what, const Variable& v) {
+    if (!v.defined() || (!is_float(v.dtype()) && !is_integer(v.dtype()))) {
+        throw UsageError(fmt::format("{}: {} must be a number tensor, got {}", who, what,
+                                     v.defined() ? v.type().str() : std::string("an undefined Variable")));
+    }
+}
+}  // namespace
+
+Variable RandomStreams::uniform(const Size& size, const Variable& low, const Variable& high, std::optional<DType> dtype) {
+    check_param("RandomStreams::uniform", "low", low);
+    check_param("RandomStreams::uniform", "high", high);
+    const DType dt = dtype.value_or(config().floatX);
+    if (low.ndim() == 0 && high.ndim() == 0) return make(NumpyRandomOp::Dist::uniform, size, low, high, dt);
+    // numpy's low + (high - low) * u elementwise, in float64, then cast.
+    Variable u = make(NumpyRandomOp::Dist::uniform, size, constant(0.0, DType::float64), constant(1.0, DType::float64),
+                      DType::float64);
+    Variable lo = cast(low, DType::float64), hi = cast(high, DType::float64);
+    return cast(add(lo, mul(sub(hi, lo), u)), dt);
+}
+
+Variable RandomStreams::normal(const Size& size, const Variable& avg, const Variable& std, std::optional<DType> dtype) {
+    check_param("RandomStreams::normal", "avg", avg);
+    check_param("RandomStreams::normal", "std", std);
+    const DType dt = dtype.value_or(config().floatX);
+    if (avg.ndim() == 0 && std.ndim() == 0) return make(NumpyRandomOp::Dist::normal, size, avg, std, dt);
+    Variable z = make(NumpyRandomOp::Dist::normal, size, constant(0.0, DType::float64), constant(1.0, DType::float64),
+                      DType::float64);
+    return cast(add(cast(avg, DType::float64), mul(cast(std, DType::float64), z)), dt);
+}
+
 void RandomStreams::seed(std::uint32_t s) {
     seedgen_ = RandomState(s);
     for (auto& st : states_) {
@@ -781,6 +813,43 @@ Variable MRG_RandomStreams::uniform(const Size& size, double low, double high, s
                       {st, sz, constant(as_floatx(low), dt), constant(as_floatx(high), dt)});
     st.tie_default_update(outs[0]);
     return outs[1];
+}
+
+Variable MRG_RandomStreams::uniform(const Size& size, const Variable& low, const Variable& high,
+                                    std::optional<DType> dtype) {
+    check_param("MRG_RandomStreams::uniform", "low", low);
+    check_param("MRG_RandomStreams::uniform", "high", high);
+    const DType dt = dtype.value_or(config().floatX);
+    if (!is_float(dt)) throw UsageError(fmt::format("MRG_RandomStreams::uniform: dtype must be a float, got {}", dtype_name(dt)));
+    Variable lo = cast(low, dt), hi = cast(high, dt);
+    if (low.ndim() == 0 && high.ndim() == 0) {
+        std::optional<std::int64_t> n;
+        Variable sz = size_variable(size, &n, "MRG_RandomStreams::uniform", 1);
+        SharedVariable st = new_state(size, n);
+        auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::uniform, dt, size_ndim(sz)), {st, sz, lo, hi});
+        st.tie_default_update(outs[0]);
+        return outs[1];
+    }
+    // The sampler's own u * (high - low) + low, elementwise.
+    return add(mul(uniform(size, 0.0, 1.0, dt), sub(hi, lo)), lo);
+}
+
+Variable MRG_RandomStreams::normal(const Size& size, const Variable& avg, const Variable& std,
+                                   std::optional<DType> dtype) {
+    check_param("MRG_RandomStreams::normal", "avg", avg);
+    check_param("MRG_RandomStreams::normal", "std", std);
+    const DType dt = dtype.value_or(config().floatX);
+    if (!is_float(dt)) throw UsageError(fmt::format("MRG_RandomStreams::normal: dtype must be a float, got {}", dtype_name(dt)));
+    Variable a = cast(avg, dt), sd = cast(std, dt);
+    if (avg.ndim() == 0 && std.ndim() == 0) {
+        Variable sz = size_variable(size, nullptr, "MRG_RandomStreams::normal", 1);
+        SharedVariable st = new_state(size, std::nullopt);
+        auto outs = apply(std::make_shared<MRGRandomOp>(MRGRandomOp::Dist::normal, dt, size_ndim(sz)), {st, sz, a, sd});
+        st.tie_default_update(outs[0]);
+        return outs[1];
+    }
+    // The sampler's own z * std + avg, elementwise.
+    return add(mul(normal(size, 0.0, 1.0, dt), sd), a);
 }
 
 Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype) {

@@ -161,6 +161,14 @@ public:
                              std::optional<DType> dtype = std::nullopt) = 0;
     virtual Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
                             std::optional<DType> dtype = std::nullopt) = 0;
+    /// Symbolic parameters (Theano's low/high and avg/std given as tensors): number scalars go
+    /// to the sampler as they are; tensors broadcast against the sample, each element drawn
+    /// with its own parameters (low + (high - low) u and avg + std z, in the stream's own
+    /// arithmetic: numpy's in float64 then cast, MRG's in the sample's dtype).
+    virtual Variable uniform(const Size& size, const Variable& low, const Variable& high,
+                             std::optional<DType> dtype = std::nullopt) = 0;
+    virtual Variable normal(const Size& size, const Variable& avg, const Variable& std,
+                            std::optional<DType> dtype = std::nullopt) = 0;
 };
 
 class RandomStreams final : public RandomStreamsBase {
@@ -175,6 +183,10 @@ public:
     Variable uniform(const Size& size, double low = 0.0, double high = 1.0,
                      std::optional<DType> dtype = std::nullopt) override;
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
+                    std::optional<DType> dtype = std::nullopt) override;
+    Variable uniform(const Size& size, const Variable& low, const Variable& high,
+                     std::optional<DType> dtype = std::nullopt) override;
+    Variable normal(const Size& size, const Variable& avg, const Variable& std,
                     std::optional<DType> dtype = std::nullopt) override;
 
     /// Reseeds every stream as Theano does: a new seed generator, one randint each, in order.
@@ -201,6 +213,10 @@ public:
     Variable binomial(const Size& size, std::int64_t n, const Variable& p,
                       std::optional<DType> dtype = std::nullopt) override;
     Variable normal(const Size& size, double avg = 0.0, double std = 1.0,
+                    std::optional<DType> dtype = std::nullopt) override;
+    Variable uniform(const Size& size, const Variable& low, const Variable& high,
+                     std::optional<DType> dtype = std::nullopt) override;
+    Variable normal(const Size& size, const Variable& avg, const Variable& std,
                     std::optional<DType> dtype = std::nullopt) override;
 
     /// Reseeds every stream as Theano's seed(): the base state from s (the constructor's seed

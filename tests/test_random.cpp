@@ -12,6 +12,7 @@ using theanine::testing::bit_equal;
 using theanine::testing::count_diff;
 using theanine::testing::error_of;
 using theanine::testing::fixture;
+using theanine::testing::T64;
 
 namespace {
 
@@ -339,4 +340,45 @@ TEST_CASE("random sizes are checked when the graph is built") {
     Variable z = np.uniform(std::vector<std::int64_t>{0, 3});
     CHECK(function({}, {z})()[0].shape() == Shape{0, 3});
     CHECK(mrg.state_variables().empty());  // nothing was made by the refused calls
+}
+
+TEST_CASE("symbolic distribution parameters: scalars go to the sampler, tensors broadcast per element") {
+    for (bool mrg : {false, true}) {
+        CAPTURE(mrg);
+        auto make = [&]() -> std::shared_ptr<RandomStreamsBase> {
+            if (mrg) return std::make_shared<MRG_RandomStreams>(234);
+            return std::make_shared<RandomStreams>(234);
+        };
+        const std::vector<std::int64_t> size = {2, 3};
+        // Scalars given as inputs draw what the same numbers given as constants draw.
+        Variable lo = scalar("lo"), hi = scalar("hi");
+        auto a = make(), b = make();
+        Function sym = function({lo, hi}, {a->uniform(size, lo, hi), a->normal(size, lo, hi)});
+        Function lit = function({}, {b->uniform(size, -1.0, 3.0), b->normal(size, -1.0, 3.0)});
+        const auto s1 = sym({-1.0, 3.0});
+        const auto l1 = lit();
+        CHECK(bit_equal(s1[0], l1[0]));
+        CHECK(bit_equal(s1[1], l1[1]));
+        // Tensors: each element drawn with its own parameters, from the stream's standard draws.
+        Variable lov = vector("lov"), hiv = vector("hiv"), sd = matrix("sd");
+        auto c = make(), d = make();
+        Function per = function({lov, hiv, sd}, {c->uniform(size, lov, hiv), c->normal(size, lov, sd)});
+        Function unit = function({}, {d->uniform(size, 0.0, 1.0, DType::float64), d->normal(size, 0.0, 1.0, DType::float64)});
+        const std::vector<double> lows = {0, 10, -5}, highs = {1, 20, 5}, sds = {1, 2, 3, 0.5, 0.25, 0};
+        const auto p = per({T64({3}, lows), T64({3}, highs), T64({2, 3}, sds)});
+        const auto u = unit();
+        const auto pu = p[0].to_doubles(), pn = p[1].to_doubles(), uu = u[0].to_doubles(), un = u[1].to_doubles();
+        for (int i = 0; i < 6; ++i) {
+            const int j = i % 3;
+            // numpy: low + (high - low) u; MRG: u (high - low) + low. Normal: avg + std z / z std + avg.
+            CHECK(pu[i] == (mrg ? uu[i] * (highs[j] - lows[j]) + lows[j] : lows[j] + (highs[j] - lows[j]) * uu[i]));
+            CHECK(pn[i] == (mrg ? un[i] * sds[i] + lows[j] : lows[j] + sds[i] * un[i]));
+            CHECK(pu[i] >= lows[j]);
+            CHECK(pu[i] < highs[j]);
+        }
+        CHECK(pn[5] == lows[2]);  // std 0
+        auto e = make();
+        CHECK(error_of([&] { e->uniform(size, input(TensorType{DType::boolean, {}}, "flag"), hi); })
+                  .find("uniform: low must be a number tensor, got bool scalar") != std::string::npos);
+    }
 }
