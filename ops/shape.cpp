@@ -353,11 +353,9 @@ Idx::Idx(const Variable& v) {
     if (v.ndim() == 0) {
         kind = Kind::index;
         b[0] = Bound(v);
-    } else if (v.ndim() == 1) {
-        kind = Kind::vector;
-        vec = v;
     } else {
-        throw UsageError(fmt::format("index: a {} cannot index (use an integer scalar or vector)", v.type().str()));
+        kind = Kind::vector;  // an integer array of any rank: advanced indexing
+        vec = v;
     }
 }
 
@@ -548,19 +546,148 @@ std::vector<Variable> Subtensor::pullback(const Node& node, const std::vector<Va
     return grads;
 }
 
+namespace {
+
+// numpy's advanced indexing for any mix of integer arrays, scalars and slices, as a plan that
+// reading and writing share. Integer scalars next to arrays count as arrays (broadcast with
+// them). The slices are applied first (a basic Subtensor); the indexed axes are moved to the
+// front and read with one AdvancedSubtensor on the index arrays broadcast to their common
+// shape S and flattened; the result is reshaped to S + the other axes, and S goes where the
+// indexed axes stood when they are adjacent (numpy's placement rule), else first.
+struct AdvancedPlan {
+    std::vector<Idx> basic;     // per axis: its slice, or all of it where it is indexed
+    bool any_slice = false;
+    std::vector<int> perm;      // the indexed axes, then the others
+    std::size_t n_adv = 0;
+    std::vector<Variable> flat; // the index arrays, broadcast and flattened
+    Variable common;            // zeros in the index arrays' common shape
+    int block_at = 0;           // where S's axes go among the result's axes
+};
+
+bool is_full_slice(const Idx& i) {
+    return i.kind == Idx::Kind::slice && i.b[0].none() && i.b[1].none() && i.b[2].none();
+}
+
+AdvancedPlan plan_advanced(const Variable& x, const std::vector<Idx>& index) {
+    if (index.size() > static_cast<std::size_t>(x.ndim())) {
+        throw UsageError(fmt::format("indexing: {} indices for {}", index.size(), x.type().str()));
+    }
+    AdvancedPlan p;
+    std::vector<Variable> arrays;
+    std::vector<int> adv_axes, other_axes;
+    for (int d = 0; d < x.ndim(); ++d) {
+        const Idx i = d < static_cast<int>(index.size()) ? index[d] : Idx::all();
+        if (i.kind == Idx::Kind::slice) {
+            p.basic.push_back(i);
+            p.any_slice = p.any_slice || !is_full_slice(i);
+            other_axes.push_back(d);
+            continue;
+        }
+        Variable a = i.kind == Idx::Kind::vector ? i.vec
+                     : i.b[0].var.defined()      ? i.b[0].var
+                                                 : int64_scalar_const(*i.b[0].value);
+        if (!is_integer(a.dtype())) {
+            throw UsageError(fmt::format("indexing: the index of axis {} must be integer, got {}", d, a.type().str()));
+        }
+        arrays.push_back(a.dtype() == DType::int64 ? a : cast(a, DType::int64));
+        adv_axes.push_back(d);
+        p.basic.push_back(Idx::all());
+    }
+    p.n_adv = adv_axes.size();
+    p.perm = adv_axes;
+    p.perm.insert(p.perm.end(), other_axes.begin(), other_axes.end());
+    p.common = mul(arrays[0], 0);
+    for (std::size_t k = 1; k < arrays.size(); ++k) p.common = add(p.common, mul(arrays[k], 0));
+    for (const auto& a : arrays) p.flat.push_back(reshape(add(a, p.common), std::vector<std::int64_t>{-1}));
+    bool adjacent = true;
+    for (std::size_t k = 1; k < adv_axes.size(); ++k) adjacent = adjacent && adv_axes[k] == adv_axes[k - 1] + 1;
+    p.block_at = adjacent ? adv_axes[0] : 0;
+    return p;
+}
+
+bool is_identity(const std::vector<int>& order) {
+    for (std::size_t k = 0; k < order.size(); ++k) {
+        if (order[k] != static_cast<int>(k)) return false;
+    }
+    return true;
+}
+
+// The order that moves a block of s leading axes (of r + s axes) to position at, and back.
+std::vector<int> block_to(int s, int r, int at) {
+    std::vector<int> order;
+    for (int j = 0; j < at; ++j) order.push_back(s + j);
+    for (int j = 0; j < s; ++j) order.push_back(j);
+    for (int j = at; j < r; ++j) order.push_back(s + j);
+    return order;
+}
+std::vector<int> block_from(int s, int r, int at) {
+    std::vector<int> order;
+    for (int j = 0; j < s; ++j) order.push_back(at + j);
+    for (int j = 0; j < at; ++j) order.push_back(j);
+    for (int j = at; j < r; ++j) order.push_back(s + j);
+    return order;
+}
+
+Variable advanced_read(const Variable& x, const std::vector<Idx>& index, std::source_location where) {
+    const AdvancedPlan p = plan_advanced(x, index);
+    Variable y = p.any_slice ? subtensor(x, p.basic, where) : x;
+    if (!is_identity(p.perm)) y = dimshuffle(y, p.perm);
+    Variable z = advanced_subtensor(y, p.flat, where);
+    const int s = p.common.ndim();
+    const int r = y.ndim() - static_cast<int>(p.n_adv);
+    std::vector<Variable> dims;
+    for (int d = 0; d < s; ++d) dims.push_back(p.common.shape(d));
+    for (int d = 0; d < r; ++d) dims.push_back(y.shape(static_cast<int>(p.n_adv) + d));
+    if (s != 1) z = reshape(z, dims);
+    return p.block_at > 0 ? dimshuffle(z, block_to(s, r, p.block_at)) : z;
+}
+
+Variable advanced_write(const Variable& x, const Variable& y_in, const std::vector<Idx>& index, bool set,
+                        std::source_location where) {
+    const AdvancedPlan p = plan_advanced(x, index);
+    const Variable region = advanced_read(x, index, where);
+    // y broadcast to the indexed region (a scalar or a row written at many places).
+    Variable y = y_in.dtype() == x.dtype() ? y_in : cast(y_in, x.dtype());
+    if (y.ndim() > region.ndim()) {
+        throw UsageError(fmt::format("indexing: the value is {} but the indexed region has {} dimensions", y.type().str(),
+                                     region.ndim()));
+    }
+    if (y.broadcastable() != region.broadcastable() || y.ndim() != region.ndim()) y = second(region, y);
+    Variable xs = p.any_slice ? subtensor(x, p.basic, where) : x;
+    Variable xt = is_identity(p.perm) ? xs : dimshuffle(xs, p.perm);
+    const int s = p.common.ndim();
+    const int r = xt.ndim() - static_cast<int>(p.n_adv);
+    if (p.block_at > 0) y = dimshuffle(y, block_from(s, r, p.block_at));
+    std::vector<Variable> dims = {int64_scalar_const(-1)};
+    for (int d = 0; d < r; ++d) dims.push_back(xt.shape(static_cast<int>(p.n_adv) + d));
+    if (s != 1) y = reshape(y, dims);
+    Variable zt = advanced_inc_subtensor(xt, y, p.flat, set, where);
+    std::vector<int> inverse(p.perm.size());
+    for (std::size_t k = 0; k < p.perm.size(); ++k) inverse[static_cast<std::size_t>(p.perm[k])] = static_cast<int>(k);
+    Variable zs = is_identity(p.perm) ? zt : dimshuffle(zt, inverse);
+    return p.any_slice ? set_subtensor(x, zs, p.basic, where) : zs;
+}
+
+// Leading 1-d index arrays and nothing else: one AdvancedSubtensor as it is.
+bool leading_vectors(const std::vector<Idx>& index) {
+    for (const Idx& i : index) {
+        if (i.kind != Idx::Kind::vector || i.vec.ndim() != 1 || !is_integer(i.vec.dtype())) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
 Variable subtensor(const Variable& x, const std::vector<Idx>& index, std::source_location where) {
     bool advanced = false;
     for (const Idx& i : index) advanced = advanced || i.kind == Idx::Kind::vector;
     if (advanced) {
-        std::vector<Variable> vecs;
-        for (const Idx& i : index) {
-            if (i.kind != Idx::Kind::vector) {
-                throw UsageError("indexing: mixing integer vectors with slices or scalars is not supported; "
-                                 "index every leading axis with a vector");
-            }
-            vecs.push_back(i.vec);
+        if (leading_vectors(index)) {
+            std::vector<Variable> vecs;
+            for (const Idx& i : index) vecs.push_back(i.vec);
+            return advanced_subtensor(x, vecs, where);
         }
-        return advanced_subtensor(x, vecs, where);
+        return advanced_read(x, index, where);
     }
     auto [spec, syms] = make_spec(index);
     std::vector<Variable> ins = {x};
@@ -647,6 +774,20 @@ std::vector<Variable> IncSubtensor::pullback(const Node& node, const std::vector
 namespace {
 Variable inc_or_set(const Variable& x, const Variable& y_in, const std::vector<Idx>& index, bool set,
                     std::source_location where) {
+    bool advanced = false;
+    for (const Idx& i : index) advanced = advanced || i.kind == Idx::Kind::vector;
+    if (advanced) {
+        const std::size_t k = index.size();
+        const int want = x.ndim() - static_cast<int>(k) + 1;
+        const bool plain = leading_vectors(index) && y_in.ndim() == want &&
+                           std::none_of(y_in.broadcastable().begin(), y_in.broadcastable().end(), [](bool b) { return b; });
+        if (plain) {
+            std::vector<Variable> vecs;
+            for (const Idx& i : index) vecs.push_back(i.vec);
+            return advanced_inc_subtensor(x, y_in, vecs, set, where);
+        }
+        return advanced_write(x, y_in, index, set, where);
+    }
     auto [spec, syms] = make_spec(index);
     auto region_bc = sub_broadcastable(spec, x);
     Variable y = y_in;

@@ -124,7 +124,9 @@ struct Bound {
 };
 
 /// One component of an index expression: an integer (or symbolic scalar), a slice, or an
-/// integer vector (advanced indexing).
+/// integer array of any rank (advanced indexing, numpy's rules: arrays and the integers next
+/// to them broadcast together, mixed with slices in any order; subtensor, set_subtensor and
+/// inc_subtensor take any mix, and a written value broadcasts to the indexed region).
 struct Idx {
     enum class Kind { index, slice, vector };
     Kind kind = Kind::slice;
@@ -133,7 +135,7 @@ struct Idx {
 
     Idx(int i) : kind(Kind::index) { b[0] = Bound(i); }
     Idx(long i) : kind(Kind::index) { b[0] = Bound(i); }
-    Idx(const Variable& v);  ///< scalar -> index; vector -> advanced index
+    Idx(const Variable& v);  ///< scalar -> index; array (rank >= 1) -> advanced index
     static Idx all() { return slice(std::nullopt, std::nullopt, std::nullopt); }
     static Idx slice(Bound start, Bound stop, Bound step = std::nullopt);
 
@@ -258,7 +260,7 @@ Variable advanced_inc_subtensor(const Variable& x, const Variable& y, const std:
                                 std::source_location where = std::source_location::current());
 Variable arange(const Bound& start_or_stop, const Bound& stop = std::nullopt, const Bound& step = std::nullopt);
 
-/// x[i] / x[{i, j}] with Python semantics; vectors give advanced indexing.
+/// x[i] / x[{i, j}] with Python semantics; integer arrays give advanced indexing (numpy's rules).
 Variable index(const Variable& x, std::initializer_list<Idx> idx,
                std::source_location where = std::source_location::current());
 

@@ -169,3 +169,85 @@ TEST_CASE("arange with float bounds, as numpy's") {
     CHECK(arange(5).dtype() == DType::int64);
     CHECK(error_of([] { arange(Bound(vector("v"))); }).find("ARange: input 1 must be a number scalar, got float64 vector") == 0);
 }
+
+TEST_CASE("advanced indexing, whole: matrix index arrays, arrays mixed with slices and scalars, 3-d, broadcast writes") {
+    // x = arange(24).reshape(2, 3, 4): x[i, j, k] = 12 i + 4 j + k.
+    Variable x = tensor3("x");
+    std::vector<double> xs(24);
+    for (int i = 0; i < 24; ++i) xs[i] = i;
+    const Tensor xv = T64({2, 3, 4}, xs);
+    auto at = [](int i, int j, int k) { return 12.0 * i + 4 * j + k; };
+    auto run = [&](const Variable& out) { return function({x}, {out})({xv})[0]; };
+    Variable m = constant(I64({2, 2}, {0, 2, 1, 1}));   // a matrix of indices
+    Variable v = constant(I64({3}, {3, 0, -1}));
+    // x[:, m]: shape (2, 2, 2, 4); element [a, p, q, c] = x[a, m[p, q], c].
+    Tensor r = run(x[{Idx::all(), m}]);
+    CHECK(r.shape() == Shape{2, 2, 2, 4});
+    const std::vector<int> mm = {0, 2, 1, 1};
+    for (int a = 0; a < 2; ++a)
+        for (int pq = 0; pq < 4; ++pq)
+            for (int c = 0; c < 4; ++c) CHECK(r.to_doubles()[(a * 4 + pq) * 4 + c] == at(a, mm[pq], c));
+    // x[1, :, v]: the scalar is advanced too, non-adjacent to v? (axes 0 and 2): S first, shape (3, 3).
+    r = run(x[{1, Idx::all(), v}]);
+    CHECK(r.shape() == Shape{3, 3});
+    const std::vector<int> vv = {3, 0, 3};
+    for (int p = 0; p < 3; ++p)
+        for (int j = 0; j < 3; ++j) CHECK(r.to_doubles()[p * 3 + j] == at(1, j, vv[p]));
+    // x[:, v[0:2] as 1..., 1:3]: adjacent arrays at axes 1 (vector) with a slice after: x[:, [2, 0], 1:3] -> (2, 2, 2).
+    Variable rows = constant(I64({2}, {2, 0}));
+    r = run(x[{Idx::all(), rows, slice(1, 3)}]);
+    CHECK(r.shape() == Shape{2, 2, 2});
+    const std::vector<int> rr = {2, 0};
+    for (int a = 0; a < 2; ++a)
+        for (int p = 0; p < 2; ++p)
+            for (int c = 0; c < 2; ++c) CHECK(r.to_doubles()[(a * 2 + p) * 2 + c] == at(a, rr[p], 1 + c));
+    // Two arrays broadcast against each other: x[[[0], [1]], :, [0, 3]] -> S = (2, 2), then axis 1: (2, 2, 3).
+    Variable col = constant(I64({2, 1}, {0, 1}));
+    Variable two = constant(I64({2}, {0, 3}));
+    r = run(x[{col, Idx::all(), two}]);
+    CHECK(r.shape() == Shape{2, 2, 3});
+    for (int p = 0; p < 2; ++p)
+        for (int q = 0; q < 2; ++q)
+            for (int j = 0; j < 3; ++j) CHECK(r.to_doubles()[(p * 2 + q) * 3 + j] == at(p, j, q == 0 ? 0 : 3));
+
+    // Writes: a scalar added at many places (duplicates accumulate), a row set at chosen rows.
+    Variable mat = matrix("mat");
+    const Tensor mv = T64({3, 4}, std::vector<double>(12, 0.0));
+    Variable idx = constant(I64({4}, {0, 2, 0, 1}));
+    Function inc = function({mat}, {inc_subtensor(mat, constant(1.5), {idx, Idx(3)})});
+    CHECK(inc({mv})[0].to_doubles() == std::vector<double>{0, 0, 0, 3, 0, 0, 0, 1.5, 0, 0, 0, 1.5});
+    Variable rowv = vector("rowv");
+    Function setrows = function({mat, rowv}, {set_subtensor(mat, rowv, {constant(I64({2}, {2, 0}))})});
+    CHECK(setrows({mv, T64({4}, {1, 2, 3, 4})})[0].to_doubles() ==
+          std::vector<double>{1, 2, 3, 4, 0, 0, 0, 0, 1, 2, 3, 4});
+    // 3-d with a slice: x[:, m] += 1 where m repeats row 1: rows 0 and 2 once, row 1 twice.
+    Tensor w = run(inc_subtensor(x, constant(1.0), {Idx::all(), m}));
+    for (int a = 0; a < 2; ++a)
+        for (int j = 0; j < 3; ++j)
+            for (int c = 0; c < 4; ++c) CHECK(w.to_doubles()[(a * 3 + j) * 4 + c] == at(a, j, c) + (j == 1 ? 2 : 1));
+    // A sliced write: x[0, 1:3, v] = 0 (scalar and array advanced, apart: S first).
+    w = run(set_subtensor(x, constant(0.0), {0, slice(1, 3), v}));
+    for (int j = 0; j < 3; ++j)
+        for (int c = 0; c < 4; ++c) {
+            const bool hit = j >= 1 && (c == 3 || c == 0);
+            CHECK(w.to_doubles()[j * 4 + c] == (hit ? 0.0 : at(0, j, c)));
+            CHECK(w.to_doubles()[12 + j * 4 + c] == at(1, j, c));
+        }
+
+    // Gradients through each form agree with finite differences.
+    const Tensor xr = random_tensor({2, 3, 4}, 51);
+    VerifyGradReport g = verify_grad([&](auto in) { return in[0][{Idx::all(), m}]; }, {xr});
+    CHECK(g.n_checked > 0);
+    g = verify_grad([&](auto in) { return in[0][{col, Idx::all(), two}]; }, {xr});
+    CHECK(g.n_checked > 0);
+    g = verify_grad([&](auto in) { return inc_subtensor(in[0], in[1], {Idx::all(), m}); },
+                    {xr, random_tensor({4}, 52)});
+    CHECK(g.n_checked > 0);
+    // (set with distinct positions: where an index repeats, the last write wins and, as in
+    // Theano, the value's gradient still counts every position)
+    Variable distinct = constant(I64({3}, {3, 0, 1}));
+    g = verify_grad([&](auto in) { return set_subtensor(in[0], in[1], {0, slice(1, 3), distinct}); },
+                    {xr, random_tensor({2}, 53)});
+    CHECK(g.n_checked > 0);
+    CHECK(error_of([&] { x[{Idx::all(), constant(T64({2}, {0, 1}))}]; }).find("indexing: the index of axis 1 must be integer") == 0);
+}
