@@ -1,5 +1,6 @@
 #include "ops/random.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -581,17 +582,242 @@ std::vector<Variable> NumpyRandomOp::pullback(const Node& node, const std::vecto
     return g;
 }
 
+// ---------------------------------------------------------------- NumpySampleOp
+
+std::string NumpySampleOp::name() const {
+    switch (kind_) {
+    case Kind::random_integers: return "RandomFunction{random_integers}";
+    case Kind::permutation: return "RandomFunction{permutation}";
+    case Kind::choice: return replace_ ? "RandomFunction{choice}" : "RandomFunction{choice, no replace}";
+    case Kind::multinomial: return "RandomFunction{multinomial}";
+    }
+    return "RandomFunction";
+}
+
+bool NumpySampleOp::props_equal(const Op& o) const {
+    const auto& x = static_cast<const NumpySampleOp&>(o);
+    return x.kind_ == kind_ && x.ndim_ == ndim_ && x.replace_ == replace_;
+}
+
+std::size_t NumpySampleOp::props_hash() const {
+    return 2000 + static_cast<std::size_t>(kind_) * 64 + static_cast<std::size_t>(ndim_) * 2 + (replace_ ? 1 : 0);
+}
+
+std::vector<TensorType> NumpySampleOp::make_types(const std::vector<Variable>& inputs) const {
+    const std::size_t want = kind_ == Kind::permutation ? 3 : 4;
+    if (inputs.size() != want) throw UsageError(fmt::format("{}: takes {} inputs, got {}", name(), want, inputs.size()));
+    if (inputs[0].dtype() != DType::uint8 || inputs[0].ndim() != 1) {
+        throw UsageError(fmt::format("{}: input 0 (state) must be a uint8 vector, got {}", name(), inputs[0].type().str()));
+    }
+    auto int_scalar = [&](std::size_t i, const char* what) {
+        if (inputs[i].ndim() != 0 || inputs[i].dtype() != DType::int64) {
+            throw UsageError(fmt::format("{}: input {} ({}) must be an int64 scalar, got {}", name(), i, what,
+                                         inputs[i].type().str()));
+        }
+    };
+    auto float_vector = [&](std::size_t i, const char* what) {
+        if (inputs[i].ndim() != 1 || inputs[i].dtype() != DType::float64) {
+            throw UsageError(fmt::format("{}: input {} ({}) must be a float64 vector, got {}", name(), i, what,
+                                         inputs[i].type().str()));
+        }
+    };
+    int extra = 0;
+    switch (kind_) {
+    case Kind::random_integers: int_scalar(2, "low"); int_scalar(3, "high"); break;
+    case Kind::permutation: int_scalar(2, "n"); extra = 1; break;
+    case Kind::choice: int_scalar(2, "a"); float_vector(3, "p"); break;
+    case Kind::multinomial: int_scalar(2, "n"); float_vector(3, "pvals"); extra = 1; break;
+    }
+    std::vector<bool> bc = known_ones(inputs[1], ndim_);
+    for (int k = 0; k < extra; ++k) bc.push_back(false);
+    return {inputs[0].type(), TensorType{DType::int64, bc}};
+}
+
+namespace {
+// numpy's legacy shuffle of a[0..n): from the end, each element swapped with one of those up
+// to it (an interval draw by masked rejection).
+void shuffle(RandomState& rs, std::int64_t* a, std::int64_t n) {
+    for (std::int64_t i = n - 1; i >= 1; --i) std::swap(a[i], a[rs.randint(i + 1)]);
+}
+
+// The first index whose cumulative probability is above u (numpy's searchsorted, side right).
+std::int64_t search_right(const std::vector<double>& cdf, double u) {
+    return static_cast<std::int64_t>(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+}
+
+std::vector<double> normalised_cdf(const std::vector<double>& p) {
+    std::vector<double> cdf(p.size());
+    double run = 0;
+    for (std::size_t i = 0; i < p.size(); ++i) cdf[i] = run += p[i];
+    for (double& c : cdf) c /= cdf.back();
+    return cdf;
+}
+
+std::vector<double> probabilities(const std::string& op, const Tensor& p, std::int64_t expect) {
+    const std::vector<double> v = p.to_doubles();
+    if (expect >= 0 && static_cast<std::int64_t>(v.size()) != expect) {
+        throw UsageError(fmt::format("{}: p has {} entries for a population of {}", op, v.size(), expect));
+    }
+    double total = 0;
+    for (double x : v) {
+        if (!(x >= 0 && x <= 1)) throw UsageError(fmt::format("{}: probabilities must be in [0, 1], got {}", op, x));
+        total += x;
+    }
+    if (std::abs(total - 1) > 1e-8) throw UsageError(fmt::format("{}: probabilities do not sum to 1 (sum {})", op, total));
+    return v;
+}
+}  // namespace
+
+void NumpySampleOp::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    RandomState rs = RandomState::from_blob(*in[0]);
+    const Shape size = read_size(name(), *in[1], ndim_);
+    std::int64_t count = 1;
+    for (auto d : size) count *= d;
+    Shape shape = size;
+    switch (kind_) {
+    case Kind::random_integers: {
+        const std::int64_t lo = in[2]->item_int(), hi = in[3]->item_int();
+        if (hi < lo) throw UsageError(fmt::format("{}: high {} is below low {}", name(), hi, lo));
+        out[1]->ensure(DType::int64, shape);
+        auto* o = out[1]->data<std::int64_t>();
+        for (std::int64_t i = 0; i < count; ++i) o[i] = lo + rs.randint(hi - lo + 1);
+        break;
+    }
+    case Kind::permutation: {
+        const std::int64_t n = in[2]->item_int();
+        if (n < 0) throw UsageError(fmt::format("{}: n must not be negative, got {}", name(), n));
+        shape.push_back(n);
+        out[1]->ensure(DType::int64, shape);
+        auto* o = out[1]->data<std::int64_t>();
+        for (std::int64_t i = 0; i < count; ++i) {
+            std::int64_t* row = o + i * n;
+            for (std::int64_t j = 0; j < n; ++j) row[j] = j;
+            shuffle(rs, row, n);
+        }
+        break;
+    }
+    case Kind::choice: {
+        const std::int64_t a = in[2]->item_int();
+        if (a <= 0) throw UsageError(fmt::format("{}: the population a must be positive, got {}", name(), a));
+        const bool uniform = in[3]->size() == 0;
+        out[1]->ensure(DType::int64, shape);
+        auto* o = out[1]->data<std::int64_t>();
+        if (replace_ && uniform) {
+            for (std::int64_t i = 0; i < count; ++i) o[i] = rs.randint(a);
+        } else if (replace_) {
+            const std::vector<double> cdf = normalised_cdf(probabilities(name(), *in[3], a));
+            for (std::int64_t i = 0; i < count; ++i) o[i] = search_right(cdf, rs.next_double());
+        } else {
+            if (!uniform) throw UsageError(fmt::format("{}: p is not supported without replacement", name()));
+            if (count > a) {
+                throw UsageError(fmt::format("{}: cannot take {} samples of {} without replacement", name(), count, a));
+            }
+            // numpy: the first count entries of a permutation of the population.
+            std::vector<std::int64_t> perm(static_cast<std::size_t>(a));
+            for (std::int64_t j = 0; j < a; ++j) perm[static_cast<std::size_t>(j)] = j;
+            shuffle(rs, perm.data(), a);
+            std::copy(perm.begin(), perm.begin() + count, o);
+        }
+        break;
+    }
+    case Kind::multinomial: {
+        const std::int64_t n = in[2]->item_int();
+        if (n < 0) throw UsageError(fmt::format("{}: n must not be negative, got {}", name(), n));
+        const std::vector<double> p = probabilities(name(), *in[3], -1);
+        const auto d = static_cast<std::int64_t>(p.size());
+        shape.push_back(d);
+        out[1]->ensure(DType::int64, shape);
+        auto* o = out[1]->data<std::int64_t>();
+        std::fill(o, o + count * d, std::int64_t{0});
+        // numpy's legacy method: a binomial per outcome on what is left.
+        for (std::int64_t i = 0; i < count; ++i) {
+            std::int64_t* row = o + i * d;
+            double rest = 1.0;
+            std::int64_t left = n;
+            for (std::int64_t j = 0; j + 1 < d; ++j) {
+                row[j] = rs.binomial(left, p[static_cast<std::size_t>(j)] / rest);
+                left -= row[j];
+                if (left <= 0) break;
+                rest -= p[static_cast<std::size_t>(j)];
+            }
+            if (left > 0) row[d - 1] = left;
+        }
+        break;
+    }
+    }
+    out[0]->ensure(DType::uint8, in[0]->shape());
+    std::memcpy(out[0]->raw_data(), &rs, sizeof(RandomState));
+}
+
+std::vector<Variable> NumpySampleOp::pullback(const Node& node, const std::vector<Variable>&) const {
+    std::vector<Variable> g(node.inputs.size());
+    for (std::size_t i = 2; i < g.size(); ++i) g[i] = not_differentiable(*this, static_cast<int>(i));
+    return g;
+}
+
 RandomStreams::RandomStreams(std::uint32_t seed) : seedgen_(seed) {}
+
+SharedVariable RandomStreams::next_state() {
+    RandomState rs(static_cast<std::uint32_t>(seedgen_.randint(1LL << 30)));
+    SharedVariable state = shared(rs.to_blob(), fmt::format("random_state_{}", states_.size()));
+    states_.push_back(state);
+    return state;
+}
+
+Variable RandomStreams::sample(NumpySampleOp::Kind kind, const Size& size, std::vector<Variable> params, bool replace) {
+    Variable sz = size_variable(size, nullptr, "RandomStreams", 0);
+    SharedVariable state = next_state();
+    std::vector<Variable> ins = {state, sz};
+    ins.insert(ins.end(), params.begin(), params.end());
+    auto outs = theanine::apply(std::make_shared<NumpySampleOp>(kind, size_ndim(sz), replace), ins);
+    state.tie_default_update(outs[0]);
+    return outs[1];
+}
+
+namespace {
+Variable int_param(const char* who, const char* what, const Variable& v) {
+    if (!v.defined() || v.ndim() != 0 || !is_integer(v.dtype())) {
+        throw UsageError(fmt::format("{}: {} must be an integer scalar, got {}", who, what,
+                                     v.defined() ? v.type().str() : std::string("an undefined Variable")));
+    }
+    return v.dtype() == DType::int64 ? v : cast(v, DType::int64);
+}
+Variable prob_param(const char* who, const char* what, const Variable& v) {
+    if (!v.defined() || v.ndim() != 1 || !is_float(v.dtype())) {
+        throw UsageError(fmt::format("{}: {} must be a float vector, got {}", who, what,
+                                     v.defined() ? v.type().str() : std::string("an undefined Variable")));
+    }
+    return v.dtype() == DType::float64 ? v : cast(v, DType::float64);
+}
+}  // namespace
+
+Variable RandomStreams::random_integers(const Size& size, const Variable& low, const Variable& high) {
+    const char* who = "RandomStreams::random_integers";
+    return sample(NumpySampleOp::Kind::random_integers, size, {int_param(who, "low", low), int_param(who, "high", high)});
+}
+
+Variable RandomStreams::permutation(const Size& size, const Variable& n) {
+    return sample(NumpySampleOp::Kind::permutation, size, {int_param("RandomStreams::permutation", "n", n)});
+}
+
+Variable RandomStreams::choice(const Size& size, const Variable& a, bool replace, const std::optional<Variable>& p) {
+    const char* who = "RandomStreams::choice";
+    Variable pv = p ? prob_param(who, "p", *p) : constant(Tensor::zeros(DType::float64, {0}));
+    return sample(NumpySampleOp::Kind::choice, size, {int_param(who, "a", a), pv}, replace);
+}
+
+Variable RandomStreams::multinomial(const Size& size, const Variable& n, const Variable& pvals) {
+    const char* who = "RandomStreams::multinomial";
+    return sample(NumpySampleOp::Kind::multinomial, size, {int_param(who, "n", n), prob_param(who, "pvals", pvals)});
+}
 
 Variable RandomStreams::make(NumpyRandomOp::Dist dist, const Size& size, Variable a, Variable b, DType dtype) {
     Variable sz = size_variable(size, nullptr, "RandomStreams", 0);
     int nd = size_ndim(sz);
-    RandomState rs(static_cast<std::uint32_t>(seedgen_.randint(1LL << 30)));
-    SharedVariable state = shared(rs.to_blob(), fmt::format("random_state_{}", states_.size()));
+    SharedVariable state = next_state();
     auto outs = apply(std::make_shared<NumpyRandomOp>(dist, dtype, nd),
                       {state, sz, cast(a, DType::float64), cast(b, DType::float64)});
     state.tie_default_update(outs[0]);
-    states_.push_back(state);
     return outs[1];
 }
 
@@ -850,6 +1076,74 @@ Variable MRG_RandomStreams::normal(const Size& size, const Variable& avg, const 
     }
     // The sampler's own z * std + avg, elementwise.
     return add(mul(normal(size, 0.0, 1.0, dt), sd), a);
+}
+
+std::vector<TensorType> MultinomialFromUniform::make_types(const std::vector<Variable>& inputs) const {
+    if (inputs.size() != 3) throw UsageError("MultinomialFromUniform: takes pvals, unis and n");
+    if (inputs[0].ndim() != 2 || !is_float(inputs[0].dtype())) {
+        throw UsageError(fmt::format("MultinomialFromUniform: input 0 (pvals) must be a float matrix, got {}",
+                                     inputs[0].type().str()));
+    }
+    if (inputs[1].ndim() != 1 || !is_float(inputs[1].dtype())) {
+        throw UsageError(fmt::format("MultinomialFromUniform: input 1 (unis) must be a float vector, got {}",
+                                     inputs[1].type().str()));
+    }
+    if (inputs[2].ndim() != 0 || !is_integer(inputs[2].dtype())) {
+        throw UsageError(fmt::format("MultinomialFromUniform: input 2 (n) must be an integer scalar, got {}",
+                                     inputs[2].type().str()));
+    }
+    return {TensorType{DType::int64, {false, false}}};
+}
+
+void MultinomialFromUniform::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const Tensor pv = in[0]->contiguous();
+    const std::vector<double> unis = in[1]->to_doubles();
+    const std::int64_t n = in[2]->item_int();
+    const std::int64_t rows = pv.dim(0), k = pv.dim(1);
+    if (n < 0 || static_cast<std::int64_t>(unis.size()) != rows * n) {
+        throw UsageError(fmt::format("MultinomialFromUniform: {} uniforms for {} rows and n = {} (need rows * n)",
+                                     unis.size(), rows, n));
+    }
+    out[0]->ensure(DType::int64, {rows, k});
+    auto* o = out[0]->data<std::int64_t>();
+    std::fill(o, o + rows * k, std::int64_t{0});
+    dispatch(pv.dtype(), [&]<class T>() {
+        if constexpr (std::is_floating_point_v<T>) {
+            const T* p = pv.data<T>();
+            for (std::int64_t c = 0; c < n; ++c) {
+                for (std::int64_t r = 0; r < rows; ++r) {
+                    const double u = unis[static_cast<std::size_t>(c * rows + r)];
+                    T run = 0;  // summed in pvals' dtype, compared exactly
+                    for (std::int64_t m = 0; m < k; ++m) {
+                        run += p[r * k + m];
+                        if (static_cast<double>(run) > u) {
+                            ++o[r * k + m];
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+std::vector<Variable> MultinomialFromUniform::pullback(const Node&, const std::vector<Variable>&) const {
+    return {not_differentiable(*this, 0, "a draw has no gradient in its probabilities"),
+            not_differentiable(*this, 1), Variable()};
+}
+
+Variable MRG_RandomStreams::multinomial(const Variable& pvals, std::int64_t n) {
+    if (!pvals.defined() || pvals.ndim() != 2 || !is_float(pvals.dtype())) {
+        throw UsageError(fmt::format("MRG_RandomStreams::multinomial: pvals must be a float matrix (a row of "
+                                     "probabilities per sample), got {}",
+                                     pvals.defined() ? pvals.type().str() : std::string("an undefined Variable")));
+    }
+    if (n < 1) throw UsageError(fmt::format("MRG_RandomStreams::multinomial: n must be at least 1, got {}", n));
+    // One uniform (floatX) per row and draw, as Theano's.
+    Variable count = mul(pvals.shape(0), constant(static_cast<double>(n), DType::int64));
+    Variable unis = uniform(Size(make_vector({count})), 0.0, 1.0, config().floatX);
+    return apply1(std::make_shared<MultinomialFromUniform>(),
+                  {pvals, unis, constant(Tensor::scalar<std::int64_t>(n))});
 }
 
 Variable MRG_RandomStreams::binomial(const Size& size, std::int64_t n, double p, std::optional<DType> dtype) {

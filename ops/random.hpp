@@ -124,6 +124,43 @@ private:
     int ndim_;
 };
 
+/// numpy's integer samplers, drawn from a RandomState as numpy's legacy methods draw them.
+/// Inputs: state, size (int64 vector), then per kind: random_integers: low, high (int64
+/// scalars; values in [low, high]); permutation: n (each sample is a permutation of 0..n-1,
+/// output size + (n,)); choice: a (int64 scalar, the population 0..a-1) and p (float64
+/// vector of probabilities, or empty for uniform), replace as a prop; multinomial: n (int64
+/// scalar) and pvals (float64 vector; output size + (len(pvals),)). Output: new state, int64 sample.
+class NumpySampleOp final : public Op {
+public:
+    enum class Kind { random_integers, permutation, choice, multinomial };
+    NumpySampleOp(Kind kind, int ndim, bool replace = true) : kind_(kind), ndim_(ndim), replace_(replace) {}
+    std::string name() const override;
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool is_stateful() const override { return true; }
+    bool props_equal(const Op& o) const override;
+    std::size_t props_hash() const override;
+
+private:
+    Kind kind_;
+    int ndim_;
+    bool replace_;
+};
+
+/// Theano's MultinomialFromUniform: for each row r of pvals (rows x k) and each of n draws c,
+/// the uniform unis[c * rows + r] falls in one outcome's share of the row's cumulative sum
+/// (the first m whose running sum exceeds it), whose count goes up by one. Output: int64 (rows, k).
+class MultinomialFromUniform final : public Op {
+public:
+    std::string name() const override { return "MultinomialFromUniform"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op&) const override { return true; }
+    std::size_t props_hash() const override { return 77; }
+};
+
 /// MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
 /// std (scalars of the output dtype). Outputs: new rstate, sample. The state advances in place
 /// when the planner allows it (destroy_map {0}: only when the sample is unused, since the
@@ -189,6 +226,17 @@ public:
     Variable normal(const Size& size, const Variable& avg, const Variable& std,
                     std::optional<DType> dtype = std::nullopt) override;
 
+    /// Integers in [low, high] (Theano's random_integers: numpy's randint(low, high + 1)).
+    Variable random_integers(const Size& size, const Variable& low, const Variable& high);
+    /// A permutation of 0..n-1 per sample: output size + (n,).
+    Variable permutation(const Size& size, const Variable& n);
+    /// Samples of 0..a-1 (numpy's choice): with or without replacement, uniform or with
+    /// probabilities p (a float vector of length a; without replacement only uniform).
+    Variable choice(const Size& size, const Variable& a, bool replace = true,
+                    const std::optional<Variable>& p = std::nullopt);
+    /// Counts of n draws over len(pvals) outcomes per sample: output size + (len(pvals),).
+    Variable multinomial(const Size& size, const Variable& n, const Variable& pvals);
+
     /// Reseeds every stream as Theano does: a new seed generator, one randint each, in order.
     void seed(std::uint32_t s);
     /// The generator state of the k-th random variable made by this object.
@@ -197,6 +245,8 @@ public:
 
 private:
     Variable make(NumpyRandomOp::Dist dist, const Size& size, Variable a, Variable b, DType dtype);
+    Variable sample(NumpySampleOp::Kind kind, const Size& size, std::vector<Variable> params, bool replace = true);
+    SharedVariable next_state();
     RandomState seedgen_;
     std::vector<SharedVariable> states_;
 };
@@ -218,6 +268,10 @@ public:
                      std::optional<DType> dtype = std::nullopt) override;
     Variable normal(const Size& size, const Variable& avg, const Variable& std,
                     std::optional<DType> dtype = std::nullopt) override;
+
+    /// Theano's MRG multinomial: pvals a matrix of probability rows, n draws per row, one
+    /// uniform per draw; output int64 counts of pvals' shape.
+    Variable multinomial(const Variable& pvals, std::int64_t n = 1);
 
     /// Reseeds every stream as Theano's seed(): the base state from s (the constructor's seed
     /// when none is given), then each random variable made so far, in order, its substreams from

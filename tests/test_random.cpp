@@ -382,3 +382,87 @@ TEST_CASE("symbolic distribution parameters: scalars go to the sampler, tensors 
                   .find("uniform: low must be a number tensor, got bool scalar") != std::string::npos);
     }
 }
+
+TEST_CASE("RandomStreams: random_integers, permutation, choice, multinomial draw what numpy draws") {
+    // Each stream is set to numpy's RandomState(0), whose draws are known: randint(0, 10, 5) is
+    // [5, 0, 3, 3, 7], permutation(10) is [2, 8, 4, 9, 1, 6, 7, 3, 0, 5], and random_sample()
+    // starts 0.5488135039273248, 0.7151893663724195, 0.6027633760716439, 0.5448831829968969,
+    // 0.4236547993389047 (fixture A, seed 0).
+    RandomStreams rs(1);
+    const auto i64 = [](std::int64_t v) { return constant(Tensor::scalar<std::int64_t>(v)); };
+    auto draw = [&](const Variable& v) {
+        rs.state_variables().back().set_value(RandomState(0).to_blob());
+        return function({}, {v})()[0];
+    };
+    auto ints = [](const Tensor& t) {
+        std::vector<std::int64_t> r;
+        for (double d : t.to_doubles()) r.push_back(static_cast<std::int64_t>(d));
+        return r;
+    };
+    const Tensor ri = draw(rs.random_integers(std::vector<std::int64_t>{5}, i64(0), i64(9)));
+    CHECK(ri.dtype() == DType::int64);
+    CHECK(ints(ri) == std::vector<std::int64_t>{5, 0, 3, 3, 7});
+    CHECK(ints(draw(rs.random_integers(std::vector<std::int64_t>{5}, i64(10), i64(19)))) ==
+          std::vector<std::int64_t>{15, 10, 13, 13, 17});
+    const Tensor perm = draw(rs.permutation(std::vector<std::int64_t>{}, i64(10)));
+    CHECK(perm.shape() == Shape{10});
+    CHECK(ints(perm) == std::vector<std::int64_t>{2, 8, 4, 9, 1, 6, 7, 3, 0, 5});
+    CHECK(draw(rs.permutation(std::vector<std::int64_t>{3}, i64(4))).shape() == Shape{3, 4});
+    CHECK(ints(draw(rs.choice(std::vector<std::int64_t>{5}, i64(10)))) == std::vector<std::int64_t>{5, 0, 3, 3, 7});
+    CHECK(ints(draw(rs.choice(std::vector<std::int64_t>{3}, i64(10), false))) == std::vector<std::int64_t>{2, 8, 4});
+    // With p = (0.1, 0.2, 0.3, 0.4), cumulative (0.1, 0.3, 0.6, 1): the first index above each draw.
+    Variable p = constant(T64({4}, {0.1, 0.2, 0.3, 0.4}));
+    CHECK(ints(draw(rs.choice(std::vector<std::int64_t>{5}, i64(4), true, p))) == std::vector<std::int64_t>{2, 3, 3, 2, 2});
+    // multinomial: numpy's method, a binomial per outcome on what is left (RandomState's binomial
+    // is checked bit for bit against numpy above); every row sums to n.
+    Variable pv = constant(T64({3}, {0.2, 0.5, 0.3}));
+    const Tensor mn = draw(rs.multinomial(std::vector<std::int64_t>{4}, i64(20), pv));
+    CHECK(mn.shape() == Shape{4, 3});
+    RandomState replay(0);
+    const auto got = ints(mn);
+    for (int i = 0; i < 4; ++i) {
+        const std::int64_t a = replay.binomial(20, 0.2);
+        const std::int64_t b = replay.binomial(20 - a, 0.5 / 0.8);
+        CHECK(got[i * 3] == a);
+        CHECK(got[i * 3 + 1] == b);
+        CHECK(got[i * 3 + 2] == 20 - a - b);
+    }
+    // Streams advance between calls, and errors name the call.
+    Variable again = rs.random_integers(std::vector<std::int64_t>{3}, i64(0), i64(1000));
+    Function f = function({}, {again});
+    CHECK(f()[0].to_doubles() != f()[0].to_doubles());
+    CHECK(error_of([&] { rs.permutation(std::vector<std::int64_t>{}, constant(2.5)); })
+              .find("RandomStreams::permutation: n must be an integer scalar, got float64 scalar") == 0);
+    CHECK(error_of([&] { function({}, {rs.choice(std::vector<std::int64_t>{5}, i64(3), false)})(); })
+              .find("cannot take 5 samples of 3 without replacement") != std::string::npos);
+    CHECK(error_of([&] { function({}, {rs.multinomial(std::vector<std::int64_t>{1}, i64(3), constant(T64({2}, {0.5, 0.6})))})(); })
+              .find("probabilities do not sum to 1") != std::string::npos);
+}
+
+TEST_CASE("MRG_RandomStreams::multinomial: each draw counts where its uniform falls in the row's cumulative sum") {
+    MRG_RandomStreams a(234), b(234);
+    Variable pv = matrix("pv");
+    const Tensor pvals = T64({3, 4}, {0.1, 0.2, 0.3, 0.4, 1, 0, 0, 0, 0, 0, 0.5, 0.5});
+    // The uniforms the same stream draws for 3 rows x 2 draws.
+    const Tensor counts = function({pv}, {a.multinomial(pv, 2)})({pvals})[0];
+    const auto u = function({}, {b.uniform(std::vector<std::int64_t>{6}, 0.0, 1.0, DType::float64)})()[0].to_doubles();
+    CHECK(counts.shape() == Shape{3, 4});
+    std::vector<double> want(12, 0);
+    const std::vector<double> p = pvals.to_doubles();
+    for (int c = 0; c < 2; ++c)
+        for (int r = 0; r < 3; ++r) {
+            double run = 0;
+            for (int m = 0; m < 4; ++m) {
+                run += p[r * 4 + m];
+                if (run > u[c * 3 + r]) {
+                    want[r * 4 + m] += 1;
+                    break;
+                }
+            }
+        }
+    CHECK(counts.to_doubles() == want);
+    const auto got = counts.to_doubles();
+    CHECK(got[4] == 2);               // row 1 has all its mass on outcome 0
+    CHECK(got[8] + got[9] == 0);      // row 2 none on outcomes 0 and 1
+    CHECK(error_of([&] { a.multinomial(vector("v")); }).find("pvals must be a float matrix") != std::string::npos);
+}
