@@ -128,6 +128,10 @@ MPI_Datatype mpi_type(DType dt, const std::string& what) {
         case DType::int64: return MPI_INT64_T;
         case DType::int32: return MPI_INT32_T;
         case DType::uint8: return MPI_UINT8_T;
+        case DType::int8: return MPI_INT8_T;
+        case DType::int16: return MPI_INT16_T;
+        case DType::uint16: return MPI_UINT16_T;
+        case DType::uint32: return MPI_UINT32_T;
         case DType::boolean: break;
     }
     throw UsageError(fmt::format("{}: MPI reductions take float and integer tensors, got {}", what, dtype_name(dt)));

@@ -165,6 +165,14 @@ Variable vector(const std::string& name, std::optional<DType> dt) {
 }
 Variable ivector(const std::string& name) { return make_input(1, name, DType::int32); }
 Variable lvector(const std::string& name) { return make_input(1, name, DType::int64); }
+Variable bscalar(const std::string& name) { return make_input(0, name, DType::int8); }
+Variable bvector(const std::string& name) { return make_input(1, name, DType::int8); }
+Variable bmatrix(const std::string& name) { return make_input(2, name, DType::int8); }
+Variable wscalar(const std::string& name) { return make_input(0, name, DType::int16); }
+Variable wvector(const std::string& name) { return make_input(1, name, DType::int16); }
+Variable wmatrix(const std::string& name) { return make_input(2, name, DType::int16); }
+Variable imatrix(const std::string& name) { return make_input(2, name, DType::int32); }
+Variable lmatrix(const std::string& name) { return make_input(2, name, DType::int64); }
 Variable matrix(const std::string& name, std::optional<DType> dt) {
     return make_input(2, name, dt.value_or(config().floatX));
 }

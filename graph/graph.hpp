@@ -250,6 +250,16 @@ Variable iscalar(const std::string& name = "");
 Variable vector(const std::string& name = "", std::optional<DType> dt = std::nullopt);
 Variable ivector(const std::string& name = "");
 Variable lvector(const std::string& name = "");
+/// Theano's b (int8), w (int16), i (int32) and l (int64) constructors; other dtypes
+/// (uint16, uint32, ...) through input(TensorType{dtype, broadcastable}) or the dt argument.
+Variable bscalar(const std::string& name = "");
+Variable bvector(const std::string& name = "");
+Variable bmatrix(const std::string& name = "");
+Variable wscalar(const std::string& name = "");
+Variable wvector(const std::string& name = "");
+Variable wmatrix(const std::string& name = "");
+Variable imatrix(const std::string& name = "");
+Variable lmatrix(const std::string& name = "");
 Variable matrix(const std::string& name = "", std::optional<DType> dt = std::nullopt);
 Variable dmatrix(const std::string& name = "");
 Variable fmatrix(const std::string& name = "");

@@ -39,6 +39,10 @@ std::size_t dtype_size(DType dt) {
     case DType::int32: return 4;
     case DType::uint8: return 1;
     case DType::boolean: return 1;
+    case DType::int8: return 1;
+    case DType::int16: return 2;
+    case DType::uint16: return 2;
+    case DType::uint32: return 4;
     }
     return 0;
 }
@@ -51,33 +55,64 @@ std::string_view dtype_name(DType dt) {
     case DType::int32: return "int32";
     case DType::uint8: return "uint8";
     case DType::boolean: return "bool";
+    case DType::int8: return "int8";
+    case DType::int16: return "int16";
+    case DType::uint16: return "uint16";
+    case DType::uint32: return "uint32";
     }
     return "?";
 }
 
 DType dtype_from_name(std::string_view name) {
-    for (DType dt : {DType::float32, DType::float64, DType::int64, DType::int32, DType::uint8,
-                     DType::boolean}) {
+    for (DType dt : {DType::float32, DType::float64, DType::int64, DType::int32, DType::int16, DType::int8,
+                     DType::uint32, DType::uint16, DType::uint8, DType::boolean}) {
         if (dtype_name(dt) == name) return dt;
     }
     throw UsageError(fmt::format(
-        "unknown dtype '{}' (expected float32, float64, int64, int32, uint8 or bool)", name));
+        "unknown dtype '{}' (expected float32, float64, int64, int32, int16, int8, uint32, uint16, uint8 or bool)",
+        name));
 }
 
 bool is_float(DType dt) { return dt == DType::float32 || dt == DType::float64; }
 bool is_integer(DType dt) {
-    return dt == DType::int64 || dt == DType::int32 || dt == DType::uint8;
+    switch (dt) {
+    case DType::int64: case DType::int32: case DType::int16: case DType::int8:
+    case DType::uint32: case DType::uint16: case DType::uint8: return true;
+    default: return false;
+    }
 }
+
+namespace {
+// An integer dtype's bits and signedness.
+struct IntInfo {
+    int bits;
+    bool is_signed;
+};
+IntInfo int_info(DType dt) {
+    switch (dt) {
+    case DType::int8: return {8, true};
+    case DType::int16: return {16, true};
+    case DType::int32: return {32, true};
+    case DType::int64: return {64, true};
+    case DType::uint8: return {8, false};
+    case DType::uint16: return {16, false};
+    case DType::uint32: return {32, false};
+    default: return {0, false};
+    }
+}
+}  // namespace
 
 bool casts_safely(DType from, DType to) {
     if (from == to || from == DType::boolean) return true;
-    switch (from) {
-    case DType::uint8: return to != DType::boolean;
-    case DType::int32: return to == DType::int64 || to == DType::float64;
-    case DType::int64: return to == DType::float64;
-    case DType::float32: return to == DType::float64;
-    default: return false;
-    }
+    if (from == DType::float32) return to == DType::float64;
+    if (!is_integer(from)) return false;
+    const IntInfo f = int_info(from);
+    if (to == DType::float64) return true;
+    if (to == DType::float32) return f.bits <= 16;
+    if (!is_integer(to)) return false;
+    const IntInfo t = int_info(to);
+    if (f.is_signed == t.is_signed) return t.bits >= f.bits;
+    return !f.is_signed && t.is_signed && t.bits > f.bits;  // unsigned into a wider signed type
 }
 
 std::string shape_string(const Shape& shape) {

@@ -19,19 +19,22 @@
 
 namespace theanine {
 
-enum class DType : std::uint8_t { float32, float64, int64, int32, uint8, boolean };
+/// Element types. The order is the checkpoint format's dtype code: new ones go at the end.
+enum class DType : std::uint8_t { float32, float64, int64, int32, uint8, boolean, int8, int16, uint16, uint32 };
 
 using Shape = std::vector<std::int64_t>;
 
 std::size_t dtype_size(DType dt);
 std::string_view dtype_name(DType dt);
-/// Parses "float32", "float64", "int64", "int32", "uint8", "bool"; throws UsageError otherwise.
+/// Parses "float32", "float64", "int64", "int32", "int16", "int8", "uint32", "uint16", "uint8",
+/// "bool"; throws UsageError otherwise.
 DType dtype_from_name(std::string_view name);
 bool is_float(DType dt);
-bool is_integer(DType dt);  ///< int64, int32, uint8 (not bool)
+bool is_integer(DType dt);  ///< the signed and unsigned integer dtypes (not bool)
 /// Whether numpy's "safe" casting allows from -> to (every value of from has a value in to
-/// that numpy deems equal: bool to anything, uint8 to the wider types, int32 to int64 and
-/// float64, int64 to float64, float32 to float64). Function arguments and set_value convert
+/// that numpy deems equal: bool to anything, an integer to a wider integer of either
+/// signedness that holds its range, small integers to float32 (8 and 16 bits) and every
+/// integer to float64, float32 to float64). Function arguments and set_value convert
 /// such values; other conversions need allow_input_downcast.
 bool casts_safely(DType from, DType to);
 
@@ -43,6 +46,10 @@ template <> constexpr DType dtype_of<std::int64_t>() { return DType::int64; }
 template <> constexpr DType dtype_of<std::int32_t>() { return DType::int32; }
 template <> constexpr DType dtype_of<std::uint8_t>() { return DType::uint8; }
 template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
+template <> constexpr DType dtype_of<std::int8_t>() { return DType::int8; }
+template <> constexpr DType dtype_of<std::int16_t>() { return DType::int16; }
+template <> constexpr DType dtype_of<std::uint16_t>() { return DType::uint16; }
+template <> constexpr DType dtype_of<std::uint32_t>() { return DType::uint32; }
 
 /// Calls `f.template operator()<T>()` with T the C++ type of dt.
 template <class F>
@@ -54,6 +61,10 @@ decltype(auto) dispatch(DType dt, F&& f) {
     case DType::int32: return f.template operator()<std::int32_t>();
     case DType::uint8: return f.template operator()<std::uint8_t>();
     case DType::boolean: return f.template operator()<bool>();
+    case DType::int8: return f.template operator()<std::int8_t>();
+    case DType::int16: return f.template operator()<std::int16_t>();
+    case DType::uint16: return f.template operator()<std::uint16_t>();
+    case DType::uint32: return f.template operator()<std::uint32_t>();
     }
     throw InternalError("dispatch: unknown dtype");
 }

@@ -140,8 +140,9 @@ void check_dot_dtype(const std::string& op, const std::vector<Variable>& inputs,
                                      inputs[a].type().str(), b, inputs[b].type().str()));
     }
     DType dt = inputs[a].dtype();
-    if (dt == DType::boolean || dt == DType::uint8) {
-        throw UsageError(fmt::format("{}: {} inputs are not supported", op, dtype_name(dt)));
+    if (!is_float(dt) && dt != DType::int64 && dt != DType::int32) {
+        throw UsageError(fmt::format("{}: {} inputs are not supported (cast them to int32, int64 or a float)", op,
+                                     dtype_name(dt)));
     }
 }
 

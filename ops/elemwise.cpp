@@ -215,17 +215,17 @@ bool is_weak(const Variable& v) { return v.is_constant() && v.node().weak; }
 
 DType float_for(DType dt) {
     if (is_float(dt)) return dt;
-    if (dt == DType::int64 || dt == DType::int32) return DType::float64;
+    if (dt == DType::int64 || dt == DType::int32 || dt == DType::uint32) return DType::float64;
     return config().floatX;
 }
 
 // The float dtype a float-only op gives integer operands (Theano's upgrade_to_float): the
-// small integers (bool, uint8) become float32, the wide ones float64; int / int true
-// division gives floatX instead.
+// small integers (bool and 8 or 16 bits) become float32, the 32 and 64-bit ones float64;
+// int / int true division gives floatX instead.
 DType upgrade_to_float(ScalarOp op, DType dt) {
     if (is_float(dt)) return dt;
     if (op == ScalarOp::true_div) return config().floatX;
-    return dt == DType::int64 || dt == DType::int32 ? DType::float64 : DType::float32;
+    return dt == DType::int64 || dt == DType::int32 || dt == DType::uint32 ? DType::float64 : DType::float32;
 }
 
 int kind_rank(DType dt) { return dt == DType::boolean ? 0 : (is_integer(dt) ? 1 : 2); }
@@ -251,22 +251,25 @@ int scalar_op_arity(ScalarOp op) { return info(op).arity; }
 bool scalar_op_is_transcendental(ScalarOp op) { return info(op).transcendental; }
 
 DType promote(DType a, DType b) {
+    // numpy's promotion of two array dtypes.
     if (a == b) return a;
-    auto rank = [](DType d) {
-        switch (d) {
-        case DType::boolean: return 0;
-        case DType::uint8: return 1;
-        case DType::int32: return 2;
-        case DType::int64: return 3;
-        case DType::float32: return 4;
-        case DType::float64: return 5;
-        }
-        return 0;
+    if (a == DType::boolean) return b;
+    if (b == DType::boolean) return a;
+    const auto bits = [](DType d) { return static_cast<int>(dtype_size(d)) * 8; };
+    if (is_float(a) || is_float(b)) {
+        if (a == DType::float64 || b == DType::float64) return DType::float64;
+        const DType i = is_float(a) ? b : a;  // float32 with an integer (or float32)
+        return is_float(i) || bits(i) <= 16 ? DType::float32 : DType::float64;
+    }
+    const auto is_signed = [](DType d) {
+        return d == DType::int8 || d == DType::int16 || d == DType::int32 || d == DType::int64;
     };
-    DType hi = rank(a) >= rank(b) ? a : b;
-    DType lo = rank(a) >= rank(b) ? b : a;
-    if (hi == DType::float32 && (lo == DType::int64 || lo == DType::int32)) return DType::float64;
-    return hi;
+    const auto signed_of = [](int b) {
+        return b <= 8 ? DType::int8 : b <= 16 ? DType::int16 : b <= 32 ? DType::int32 : DType::int64;
+    };
+    if (is_signed(a) == is_signed(b)) return bits(a) >= bits(b) ? a : b;
+    const DType s = is_signed(a) ? a : b, u = is_signed(a) ? b : a;
+    return bits(s) > bits(u) ? s : signed_of(std::min(64, 2 * bits(u)));
 }
 
 namespace {

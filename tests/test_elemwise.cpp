@@ -418,3 +418,63 @@ TEST_CASE("fused transcendental kernels stay within their ulp bounds over the wh
     run.template operator()<float>();
     run.template operator()<double>();
 }
+
+TEST_CASE("int8, int16, uint16, uint32: numpy's promotions, safe conversions, arithmetic that wraps as numpy's") {
+    using DT = DType;
+    // Promotion of two array dtypes, as numpy.result_type.
+    CHECK(promote(DT::int8, DT::uint8) == DT::int16);
+    CHECK(promote(DT::int16, DT::uint16) == DT::int32);
+    CHECK(promote(DT::int32, DT::uint32) == DT::int64);
+    CHECK(promote(DT::int64, DT::uint32) == DT::int64);
+    CHECK(promote(DT::int16, DT::uint8) == DT::int16);
+    CHECK(promote(DT::uint16, DT::uint32) == DT::uint32);
+    CHECK(promote(DT::int8, DT::float32) == DT::float32);
+    CHECK(promote(DT::uint16, DT::float32) == DT::float32);
+    CHECK(promote(DT::uint32, DT::float32) == DT::float64);
+    CHECK(promote(DT::boolean, DT::int8) == DT::int8);
+    // Safe casts (numpy.can_cast).
+    CHECK(casts_safely(DT::int8, DT::int16));
+    CHECK(casts_safely(DT::uint16, DT::int32));
+    CHECK(casts_safely(DT::uint16, DT::float32));
+    CHECK_FALSE(casts_safely(DT::uint16, DT::int16));
+    CHECK_FALSE(casts_safely(DT::int8, DT::uint32));
+    CHECK_FALSE(casts_safely(DT::uint32, DT::float32));
+    CHECK(casts_safely(DT::uint32, DT::int64));
+    CHECK(dtype_from_name("uint16") == DT::uint16);
+    CHECK(dtype_size(DT::int16) == 2);
+
+    Variable b = bvector("b");
+    Variable u = input(TensorType{DT::uint8, {false}}, "u");
+    Variable w = wvector("w");
+    CHECK((b + u).dtype() == DT::int16);
+    CHECK(exp(w).dtype() == DT::float32);   // Theano's upgrade_to_float
+    CHECK(exp(input(TensorType{DT::uint32, {false}}, "q")).dtype() == DT::float64);
+    Function f = function({b, u, w}, {b + u, b + b, w * w, int_div(w, b), exp(w), b.sum(), lt(b, u)});
+    const Tensor bv = Tensor::from_vector<std::int8_t>({3}, {127, -128, -7});
+    const Tensor uv = Tensor::from_vector<std::uint8_t>({3}, {255, 1, 2});
+    const Tensor wv = Tensor::from_vector<std::int16_t>({3}, {300, -2, 7});
+    const auto r = f({bv, uv, wv});
+    CHECK(r[0].to_doubles() == std::vector<double>{382, -127, -5});  // int16: no overflow
+    CHECK(r[1].to_doubles() == std::vector<double>{-2, 0, -14});     // int8 wraps as numpy's
+    CHECK(r[2].dtype() == DT::int16);
+    CHECK(r[2].to_doubles() == std::vector<double>{24464, 4, 49});   // 90000 wraps to 24464
+    CHECK(r[3].to_doubles() == std::vector<double>{2, 0, -1});       // floor division
+    CHECK(r[4].dtype() == DT::float32);
+    CHECK(r[4].to_doubles()[2] == static_cast<double>(std::exp(7.0f)));
+    CHECK(r[5].dtype() == DT::int64);
+    CHECK(r[5].item() == -8);
+    CHECK(r[6].to_doubles() == std::vector<double>{1, 1, 1});
+    // Arguments: int8 data for an int16 input converts; int32 data is refused.
+    Function g = function({w}, {w + 1});
+    CHECK(g({Tensor::from_vector<std::int8_t>({2}, {-3, 4})})[0].to_doubles() == std::vector<double>{-2, 5});
+    CHECK(error_of([&] { g({Tensor::from_vector<std::int32_t>({1}, {5})}); })
+              .find("expects int16 vector; int32 data may lose precision as int16") != std::string::npos);
+    // Casts between them.
+    Variable x = vector("x");
+    const Tensor c16 = function({x}, {cast(x, DT::uint16)})({T64({2}, {65535, 3})})[0];
+    CHECK(c16.dtype() == DT::uint16);
+    CHECK(c16.to_doubles() == std::vector<double>{65535, 3});
+    const Tensor c8 = function({x}, {cast(x, DT::int8)})({T64({2}, {100, -1})})[0];
+    CHECK(c8.dtype() == DT::int8);
+    CHECK(c8.to_doubles() == std::vector<double>{100, -1});
+}

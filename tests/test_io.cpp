@@ -398,3 +398,19 @@ TEST_CASE("metrics: write() puts metrics.csv, curves.png and curves.svg in the f
     CHECK_THROWS_WITH_AS(io::read_png_rgba((dir / "metrics.csv").string()), doctest::Contains("is not a readable PNG"),
                          UsageError);
 }
+
+TEST_CASE("npy files of the new integer dtypes round-trip") {
+    const auto dir = std::filesystem::temp_directory_path() / "theanine_npy_small_ints";
+    std::filesystem::create_directories(dir);
+    const Tensor a = Tensor::from_vector<std::int8_t>({3}, {-128, 0, 127});
+    const Tensor b = Tensor::from_vector<std::int16_t>({2}, {-32768, 32767});
+    const Tensor c = Tensor::from_vector<std::uint16_t>({2}, {0, 65535});
+    for (const Tensor& t : {a, b, c}) {
+        const std::string path = (dir / "t.npy").string();
+        io::save_npy(path, t);
+        const Tensor back = io::load_npy(path);
+        CHECK(back.dtype() == t.dtype());
+        CHECK(back.to_doubles() == t.to_doubles());
+    }
+    std::filesystem::remove_all(dir);
+}

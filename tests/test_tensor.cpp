@@ -42,11 +42,17 @@ TEST_CASE("every dtype converts and reports its name") {
     CHECK(t.astype(DType::int64).to_doubles() == std::vector<double>{-1, 0, 2, 255});
     CHECK(t.astype(DType::int32).to_doubles() == std::vector<double>{-1, 0, 2, 255});
     CHECK(t.astype(DType::uint8).at({3}) == 255);
+    CHECK(t.astype(DType::int16).to_doubles() == std::vector<double>{-1, 0, 2, 255});
+    CHECK(T64({2}, {-1.5, 100}).astype(DType::int8).to_doubles() == std::vector<double>{-1, 100});
+    CHECK(t.astype(DType::uint16).at({3}) == 255);
+    CHECK(t.astype(DType::uint32).at({2}) == 2);
+    for (const char* n : {"int8", "int16", "uint16", "uint32"}) CHECK(dtype_name(dtype_from_name(n)) == n);
     CHECK(t.astype(DType::boolean).to_doubles() == std::vector<double>{1, 0, 1, 1});
     CHECK(t.astype(DType::float32).at({2}) == static_cast<double>(2.7f));
     CHECK(dtype_from_name("bool") == DType::boolean);
     CHECK_THROWS_WITH_AS(dtype_from_name("float16"),
-                         "unknown dtype 'float16' (expected float32, float64, int64, int32, uint8 or bool)", UsageError);
+                         "unknown dtype 'float16' (expected float32, float64, int64, int32, int16, int8, uint32, "
+                         "uint16, uint8 or bool)", UsageError);
     CHECK_THROWS_WITH_AS(t.data<float>(), "Tensor: data requested as float32 but the tensor is float64", UsageError);
 }
 

@@ -18,7 +18,8 @@ namespace {
 
 constexpr char kMagic[] = "THEANINE-CHECKPOINT 1\n";
 constexpr std::size_t kMagicLen = sizeof(kMagic) - 1;
-constexpr DType kDTypes[] = {DType::float32, DType::float64, DType::int64, DType::int32, DType::uint8, DType::boolean};
+constexpr DType kDTypes[] = {DType::float32, DType::float64, DType::int64,  DType::int32,  DType::uint8,
+                             DType::boolean, DType::int8,    DType::int16, DType::uint16, DType::uint32};
 
 template <class T>
 void put(AtomicFile& f, T v) {

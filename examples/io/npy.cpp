@@ -18,6 +18,10 @@ std::string descr_of(DType dt) {
     case DType::int32: return "<i4";
     case DType::uint8: return "|u1";
     case DType::boolean: return "|b1";
+    case DType::int8: return "|i1";
+    case DType::int16: return "<i2";
+    case DType::uint16: return "<u2";
+    case DType::uint32: return "<u4";
     }
     return "";
 }
@@ -198,6 +202,9 @@ Tensor load_npy(const std::string& path) {
     else if (h.descr == "<i4") dt = DType::int32;
     else if (h.descr == "|u1") dt = DType::uint8;
     else if (h.descr == "|b1") dt = DType::boolean;
+    else if (h.descr == "|i1") dt = DType::int8;
+    else if (h.descr == "<i2") dt = DType::int16;
+    else if (h.descr == "<u2") dt = DType::uint16;
     else throw UsageError(fmt::format("load_npy: {}: unsupported dtype '{}'", path, h.descr));
     const std::size_t esz = widen_u4 ? 4 : dtype_size(dt);
     const std::size_t bytes = checked_byte_size(h.shape, esz);
