@@ -1113,10 +1113,10 @@ void MultinomialFromUniform::perform(const Node&, std::span<const Tensor* const>
             for (std::int64_t c = 0; c < n; ++c) {
                 for (std::int64_t r = 0; r < rows; ++r) {
                     const double u = unis[static_cast<std::size_t>(c * rows + r)];
-                    T run = 0;  // summed in pvals' dtype, compared exactly
+                    double run = 0;  // summed in double whatever pvals' dtype, as Theano's
                     for (std::int64_t m = 0; m < k; ++m) {
-                        run += p[r * k + m];
-                        if (static_cast<double>(run) > u) {
+                        run += static_cast<double>(p[r * k + m]);
+                        if (run > u) {
                             ++o[r * k + m];
                             break;
                         }
@@ -1130,6 +1130,65 @@ void MultinomialFromUniform::perform(const Node&, std::span<const Tensor* const>
 std::vector<Variable> MultinomialFromUniform::pullback(const Node&, const std::vector<Variable>&) const {
     return {not_differentiable(*this, 0, "a draw has no gradient in its probabilities"),
             not_differentiable(*this, 1), Variable()};
+}
+
+std::vector<TensorType> ChoiceFromUniform::make_types(const std::vector<Variable>& inputs) const {
+    MultinomialFromUniform().make_types(inputs);  // the same inputs: pvals matrix, unis vector, n
+    return {TensorType{DType::int64, {false, false}}};
+}
+
+void ChoiceFromUniform::perform(const Node&, std::span<const Tensor* const> in, std::span<Tensor* const> out) const {
+    const std::vector<double> p0 = in[0]->contiguous().to_doubles();
+    const std::vector<double> unis = in[1]->to_doubles();
+    const std::int64_t n = in[2]->item_int();
+    const std::int64_t rows = in[0]->dim(0), k = in[0]->dim(1);
+    if (n < 0 || n > k || static_cast<std::int64_t>(unis.size()) != rows * n) {
+        throw UsageError(fmt::format("ChoiceFromUniform: {} uniforms for {} rows of {} outcomes and n = {} (need "
+                                     "rows * n, n at most the outcomes)", unis.size(), rows, k, n));
+    }
+    out[0]->ensure(DType::int64, {rows, n});
+    auto* o = out[0]->data<std::int64_t>();
+    std::vector<double> p = p0;  // each row renormalised as outcomes are taken
+    for (std::int64_t c = 0; c < n; ++c) {
+        for (std::int64_t r = 0; r < rows; ++r) {
+            double* row = p.data() + r * k;
+            const double u = unis[static_cast<std::size_t>(c * rows + r)];
+            double run = 0;
+            std::int64_t pick = -1;  // Theano's mark where rounding leaves the whole sum at or below u
+            for (std::int64_t m = 0; m < k; ++m) {
+                run += row[m];
+                if (run > u) {
+                    pick = m;
+                    break;
+                }
+            }
+            o[r * n + c] = pick;
+            if (pick < 0) continue;
+            row[pick] = 0;
+            double total = 0;
+            for (std::int64_t m = 0; m < k; ++m) total += row[m];
+            if (total > 0) {
+                for (std::int64_t m = 0; m < k; ++m) row[m] /= total;
+            }
+        }
+    }
+}
+
+std::vector<Variable> ChoiceFromUniform::pullback(const Node&, const std::vector<Variable>&) const {
+    return {not_differentiable(*this, 0, "a draw has no gradient in its probabilities"),
+            not_differentiable(*this, 1), Variable()};
+}
+
+Variable MRG_RandomStreams::choice(const Variable& pvals, std::int64_t n) {
+    if (!pvals.defined() || pvals.ndim() != 2 || !is_float(pvals.dtype())) {
+        throw UsageError(fmt::format("MRG_RandomStreams::choice: pvals must be a float matrix (a row of probabilities "
+                                     "per sample), got {}",
+                                     pvals.defined() ? pvals.type().str() : std::string("an undefined Variable")));
+    }
+    if (n < 1) throw UsageError(fmt::format("MRG_RandomStreams::choice: n must be at least 1, got {}", n));
+    Variable count = mul(pvals.shape(0), constant(static_cast<double>(n), DType::int64));
+    Variable unis = uniform(Size(make_vector({count})), 0.0, 1.0, config().floatX);
+    return apply1(std::make_shared<ChoiceFromUniform>(), {pvals, unis, constant(Tensor::scalar<std::int64_t>(n))});
 }
 
 Variable MRG_RandomStreams::multinomial(const Variable& pvals, std::int64_t n) {

@@ -161,6 +161,21 @@ public:
     std::size_t props_hash() const override { return 77; }
 };
 
+/// Theano's ChoiceFromUniform (sampling without replacement): for each of n draws c and each
+/// row r of pvals (rows x k), the uniform unis[c * rows + r] picks the first outcome whose
+/// running sum exceeds it; that outcome's probability is then set to 0 and the row
+/// renormalised, so it is not picked again. Output: int64 (rows, n) of outcome indices (-1
+/// where rounding left a row's whole sum at or below its uniform, as Theano's).
+class ChoiceFromUniform final : public Op {
+public:
+    std::string name() const override { return "ChoiceFromUniform"; }
+    std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
+    void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
+    std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
+    bool props_equal(const Op&) const override { return true; }
+    std::size_t props_hash() const override { return 78; }
+};
+
 /// MRG31k3p draws. Inputs: rstate (int32 (n, 6)), size (int64 vector), and for normal avg and
 /// std (scalars of the output dtype). Outputs: new rstate, sample. The state advances in place
 /// when the planner allows it (destroy_map {0}: only when the sample is unused, since the
@@ -272,6 +287,9 @@ public:
     /// Theano's MRG multinomial: pvals a matrix of probability rows, n draws per row, one
     /// uniform per draw; output int64 counts of pvals' shape.
     Variable multinomial(const Variable& pvals, std::int64_t n = 1);
+    /// Theano's MRG choice: n outcomes per row of pvals without replacement (the only form
+    /// Theano's MRG stream has); output int64 (rows, n).
+    Variable choice(const Variable& pvals, std::int64_t n = 1);
 
     /// Reseeds every stream as Theano's seed(): the base state from s (the constructor's seed
     /// when none is given), then each random variable made so far, in order, its substreams from

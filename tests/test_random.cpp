@@ -466,3 +466,40 @@ TEST_CASE("MRG_RandomStreams::multinomial: each draw counts where its uniform fa
     CHECK(got[8] + got[9] == 0);      // row 2 none on outcomes 0 and 1
     CHECK(error_of([&] { a.multinomial(vector("v")); }).find("pvals must be a float matrix") != std::string::npos);
 }
+
+TEST_CASE("MRG_RandomStreams::choice: outcomes without replacement, each draw renormalising its row") {
+    MRG_RandomStreams a(99), b(99);
+    Variable pv = matrix("pv");
+    const Tensor pvals = T64({2, 4}, {0.1, 0.2, 0.3, 0.4, 0.25, 0.25, 0.25, 0.25});
+    const Tensor picks = function({pv}, {a.choice(pv, 3)})({pvals})[0];
+    const auto u = function({}, {b.uniform(std::vector<std::int64_t>{6}, 0.0, 1.0, DType::float64)})()[0].to_doubles();
+    CHECK(picks.shape() == Shape{2, 3});
+    // By hand: for draw c and row r the uniform u[c * 2 + r] against the renormalised row.
+    std::vector<double> p = pvals.to_doubles();
+    std::vector<double> want(6);
+    for (int c = 0; c < 3; ++c)
+        for (int r = 0; r < 2; ++r) {
+            double run = 0;
+            int pick = -1;
+            for (int m = 0; m < 4; ++m) {
+                run += p[r * 4 + m];
+                if (run > u[c * 2 + r]) {
+                    pick = m;
+                    break;
+                }
+            }
+            want[r * 3 + c] = pick;
+            p[r * 4 + pick] = 0;
+            double total = 0;
+            for (int m = 0; m < 4; ++m) total += p[r * 4 + m];
+            for (int m = 0; m < 4; ++m) p[r * 4 + m] /= total;
+        }
+    const auto got = picks.to_doubles();
+    CHECK(got == want);
+    for (int r = 0; r < 2; ++r) {  // no outcome twice in a row
+        CHECK(got[r * 3] != got[r * 3 + 1]);
+        CHECK(got[r * 3] != got[r * 3 + 2]);
+        CHECK(got[r * 3 + 1] != got[r * 3 + 2]);
+    }
+    CHECK(error_of([&] { function({pv}, {a.choice(pv, 5)})({pvals}); }).find("n at most the outcomes") != std::string::npos);
+}
