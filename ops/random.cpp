@@ -735,7 +735,8 @@ void NumpySampleOp::perform(const Node&, std::span<const Tensor* const> in, std:
             double rest = 1.0;
             std::int64_t left = n;
             for (std::int64_t j = 0; j + 1 < d; ++j) {
-                row[j] = rs.binomial(left, p[static_cast<std::size_t>(j)] / rest);
+                // (rounding in rest can put the ratio a hair above 1 when later outcomes are 0)
+                row[j] = rs.binomial(left, std::min(1.0, p[static_cast<std::size_t>(j)] / rest));
                 left -= row[j];
                 if (left <= 0) break;
                 rest -= p[static_cast<std::size_t>(j)];
