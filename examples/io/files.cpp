@@ -175,8 +175,18 @@ void check_writable_dir(const std::string& dir, const std::string& what) {
     if (!std::filesystem::is_directory(dir, ec)) {
         throw UsageError(fmt::format("{} {}: not a folder", what, dir));
     }
-    std::string probe = dir + "/.theanine-write-check.XXXXXX";
-    int fd = ::mkstemp(probe.data());
+    // The probe is a file without a name (O_TMPFILE), so a process killed while it checks
+    // leaves nothing in the folder. Where the file system has no such files, a named one
+    // carrying this process's id, unlinked at once; a killed process's is removed by the
+    // next check.
+    int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        const std::string name = "theanine-write-check";
+        remove_stale_temporaries(dir, name);
+        std::string probe = dir + "/." + name + ".tmp." + std::to_string(::getpid()) + ".XXXXXX";
+        fd = ::mkstemp(probe.data());
+        if (fd >= 0) ::unlink(probe.c_str());
+    }
     if (fd < 0) {
         const int err = errno;
         throw UsageError(fmt::format("{} {}: cannot create files there: {}", what, dir, std::strerror(err)));
@@ -186,7 +196,6 @@ void check_writable_dir(const std::string& dir, const std::string& what) {
     const bool ok = ::write(fd, &byte, 1) == 1 && ::fsync(fd) == 0;
     const int err = errno;
     ::close(fd);
-    ::unlink(probe.c_str());
     if (!ok) throw UsageError(fmt::format("{} {}: cannot write there: {}", what, dir, std::strerror(err)));
 }
 
