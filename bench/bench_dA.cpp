@@ -262,6 +262,7 @@ Result run_config(DType dt, int threads, const Tensor& pixels64, double fraction
         go.template operator()<double>();
     }
     if (!std::isfinite(sink)) std::printf("warning: non-finite cost\n");
+    if (config().profile) std::printf("%s\n", c.train.profile_summary().c_str());
     return {median(th), median(hw), median(he)};
 }
 

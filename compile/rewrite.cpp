@@ -262,6 +262,8 @@ std::vector<Variable> optimize(const std::vector<Variable>& outputs, const Rewri
     std::vector<Variable> g = outputs;
     g = pass("merge", g);                       // share common subexpressions first: less to rewrite
     g = pass("constant_fold", g);               // fold shapes and constants the builders made
+    g = pass("scan_prune", g);                  // loop outputs nothing reads are not computed
+    g = pass("scan_pushout_dot", g);            // products accumulated in loops: one outside
     g = run_phase(g, "canonicalize", sel, log); // simple algebra, so later patterns see one form
     g = run_phase(g, "stabilize", sel, log);    // numerically safe forms (log(sigmoid), log1p)
     g = run_phase(g, "specialize", sel, log);   // dot + transposes -> Gemm with flags

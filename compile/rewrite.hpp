@@ -7,7 +7,7 @@
 /// a name and tags (its phase); CompileOptions include or exclude them by name or tag.
 ///
 /// The pipeline (optimize() in compile/rewrite.cpp) is one ordered list of stages:
-///   merge -> constant_fold -> canonicalize -> stabilize -> specialize -> constant_fold -> merge
+///   merge -> constant_fold -> scan_prune -> scan_pushout_dot -> canonicalize -> stabilize -> specialize -> constant_fold -> merge
 ///   -> scan_save_mem -> fusion
 /// (the loop rewrites scan_single_step and scan_hoist are canonicalize node rewriters)
 /// Node-rewrite phases run to a fixed point; a phase that does not settle within its

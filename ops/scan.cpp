@@ -736,6 +736,21 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
         gy_pos[j] = bseqs.size();
         bseqs.emplace_back(out_grads[j]);
     }
+    // The forward loop's outputs, step by step: gradients that read a step's output (tanh,
+    // sigmoid, exp, softmax read their result) take the stored value instead of computing
+    // the step again inside the reversed loop. Outputs that are one of the step's inputs or
+    // a constant have nothing to recompute.
+    std::vector<std::size_t> stored_pos(n_out, std::string::npos);
+    {
+        std::unordered_set<const Node*> step_inputs;
+        for (const Variable& v : inner_->inputs) step_inputs.insert(v.node_ptr().get());
+        for (std::size_t j = 0; j < n_out; ++j) {
+            const Variable& y = inner_->outputs[j];
+            if (!is_float(y.dtype()) || y.is_constant() || step_inputs.count(y.node_ptr().get())) continue;
+            stored_pos[j] = bseqs.size();
+            bseqs.emplace_back(node.output(static_cast<int>(j)));
+        }
+    }
     // Accumulators: L_j per fed-back output, one per float non-sequence.
     std::vector<ScanOutput> binfo;
     std::vector<std::size_t> acc0(n_out, 0);
@@ -757,7 +772,7 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
                                   node.inputs.begin() + static_cast<std::ptrdiff_t>(ol.end));
 
     auto inner = inner_;
-    auto bwd = [inner, info, il, n_out, gy_pos, nacc_out, float_nonseq, n_seq_grads,
+    auto bwd = [inner, info, il, n_out, gy_pos, stored_pos, nacc_out, float_nonseq, n_seq_grads,
                 read_states](const std::vector<Variable>& args) {
         // args: sequence windows, H windows, outside gradients; accumulators; non-sequences.
         std::size_t k = 0;
@@ -775,6 +790,10 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
         std::vector<Variable> gy(n_out);
         for (std::size_t j = 0; j < n_out; ++j) {
             if (gy_pos[j] != std::string::npos) gy[j] = args[k++];
+        }
+        std::vector<Variable> stored(n_out);
+        for (std::size_t j = 0; j < n_out; ++j) {
+            if (stored_pos[j] != std::string::npos) stored[j] = args[k++];
         }
         std::vector<Variable> acc(args.begin() + static_cast<std::ptrdiff_t>(k),
                                   args.begin() + static_cast<std::ptrdiff_t>(k + nacc_out + float_nonseq.size()));
@@ -815,6 +834,21 @@ std::vector<Variable> ScanOp::pullback(const Node& node, const std::vector<Varia
         GradOptions go;
         go.disconnected_inputs = Disconnected::ignore;
         std::vector<Variable> g = ys.empty() ? std::vector<Variable>() : vjp(ys, dys, wrt, go);
+        VarMap<Variable> use_stored;
+        for (std::size_t j = 0; j < n_out; ++j) {
+            if (stored[j].defined() && stored[j].type() == fwd[j].type()) use_stored[key(fwd[j])] = stored[j];
+        }
+        if (!use_stored.empty()) {
+            std::vector<std::size_t> at;
+            std::vector<Variable> defined;
+            for (std::size_t i = 0; i < g.size(); ++i) {
+                if (!g[i].defined()) continue;
+                at.push_back(i);
+                defined.push_back(g[i]);
+            }
+            defined = clone_with_replace(defined, use_stored);
+            for (std::size_t i = 0; i < at.size(); ++i) g[at[i]] = defined[i];
+        }
         auto grad_of = [&](int w, const Variable& like) { return w >= 0 && !ys.empty() ? g[w] : zeros_like(like); };
         std::vector<Variable> outs;
         // Accumulators of fed-back outputs shift by one position.

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "compile/rewrites/rewrites.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -350,6 +351,89 @@ TEST_CASE("grad through scan with sequence taps {-1, 0, 1} and output taps {-2, 
     VerifyGradReport rep;
     CHECK_NOTHROW(rep = verify_grad(f, {random_tensor({9, 3}, 31), random_tensor({2, 3}, 32), random_tensor({3}, 33)}));
     CHECK(rep.n_checked == 27 + 6 + 3);
+}
+
+namespace {
+
+// The Scan nodes a graph uses, in topological order.
+std::vector<const ScanOp*> scans_of(const std::vector<Variable>& outs) {
+    std::vector<const ScanOp*> r;
+    for (const auto& n : toposort(outs)) {
+        if (n->kind != NodeKind::apply) continue;
+        if (const auto* s = dynamic_cast<const ScanOp*>(n->op.get())) r.push_back(s);
+    }
+    return r;
+}
+
+// How many nodes of op class T a loop's step graph has.
+template <class T>
+int count_inner(const ScanOp& s) {
+    int k = 0;
+    for (const auto& n : toposort(s.inner().outputs)) k += n->kind == NodeKind::apply && dynamic_cast<const T*>(n->op.get());
+    return k;
+}
+
+}  // namespace
+
+TEST_CASE("grad through scan reads the forward loop's outputs instead of computing the step again") {
+    Variable x = tensor3("x"), h0 = matrix("h0"), W = matrix("W"), U = matrix("U"), b = vector("b");
+    Variable cost = rnn(x, h0, W, U, b)[0][{-1}].sum();
+    auto g = grad(cost, std::vector<Variable>{W, U, b, h0, x});
+    auto scans = scans_of(g);
+    REQUIRE(scans.size() == 2);
+    const ScanOp& back = *scans[1];
+    CHECK(back.inner().info.name == "grad_of_rnn");
+    // tanh's gradient reads tanh's output: the stored h_t. Without it the reversed step would
+    // hold the forward step's two products and its tanh as well.
+    CHECK(count_inner<Dot>(back) == 4);  // dh_{t-1} = dA U^T, x_t^T dA, h_{t-1}^T dA, dx_t = dA W^T
+    int tanhs = 0;
+    for (const auto& n : toposort(back.inner().outputs)) tanhs += pattern::is_elemwise(Variable(n, 0), static_cast<int>(ScalarOp::tanh));
+    CHECK(tanhs == 0);
+}
+
+TEST_CASE("scan_prune and scan_pushout_dot: weight gradients of backpropagation through time as one product "
+          "over all steps, unread gradients not computed") {
+    const int steps = 6;
+    Variable x = tensor3("x"), h0 = matrix("h0"), W = matrix("W"), U = matrix("U"), b = vector("b");
+    Tensor xv = random_tensor({steps, 3, 2}, 51), hv = random_tensor({3, 4}, 52), Wv = random_tensor({2, 4}, 53),
+           Uv = random_tensor({4, 4}, 54, -0.6, 0.6), bv = random_tensor({4}, 55);
+    Variable cost = (rnn(x, h0, W, U, b)[0][{-1}] * constant(random_tensor({3, 4}, 56))).sum();
+    auto g = grad(cost, std::vector<Variable>{W, U});
+    RewriteLog log;
+    auto pruned = scan_prune(g, log);
+    auto pushed = scan_pushout_dot(pruned, log);
+    // Before: the reversed loop accumulates dh, dW, dU, db and computes dx_t at every step.
+    const ScanOp& before = *scans_of(g).back();
+    CHECK(before.inner().info.out_taps.size() == 5);
+    CHECK(count_inner<Dot>(before) == 4);
+    // Pruned: db and dx are not asked for. Pushed out: dW and dU become x_t, h_{t-1} and dA_t
+    // stacked as outputs (no product left for them in the loop), summed by one product each.
+    const ScanOp& after = *scans_of(pushed).back();
+    CHECK(after.inner().info.out_taps.size() == 5);  // dh; then x_t, dA_t; h_{t-1}, dA_t
+    CHECK(after.inner().info.out_taps[0] == std::vector<int>{-1});
+    for (std::size_t j = 1; j < 5; ++j) CHECK(after.inner().info.out_taps[j].empty());
+    CHECK(count_inner<Dot>(after) == 1);  // dh_{t-1} = dA_t U^T
+    int pushouts = 0, prunes = 0;
+    for (const auto& l : log.lines) {
+        pushouts += l.rfind("rewrite scan_pushout_dot", 0) == 0;
+        prunes += l.rfind("rewrite scan_prune", 0) == 0;
+    }
+    CHECK(prunes > 0);
+    CHECK(pushouts > 0);
+    // The same numbers as the loop without the two passes, and as central differences.
+    CompileOptions plain;
+    plain.rewrites.excluding = {"scan_prune", "scan_pushout_dot"};
+    Function with = function({x, h0, W, U, b}, g), without = function({x, h0, W, U, b}, g, {}, {}, plain);
+    auto a = with({xv, hv, Wv, Uv, bv}), e = without({xv, hv, Wv, Uv, bv});
+    for (int i = 0; i < 2; ++i) CHECK(close(vals(a[i]), vals(e[i]), 1e-13));
+    bool seen = false;
+    for (const auto& l : with.rewrite_log()) seen = seen || l.rfind("rewrite scan_pushout_dot", 0) == 0;
+    CHECK(seen);
+    CHECK_NOTHROW(verify_grad(
+        [](const std::vector<Variable>& v) {
+            return (rnn(v[0], v[1], v[2], v[3], v[4])[0][{-1}] * constant(random_tensor({3, 4}, 56))).sum();
+        },
+        {xv, hv, Wv, Uv, bv}));
 }
 
 TEST_CASE("grad through scan: map over a matrix and reduce; the gradient of a go_backwards loop") {

@@ -15,6 +15,10 @@ void register_scan(RewriteRegistry& r);
 std::vector<Variable> fuse_elemwise(const std::vector<Variable>& outputs, RewriteLog& log);
 // The loop pass that keeps only the last steps of outputs read as y[-1] (compile/rewrites/scan.cpp).
 std::vector<Variable> scan_save_mem(const std::vector<Variable>& outputs, RewriteLog& log);
+// The loop pass that drops outputs nothing reads (compile/rewrites/scan.cpp).
+std::vector<Variable> scan_prune(const std::vector<Variable>& outputs, RewriteLog& log);
+// The loop pass that moves products accumulated over the steps out of the loop (compile/rewrites/scan.cpp).
+std::vector<Variable> scan_pushout_dot(const std::vector<Variable>& outputs, RewriteLog& log);
 
 // Helpers for writing rewrites.
 namespace pattern {

@@ -7,10 +7,22 @@
 //   scan_save_mem     an output of which only the last step is read (y[-1]: reduce, foldl,
 //                     the HMC trajectory's end) keeps a ring of the last steps it needs
 //                     instead of every step
+//   scan_prune        outputs nobody reads (a gradient loop's gradients of the data
+//                     sequences, accumulators of parameters not asked for) are no longer
+//                     computed, with their past-output inputs, when no kept output needs them
+//   scan_pushout_dot  an accumulator acc_t = acc_{t-1} + dot(a_t, b_t) (+ more products) read
+//                     only as acc[-1] (the weight gradients of backpropagation through
+//                     time) becomes a_t and b_t stacked as outputs and one product over all
+//                     steps outside the loop
 #include <algorithm>
+#include <string>
 #include <unordered_set>
 
+#include <fmt/format.h>
+
 #include "compile/rewrites/rewrites.hpp"
+#include "ops/blas.hpp"
+#include "ops/elemwise.hpp"
 #include "ops/scan.hpp"
 
 namespace theanine {
@@ -139,7 +151,244 @@ bool reads_last_row_only(const Node& client, const Variable& v) {
     return !e.empty() && e[0].is_index && e[0].b[0].kind == IndexSpec::BoundSpec::Kind::constant && e[0].b[0].value == -1;
 }
 
+bool reads_last_row_alone(const Node& client, const Variable& v) {
+    const auto* st = dynamic_cast<const Subtensor*>(client.op.get());
+    return reads_last_row_only(client, v) && st->spec().entries.size() == 1;
+}
+
+// The terms of an add tree (nested Elemwise adds flattened).
+void add_terms(const Variable& v, std::vector<Variable>& terms) {
+    if (pattern::is_elemwise(v, static_cast<int>(ScalarOp::add))) {
+        for (const auto& in : v.node().inputs) add_terms(in, terms);
+    } else {
+        terms.push_back(v);
+    }
+}
+
+// sum over the steps of dot(a_t, b_t), from a and b stacked (n, r, c) and (n, c, q): the
+// steps laid side by side along the summed axis, one product. a_t = u_t^T reads u stacked.
+Variable product_over_steps(const Variable& a_stacked, bool a_is_transpose, const Variable& b_stacked) {
+    const Variable n = a_stacked.shape(0);
+    const Variable bcat = reshape(b_stacked, std::vector<Variable>{mul(n, b_stacked.shape(1)), b_stacked.shape(2)});
+    if (a_is_transpose) {  // a_stacked holds u_t (c x r)
+        const Variable ucat = reshape(a_stacked, std::vector<Variable>{mul(n, a_stacked.shape(1)), a_stacked.shape(2)});
+        return dot(transpose(ucat), bcat);
+    }
+    const Variable acat = reshape(dimshuffle(a_stacked, {1, 0, 2}),
+                                  std::vector<Variable>{a_stacked.shape(1), mul(n, a_stacked.shape(2))});
+    return dot(acat, bcat);
+}
+
+// One accumulator of one Scan node pushed out, or nullopt when the node has none.
+std::optional<std::vector<std::pair<Variable, Variable>>> pushout_one(const Node& node, const VarMap<std::vector<const Node*>>& clients,
+                                            const VarMap<bool>& returned) {
+    const auto* op = dynamic_cast<const ScanOp*>(node.op.get());
+    if (!op) return std::nullopt;
+    const ScanInner& inner = op->inner();
+    const ScanInfo& info = inner.info;
+    const Parts parts(info);
+    const std::size_t n_out = info.out_taps.size();
+    // Uses of each inner variable inside the step.
+    VarMap<int> uses;
+    for (const auto& nd : toposort(inner.outputs)) {
+        if (nd->kind != NodeKind::apply) continue;
+        for (const auto& in : nd->inputs) ++uses[key(in)];
+    }
+    for (const auto& o : inner.outputs) ++uses[key(o)];
+    std::size_t tap_in = parts.n_seq_in, init_in = parts.init0_outer;
+    for (std::size_t j = 0; j < n_out; ++j) {
+        const std::size_t my_tap = tap_in, my_init = init_in;
+        tap_in += info.out_taps[j].size();
+        init_in += info.out_taps[j].empty() ? 0 : 1;
+        if (info.out_taps[j] != std::vector<int>{-1} || info.keep_last[j] != 0) continue;
+        const Variable y = node.output(static_cast<int>(j));
+        if (!is_float(y.dtype()) || y.ndim() != 3 || returned.count(key(y))) continue;
+        auto c = clients.find(key(y));
+        if (c == clients.end() || c->second.empty()) continue;
+        bool last_only = true;
+        for (const Node* cl : c->second) last_only = last_only && reads_last_row_alone(*cl, y);
+        if (!last_only) continue;
+        const Variable& prev = inner.inputs[my_tap];
+        const Variable& out = inner.outputs[j];
+        std::vector<Variable> terms;
+        add_terms(out, terms);
+        std::vector<Variable> dots;
+        int n_prev = 0;
+        bool ok = terms.size() >= 2;
+        for (const auto& t : terms) {
+            if (t.same(prev)) {
+                ++n_prev;
+            } else if (pattern::op_as<Dot>(t) && t.ndim() == 2 && t.node().inputs[0].ndim() == 2 &&
+                       t.node().inputs[1].ndim() == 2 && t.type() == out.type()) {
+                dots.push_back(t);
+            } else {
+                ok = false;
+            }
+        }
+        // The accumulator must feed nothing else in the step.
+        if (!ok || n_prev != 1 || uses[key(prev)] != 1 || dots.empty()) continue;
+        // The new loop: output j and its past-output input gone, the products' operands
+        // stacked as new outputs.
+        ScanInfo ni = info;
+        ni.out_taps.erase(ni.out_taps.begin() + static_cast<std::ptrdiff_t>(j));
+        ni.keep_last.erase(ni.keep_last.begin() + static_cast<std::ptrdiff_t>(j));
+        std::vector<Variable> ins = inner.inputs;
+        ins.erase(ins.begin() + static_cast<std::ptrdiff_t>(my_tap));
+        std::vector<Variable> outs(inner.outputs.begin(), inner.outputs.begin() + static_cast<std::ptrdiff_t>(n_out));
+        outs.erase(outs.begin() + static_cast<std::ptrdiff_t>(j));
+        std::vector<bool> transposed;
+        for (const auto& d : dots) {
+            const Variable& a = d.node().inputs[0];
+            const auto* ds = pattern::op_as<DimShuffle>(a);
+            const bool tr = ds && ds->is_transpose();
+            transposed.push_back(tr);
+            outs.push_back(tr ? a.node().inputs[0] : a);
+            outs.push_back(d.node().inputs[1]);
+            ni.out_taps.insert(ni.out_taps.end(), 2, std::vector<int>());
+            ni.keep_last.insert(ni.keep_last.end(), 2, 0);
+        }
+        outs.insert(outs.end(), inner.outputs.begin() + static_cast<std::ptrdiff_t>(n_out), inner.outputs.end());
+        std::vector<Variable> outer = node.inputs;
+        outer.erase(outer.begin() + static_cast<std::ptrdiff_t>(my_init));
+        auto nouts = make_scan_node(std::move(ni), std::move(ins), std::move(outs), std::move(outer), inner.where);
+        std::vector<std::pair<Variable, Variable>> rep;
+        for (std::size_t o = 0; o < n_out; ++o) {
+            if (o != j) rep.emplace_back(node.output(static_cast<int>(o)), nouts[o < j ? o : o - 1]);
+        }
+        const std::size_t stacked0 = n_out - 1, shared0 = stacked0 + 2 * dots.size();
+        for (std::size_t m = 0; m < info.n_shared; ++m) {
+            rep.emplace_back(node.output(static_cast<int>(n_out + m)), nouts[shared0 + m]);
+        }
+        Variable total = subtensor(node.inputs[my_init], {Idx(0)});
+        for (std::size_t d = 0; d < dots.size(); ++d) {
+            total = add(total, product_over_steps(nouts[stacked0 + 2 * d], transposed[d], nouts[stacked0 + 2 * d + 1]));
+        }
+        for (const Node* cl : c->second) rep.emplace_back(cl->output(0), total);
+        return rep;
+    }
+    return std::nullopt;
+}
+
+// The Scan node without the outputs nobody reads, or nullopt when it computes none such.
+std::optional<std::vector<std::pair<Variable, Variable>>> prune_one(const Node& node,
+                                                                   const VarMap<std::vector<const Node*>>& clients,
+                                                                   const VarMap<bool>& returned) {
+    const auto* op = dynamic_cast<const ScanOp*>(node.op.get());
+    if (!op) return std::nullopt;
+    const ScanInner& inner = op->inner();
+    const ScanInfo& info = inner.info;
+    const Parts parts(info);
+    const std::size_t n_out = info.out_taps.size();
+    std::vector<bool> drop(n_out, false);
+    std::size_t n_drop = 0;
+    for (std::size_t j = 0; j < n_out; ++j) {
+        const Variable y = node.output(static_cast<int>(j));
+        auto c = clients.find(key(y));
+        drop[j] = !returned.count(key(y)) && (c == clients.end() || c->second.empty());
+        n_drop += drop[j] ? 1 : 0;
+    }
+    if (n_drop == 0 || (n_drop == n_out && info.n_shared == 0)) return std::nullopt;
+    // Past-output inputs of each output.
+    std::vector<std::vector<std::size_t>> taps_of(n_out);
+    for (std::size_t j = 0, q = parts.n_seq_in; j < n_out; ++j) {
+        for (std::size_t t = 0; t < info.out_taps[j].size(); ++t) taps_of[j].push_back(q++);
+    }
+    // An unread output whose past values a kept output reads is kept (to a fixed point).
+    for (bool changed = true; changed;) {
+        changed = false;
+        std::vector<Variable> kept;
+        for (std::size_t j = 0; j < n_out; ++j) {
+            if (!drop[j]) kept.push_back(inner.outputs[j]);
+        }
+        kept.insert(kept.end(), inner.outputs.begin() + static_cast<std::ptrdiff_t>(n_out), inner.outputs.end());
+        std::unordered_set<const Node*> reached;
+        for (const auto& nd : toposort(kept)) reached.insert(nd.get());
+        for (std::size_t j = 0; j < n_out; ++j) {
+            if (!drop[j]) continue;
+            for (std::size_t q : taps_of[j]) {
+                if (reached.count(inner.inputs[q].node_ptr().get())) {
+                    drop[j] = false;
+                    changed = true;
+                    --n_drop;
+                    break;
+                }
+            }
+        }
+    }
+    if (n_drop == 0) return std::nullopt;
+    ScanInfo ni = info;
+    ni.out_taps.clear();
+    ni.keep_last.clear();
+    std::vector<Variable> ins(inner.inputs.begin(), inner.inputs.begin() + static_cast<std::ptrdiff_t>(parts.n_seq_in));
+    std::vector<Variable> outs;
+    std::vector<Variable> outer(node.inputs.begin(), node.inputs.begin() + static_cast<std::ptrdiff_t>(parts.init0_outer));
+    for (std::size_t j = 0, init = parts.init0_outer; j < n_out; ++j) {
+        const bool fed_back = !info.out_taps[j].empty();
+        if (!drop[j]) {
+            ni.out_taps.push_back(info.out_taps[j]);
+            ni.keep_last.push_back(info.keep_last[j]);
+            for (std::size_t q : taps_of[j]) ins.push_back(inner.inputs[q]);
+            outs.push_back(inner.outputs[j]);
+            if (fed_back) outer.push_back(node.inputs[init]);
+        }
+        if (fed_back) ++init;
+    }
+    ins.insert(ins.end(), inner.inputs.begin() + static_cast<std::ptrdiff_t>(parts.shared0), inner.inputs.end());
+    outs.insert(outs.end(), inner.outputs.begin() + static_cast<std::ptrdiff_t>(n_out), inner.outputs.end());
+    outer.insert(outer.end(), node.inputs.begin() + static_cast<std::ptrdiff_t>(parts.shared0_outer), node.inputs.end());
+    auto nouts = make_scan_node(std::move(ni), std::move(ins), std::move(outs), std::move(outer), inner.where);
+    std::vector<std::pair<Variable, Variable>> rep;
+    std::size_t k = 0;
+    for (std::size_t j = 0; j < n_out; ++j) {
+        if (!drop[j]) rep.emplace_back(node.output(static_cast<int>(j)), nouts[k++]);
+    }
+    for (std::size_t m = 0; m < info.n_shared; ++m) rep.emplace_back(node.output(static_cast<int>(n_out + m)), nouts[k++]);
+    return rep;
+}
+
+using ScanNodeRewrite = std::optional<std::vector<std::pair<Variable, Variable>>> (*)(
+    const Node&, const VarMap<std::vector<const Node*>>&, const VarMap<bool>&);
+
+// Applies rewrite to one Scan node at a time (its replacements need the clients of the
+// graph it changed) until no node changes.
+std::vector<Variable> rewrite_scans(const std::vector<Variable>& outputs, RewriteLog& log, const std::string& name,
+                                    ScanNodeRewrite rewrite) {
+    std::vector<Variable> g = outputs;
+    for (int round = 0; round < 256; ++round) {
+        auto order = toposort(g);
+        VarMap<std::vector<const Node*>> clients;
+        for (const auto& node : order) {
+            if (node->kind != NodeKind::apply) continue;
+            for (const auto& in : node->inputs) clients[key(in)].push_back(node.get());
+        }
+        VarMap<bool> returned;
+        for (const auto& o : g) returned[key(o)] = true;
+        std::optional<std::vector<std::pair<Variable, Variable>>> rep;
+        for (const auto& node : order) {
+            if (node->kind == NodeKind::apply && (rep = rewrite(*node, clients, returned))) break;
+        }
+        if (!rep) return g;
+        VarMap<Variable> replace;
+        for (const auto& [old_var, new_var] : *rep) {
+            replace[key(old_var)] = new_var;
+            log.note(name, old_var, new_var);
+        }
+        g = clone_with_replace(g, replace);
+    }
+    throw InternalError(fmt::format("{}: did not settle after 256 rounds", name));
+}
+
 }  // namespace
+
+// scan_prune: outputs of loops that nothing reads are not computed.
+std::vector<Variable> scan_prune(const std::vector<Variable>& outputs, RewriteLog& log) {
+    return rewrite_scans(outputs, log, "scan_prune", prune_one);
+}
+
+// scan_pushout_dot: accumulated products read as acc[-1] -> one product outside the loop.
+std::vector<Variable> scan_pushout_dot(const std::vector<Variable>& outputs, RewriteLog& log) {
+    return rewrite_scans(outputs, log, "scan_pushout_dot", pushout_one);
+}
 
 // scan_save_mem: outputs read only as y[-1] keep only the steps they need.
 std::vector<Variable> scan_save_mem(const std::vector<Variable>& outputs, RewriteLog& log) {
@@ -183,6 +432,8 @@ std::vector<Variable> scan_save_mem(const std::vector<Variable>& outputs, Rewrit
 void register_scan(RewriteRegistry& r) {
     r.add(NodeRewriter{"scan_single_step", "canonicalize", {"scan", "fast_run"}, single_step});
     r.add(NodeRewriter{"scan_hoist", "canonicalize", {"scan", "fast_run"}, hoist});
+    r.add(GraphPass{"scan_prune", {"scan", "fast_run"}, scan_prune});
+    r.add(GraphPass{"scan_pushout_dot", {"scan", "fast_run"}, scan_pushout_dot});
     r.add(GraphPass{"scan_save_mem", {"scan", "fast_run"}, scan_save_mem});
 }
 
