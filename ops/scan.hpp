@@ -22,12 +22,14 @@
 /// graph can run in several functions on several threads at once.
 ///
 /// grad through a Scan builds the reversed loop (backpropagation through time) as another
-/// scan; truncate_gradient = k backpropagates through the last k steps only, as Theano does.
+/// scan, reading the forward loop's stored outputs where a gradient needs a step's result;
+/// truncate_gradient = k backpropagates through the last k steps only, as Theano does.
 ///
 /// Outer rewrites (compile/rewrites/scan.cpp): scan_single_step (a constant n_steps of 1
 /// becomes the step's graph), scan_hoist (inner computations that do not depend on the loop
 /// are computed once outside it), scan_save_mem (an output of which only the last step is
-/// read keeps that step alone).
+/// read keeps that step alone), scan_prune (outputs nothing reads are not computed),
+/// scan_pushout_dot (products accumulated over the steps become one product outside).
 #pragma once
 
 #include <functional>
