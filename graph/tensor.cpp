@@ -396,19 +396,40 @@ void Tensor::copy_from(const Tensor& src) {
         std::memmove(raw_data(), src.raw_data(), static_cast<std::size_t>(size()) * dtype_size(dtype_));
         return;
     }
+    if (size() == 0) return;
     const void* sbase = src.raw_data();
     void* dbase = raw_data();
     dispatch(dtype_, [&]<class D>() {
         dispatch(src.dtype_, [&]<class S>() {
             D* d = static_cast<D*>(dbase);
             const S* s = static_cast<const S*>(sbase);
-            std::vector<std::int64_t> soffs;
-            soffs.reserve(static_cast<std::size_t>(size()));
-            for_each_offset(src.shape_, src.strides_, [&](std::int64_t o) { soffs.push_back(o); });
-            std::size_t k = 0;
-            for_each_offset(shape_, strides_, [&](std::int64_t o) {
-                d[o] = static_cast<D>(s[soffs[k++]]);
-            });
+            const int nd = static_cast<int>(shape_.size());
+            if (nd == 0) {
+                d[0] = static_cast<D>(s[0]);
+                return;
+            }
+            // Row-major order over the shape: the last axis in a tight loop, the others
+            // counted like an odometer (no per-element index arithmetic).
+            const std::int64_t n_last = shape_[nd - 1], ss = src.strides_[nd - 1], ds = strides_[nd - 1];
+            std::vector<std::int64_t> idx(static_cast<std::size_t>(nd), 0);
+            std::int64_t so = 0, dof = 0;
+            for (;;) {
+                if (ss == 1 && ds == 1) {
+                    for (std::int64_t i = 0; i < n_last; ++i) d[dof + i] = static_cast<D>(s[so + i]);
+                } else {
+                    for (std::int64_t i = 0; i < n_last; ++i) d[dof + i * ds] = static_cast<D>(s[so + i * ss]);
+                }
+                int a = nd - 2;
+                for (; a >= 0; --a) {
+                    so += src.strides_[a];
+                    dof += strides_[a];
+                    if (++idx[a] < shape_[a]) break;
+                    so -= src.strides_[a] * shape_[a];
+                    dof -= strides_[a] * shape_[a];
+                    idx[a] = 0;
+                }
+                if (a < 0) break;
+            }
         });
     });
 }

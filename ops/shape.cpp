@@ -313,7 +313,13 @@ void Reshape::perform(const Node&, std::span<const Tensor* const> in, std::span<
         throw UsageError(fmt::format("{}: cannot reshape input of shape {} ({} elements) to {}", name(),
                                      shape_string(x.shape()), x.size(), shape_string(shape)));
     }
-    *out[0] = x.contiguous().reshape_view(shape);
+    if (x.is_contiguous()) {
+        *out[0] = x.reshape_view(shape);
+        return;
+    }
+    // A strided input is copied into the step's own buffer (kept between calls).
+    out[0]->ensure(x.dtype(), shape);
+    out[0]->reshape_view(x.shape()).copy_from(x);
 }
 
 std::vector<Variable> Reshape::pullback(const Node& node, const std::vector<Variable>& g) const {

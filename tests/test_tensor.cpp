@@ -116,3 +116,30 @@ TEST_CASE("constant lists with zero tails arrive as written") {
     CHECK(T32({8}, {1, 1, 1, 1, 1, 1, 1, 0}).to_doubles() == std::vector<double>{1, 1, 1, 1, 1, 1, 1, 0});
     CHECK(I64({4}, {5, 5, 5, 0}).to_doubles() == std::vector<double>{5, 5, 5, 0});
 }
+
+TEST_CASE("copies of strided views (permuted axes, negative steps, dtype changes) read every element where it is") {
+    std::vector<double> v(2 * 3 * 4);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i);
+    Tensor t = T64({2, 3, 4}, v);
+    // view[a][b][c] = t[b][2c][3 - a]: axes (2, 0, 1), the first reversed, every other entry of the last.
+    Tensor view = t.dimshuffle({2, 0, 1}).slice(0, 3, -1, -1).slice(2, 0, 3, 2);
+    REQUIRE(view.shape() == Shape{4, 2, 2});
+    for (DType dt : {DType::float64, DType::float32, DType::int64}) {
+        Tensor c = view.astype(dt);
+        CHECK(c.is_contiguous());
+        const std::vector<double> got = c.to_doubles();
+        std::size_t k = 0;
+        for (int a = 0; a < 4; ++a) {
+            for (int b = 0; b < 2; ++b) {
+                for (int cc = 0; cc < 2; ++cc) CHECK(got[k++] == v[static_cast<std::size_t>(b * 12 + (2 * cc) * 4 + (3 - a))]);
+            }
+        }
+    }
+    // Into a strided destination: a transposed copy written through a view.
+    Tensor dst = Tensor::zeros(DType::float64, {4, 2});
+    dst.transpose().copy_from(T64({2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
+    CHECK(dst.to_doubles() == std::vector<double>{1, 5, 2, 6, 3, 7, 4, 8});
+    // Zero-size and 0-d copies.
+    CHECK(Tensor::zeros(DType::float32, {0, 3}).transpose().copy().size() == 0);
+    CHECK(Tensor::scalar<double>(2.5).astype(DType::float32).to_doubles() == std::vector<double>{2.5});
+}

@@ -4,6 +4,10 @@
 //   scan_hoist        inner computations that read no sequence, past output or loop state
 //                     (and draw no random numbers) move out of the loop and become
 //                     non-sequences, so they run once per call instead of once per step
+//   scan_pushout_seqs inner products and elementwise work that read only sequences (each at a
+//                     single tap), non-sequences and constants run once over the whole
+//                     sequences outside the loop (x_t W over every step as one product) and
+//                     come in as new sequences
 //   scan_save_mem     an output of which only the last step is read (y[-1]: reduce, foldl,
 //                     the HMC trajectory's end) keeps a ring of the last steps it needs
 //                     instead of every step
@@ -138,6 +142,96 @@ std::optional<std::vector<Variable>> hoist(const Node& n) {
         outer.push_back(outer_vals[c]);
     }
     ni.n_non_seqs = ins.size() - parts.nonseq0;
+    return make_scan_node(std::move(ni), std::move(ins), std::move(outs), std::move(outer), inner.where);
+}
+
+// scan_pushout_seqs: per-step work on sequences alone -> one computation over all steps.
+std::optional<std::vector<Variable>> pushout_seqs(const Node& n) {
+    const auto* op = dynamic_cast<const ScanOp*>(n.op.get());
+    if (!op) return std::nullopt;
+    const ScanInner& inner = op->inner();
+    const ScanInfo& info = inner.info;
+    const Parts parts(info);
+    const Variable n_steps = n.inputs[0];
+    // Inner values over all steps, outside: single-tap sequences (their first n_steps rows),
+    // and what is computed from them alone. Loop-invariant values map to themselves.
+    VarMap<Variable> stacked;
+    VarMap<Variable> invariant;
+    std::size_t q = 0;
+    for (std::size_t s = 0; s < info.seq_taps.size(); ++s) {
+        const Variable& seq = n.inputs[parts.seq0_outer + s];
+        if (info.seq_taps[s].size() == 1) stacked[key(inner.inputs[q])] = subtensor(seq, {slice(0, n_steps)});
+        q += info.seq_taps[s].size();
+    }
+    for (std::size_t i = 0; i < info.n_non_seqs; ++i) {
+        invariant[key(inner.inputs[parts.nonseq0 + i])] = n.inputs[parts.nonseq0_outer + i];
+    }
+    auto outside = [&](const Variable& v) -> std::optional<Variable> {
+        if (v.is_constant()) return v;
+        auto it = invariant.find(key(v));
+        return it == invariant.end() ? std::nullopt : std::optional<Variable>(it->second);
+    };
+    std::vector<const Node*> lifted;
+    for (const auto& nd : toposort(inner.outputs)) {
+        if (nd->kind != NodeKind::apply || nd->n_outputs() != 1 || nd->op->is_stateful()) continue;
+        bool any_seq = false, ok = true;
+        for (const auto& in : nd->inputs) {
+            if (stacked.count(key(in))) any_seq = true;
+            else if (!outside(in)) ok = false;
+        }
+        if (!ok || !any_seq) continue;
+        Variable out;
+        if (pattern::op_as<Dot>(Variable(nd, 0))) {
+            // dot(a_t, W): the steps' rows stacked ahead of a_t's, one product (numpy's axes).
+            if (!stacked.count(key(nd->inputs[0])) || stacked.count(key(nd->inputs[1])) || nd->inputs[1].ndim() != 2) continue;
+            out = dot(stacked[key(nd->inputs[0])], *outside(nd->inputs[1]));
+        } else if (dynamic_cast<const Elemwise*>(nd->op.get())) {
+            std::vector<Variable> ins;
+            for (const auto& in : nd->inputs) {
+                auto st = stacked.find(key(in));
+                ins.push_back(st != stacked.end() ? st->second : padleft(*outside(in)));
+            }
+            out = apply(nd->op, ins, nd->where)[0];
+        } else {
+            continue;
+        }
+        if (out.ndim() != nd->types[0].ndim() + 1 || out.dtype() != nd->types[0].dtype) continue;
+        stacked[VarKey{nd.get(), 0}] = out;
+        lifted.push_back(nd.get());
+    }
+    // Lifted values the step still reads (outside the lifted set) come in as new sequences.
+    std::unordered_set<const Node*> is_lifted(lifted.begin(), lifted.end());
+    std::vector<Variable> needed;
+    VarMap<bool> seen;
+    auto need = [&](const Variable& v) {
+        if (v.is_apply() && is_lifted.count(v.node_ptr().get()) && !seen.count(key(v))) {
+            seen[key(v)] = true;
+            needed.push_back(v);
+        }
+    };
+    for (const auto& nd : toposort(inner.outputs)) {
+        if (nd->kind != NodeKind::apply || is_lifted.count(nd.get())) continue;
+        for (const auto& in : nd->inputs) need(in);
+    }
+    for (const auto& o : inner.outputs) need(o);
+    if (needed.empty()) return std::nullopt;
+    VarMap<Variable> to_ph;
+    std::vector<Variable> new_ph, new_seqs;
+    for (const auto& v : needed) {
+        Variable ph = input(v.type(), "seq:" + v.label());
+        to_ph[key(v)] = ph;
+        new_ph.push_back(ph);
+        new_seqs.push_back(stacked[key(v)]);
+    }
+    std::vector<Variable> outs = clone_with_replace(inner.outputs, to_ph);
+    ScanInfo ni = info;
+    for (std::size_t i = 0; i < needed.size(); ++i) ni.seq_taps.push_back({0});
+    std::vector<Variable> ins(inner.inputs.begin(), inner.inputs.begin() + static_cast<std::ptrdiff_t>(parts.n_seq_in));
+    ins.insert(ins.end(), new_ph.begin(), new_ph.end());
+    ins.insert(ins.end(), inner.inputs.begin() + static_cast<std::ptrdiff_t>(parts.n_seq_in), inner.inputs.end());
+    std::vector<Variable> outer(n.inputs.begin(), n.inputs.begin() + static_cast<std::ptrdiff_t>(parts.init0_outer));
+    outer.insert(outer.end(), new_seqs.begin(), new_seqs.end());
+    outer.insert(outer.end(), n.inputs.begin() + static_cast<std::ptrdiff_t>(parts.init0_outer), n.inputs.end());
     return make_scan_node(std::move(ni), std::move(ins), std::move(outs), std::move(outer), inner.where);
 }
 
@@ -432,6 +526,7 @@ std::vector<Variable> scan_save_mem(const std::vector<Variable>& outputs, Rewrit
 void register_scan(RewriteRegistry& r) {
     r.add(NodeRewriter{"scan_single_step", "canonicalize", {"scan", "fast_run"}, single_step});
     r.add(NodeRewriter{"scan_hoist", "canonicalize", {"scan", "fast_run"}, hoist});
+    r.add(NodeRewriter{"scan_pushout_seqs", "canonicalize", {"scan", "fast_run"}, pushout_seqs});
     r.add(GraphPass{"scan_prune", {"scan", "fast_run"}, scan_prune});
     r.add(GraphPass{"scan_pushout_dot", {"scan", "fast_run"}, scan_pushout_dot});
     r.add(GraphPass{"scan_save_mem", {"scan", "fast_run"}, scan_save_mem});
