@@ -27,7 +27,8 @@
 ///
 /// Outer rewrites (compile/rewrites/scan.cpp): scan_single_step (a constant n_steps of 1
 /// becomes the step's graph), scan_hoist (inner computations that do not depend on the loop
-/// are computed once outside it), scan_save_mem (an output of which only the last step is
+/// are computed once outside it), scan_pushout_seqs (work on the sequences alone runs once
+/// over all steps outside the loop), scan_save_mem (an output of which only the last step is
 /// read keeps that step alone), scan_prune (outputs nothing reads are not computed),
 /// scan_pushout_dot (products accumulated over the steps become one product outside).
 #pragma once
