@@ -32,10 +32,14 @@
 #include <Eigen/Core>
 #include <fmt/format.h>
 
+#include "bench/flags.hpp"
 #include "examples/io/mnist.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::ModelFlags;
+using theanine::bench::parse_model_flags;
+using theanine::bench::print_row;
 
 namespace {
 
@@ -315,35 +319,15 @@ int main(int argc, char** argv) {
     // instead of returning them to the system (both loops benefit alike).
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
     mallopt(M_TRIM_THRESHOLD, 512 << 20);
-    double fraction = 1.0;
-    int epochs = 3;
-    std::string data = "data/mnist";
-    std::vector<DType> dtypes = {DType::float32, DType::float64};
-    std::vector<int> thread_counts = {1, 2};
-    for (int i = 1; i < argc; ++i) {
-        std::string a = argv[i];
-        auto next = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "bench_dA: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (a == "--fraction") fraction = std::stod(next());
-        else if (a == "--epochs") epochs = std::stoi(next());
-        else if (a == "--data") data = next();
-        else if (a == "--dtype") dtypes = {dtype_from_name(next())};
-        else if (a == "--threads") thread_counts = {std::stoi(next())};
-        else {
-            std::fprintf(stderr, "usage: bench_dA [--fraction F (of an epoch, default 1)] [--epochs N (default 3)] [--data DIR]\n"
-                                 "                [--dtype float32|float64 (default both)] [--threads N (default 1 and 2)]\n");
-            return a == "--help" ? 0 : 2;
-        }
-    }
-    if (!(fraction > 0 && fraction <= 1) || epochs < 1) {
-        std::fprintf(stderr, "bench_dA: --fraction must be in (0, 1] and --epochs >= 1\n");
-        return 2;
-    }
+    const ModelFlags f = parse_model_flags(argc, argv, "bench_dA",
+                                           "[--fraction F (of an epoch, default 1)] [--epochs N (default 3)] [--data DIR]\n"
+                                           "                [--dtype float32|float64 (default both)] [--threads N (default 1 and 2)]",
+                                           1.0);
+    const std::string& data = f.data;
+    const double fraction = f.fraction;
+    const int epochs = f.epochs;
+    const std::vector<DType>& dtypes = f.dtypes;
+    const std::vector<int>& thread_counts = f.threads;
     Tensor pixels;
     if (std::filesystem::exists(data + "/train-images-idx3-ubyte") || std::filesystem::exists(data + "/train-images-idx3-ubyte.gz")) {
         io::Mnist m = io::load_mnist(data);
@@ -369,10 +353,7 @@ int main(int argc, char** argv) {
                         std::string(dtype_name(dt)).c_str(), threads, r.theanine_s, r.hand_s, r.hand_eigen_s,
                         gflop / r.theanine_s, gflop / r.hand_s, gflop / r.hand_eigen_s, r.theanine_s / r.hand_s,
                         r.theanine_s / r.hand_eigen_s);
-            // For bench/run_all: model dtype threads s/epoch (theanine, hand) GFLOP/s (theanine, hand).
-            std::printf("row dA %s %d %.4f %.4f %.2f %.2f\n", std::string(dtype_name(dt)).c_str(), threads, r.theanine_s,
-                        r.hand_s, gflop / r.theanine_s, gflop / r.hand_s);
-            std::fflush(stdout);
+            print_row("dA", dt, threads, r.theanine_s, r.hand_s, gflop);
             if (threads == 2) (dt == DType::float32 ? r32 : r64) = r.theanine_s / r.hand_s;
         }
     }

@@ -31,10 +31,14 @@
 
 #include <Eigen/Core>
 
+#include "bench/flags.hpp"
 #include "examples/io/training.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::ModelFlags;
+using theanine::bench::parse_model_flags;
+using theanine::bench::print_row;
 
 namespace {
 
@@ -211,35 +215,11 @@ Result run_config(DType dt, int threads, const io::MnistSplits& d, double fracti
 }  // namespace
 
 int main(int argc, char** argv) {
-    double fraction = 0.2;
-    int epochs = 3;
-    std::string data = "data/mnist";
-    std::vector<DType> dtypes = {DType::float32, DType::float64};
-    std::vector<int> thread_counts = {1, 2};
-    for (int i = 1; i < argc; ++i) {
-        std::string a = argv[i];
-        auto next = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "bench_rnn: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (a == "--fraction") fraction = std::stod(next());
-        else if (a == "--epochs") epochs = std::stoi(next());
-        else if (a == "--data") data = next();
-        else if (a == "--dtype") dtypes = {dtype_from_name(next())};
-        else if (a == "--threads") thread_counts = {std::stoi(next())};
-        else {
-            std::fprintf(stderr, "usage: bench_rnn [--fraction F (of an epoch, default 0.2)] [--epochs N (default 3)] "
-                                 "[--data DIR]\n                 [--dtype float32|float64] [--threads N (default 1 and 2)]\n");
-            return a == "--help" ? 0 : 2;
-        }
-    }
-    if (!(fraction > 0 && fraction <= 1) || epochs < 1) {
-        std::fprintf(stderr, "bench_rnn: --fraction must be in (0, 1] and --epochs >= 1\n");
-        return 2;
-    }
+    const ModelFlags f = parse_model_flags(argc, argv, "bench_rnn",
+                                           "[--fraction F (of an epoch, default 0.2)] [--epochs N (default 3)] [--data DIR]\n"
+                                           "                 [--dtype float32|float64] [--threads N (default 1 and 2)]",
+                                           0.2);
+    const std::string& data = f.data;
     const bool have_mnist = std::filesystem::exists(data + "/train-images-idx3-ubyte") ||
                             std::filesystem::exists(data + "/train-images-idx3-ubyte.gz");
     std::printf("RNN over MNIST rows (28 steps of 28 pixels, 128 tanh units, softmax on the last state), batch %d, %s\n",
@@ -252,7 +232,7 @@ int main(int argc, char** argv) {
     std::printf("%-8s %-7s %13s %10s %13s %9s %7s  %s\n", "dtype", "threads", "theanine s/ep", "hand s/ep",
                 "theanine GF/s", "hand GF/s", "ratio", "mean cost theanine / hand");
     double ratio[2] = {0, 0};
-    for (DType dt : dtypes) {
+    for (DType dt : f.dtypes) {
         io::MnistSplits d;
         if (have_mnist) {
             d = io::load_mnist_splits(data, dt);
@@ -264,15 +244,12 @@ int main(int argc, char** argv) {
             d.valid_y = d.test_y = d.train_y;
         }
         const double gflop = step_flops * static_cast<double>(d.train_x.dim(0) / kBatch) / 1e9;
-        for (int threads : thread_counts) {
-            Result r = run_config(dt, threads, d, fraction, epochs);
+        for (int threads : f.threads) {
+            Result r = run_config(dt, threads, d, f.fraction, f.epochs);
             std::printf("%-8s %-7d %13.3f %10.3f %13.1f %9.1f %7.3f  %.10g / %.10g\n", std::string(dtype_name(dt)).c_str(),
                         threads, r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s, r.theanine_s / r.hand_s,
                         r.theanine_cost, r.hand_cost);
-            // For bench/run_all: model dtype threads s/epoch (theanine, hand) GFLOP/s (theanine, hand).
-            std::printf("row rnn %s %d %.4f %.4f %.2f %.2f\n", std::string(dtype_name(dt)).c_str(), threads, r.theanine_s,
-                        r.hand_s, gflop / r.theanine_s, gflop / r.hand_s);
-            std::fflush(stdout);
+            print_row("rnn", dt, threads, r.theanine_s, r.hand_s, gflop);
             ratio[dt == DType::float32 ? 0 : 1] = r.theanine_s / r.hand_s;
         }
     }

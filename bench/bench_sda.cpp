@@ -30,10 +30,14 @@
 
 #include <Eigen/Core>
 
+#include "bench/flags.hpp"
 #include "examples/io/mnist.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::ModelFlags;
+using theanine::bench::parse_model_flags;
+using theanine::bench::print_row;
 
 namespace {
 
@@ -212,39 +216,23 @@ Result run_config(DType dt, int threads, const Tensor& pixels64, long batch, dou
 }  // namespace
 
 int main(int argc, char** argv) {
-    double fraction = 0.05;
-    int epochs = 3;
     long batch = 1;
-    std::string data = "data/mnist";
-    std::vector<DType> dtypes = {DType::float32, DType::float64};
-    std::vector<int> thread_counts = {1, 2};
-    for (int i = 1; i < argc; ++i) {
-        std::string a = argv[i];
-        auto next = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "bench_sda: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (a == "--fraction") fraction = std::stod(next());
-        else if (a == "--epochs") epochs = std::stoi(next());
-        else if (a == "--batch") batch = std::stol(next());
-        else if (a == "--data") data = next();
-        else if (a == "--dtype") dtypes = {dtype_from_name(next())};
-        else if (a == "--threads") thread_counts = {std::stoi(next())};
-        else {
-            std::fprintf(stderr, "usage: bench_sda [--fraction F (of an epoch, default 0.05)] [--epochs N (default 3)]\n"
-                                 "                 [--batch N (default 1)] [--data DIR] [--dtype float32|float64] "
-                                 "[--threads N (default 1 and 2)]\n");
-            return a == "--help" ? 0 : 2;
-        }
-    }
-    if (!(fraction > 0 && fraction <= 1) || epochs < 1 || batch < 1 || batch > kTrainRows) {
-        std::fprintf(stderr, "bench_sda: --fraction must be in (0, 1], --epochs >= 1, --batch in [1, %lld]\n",
-                     static_cast<long long>(kTrainRows));
+    const ModelFlags f = parse_model_flags(
+        argc, argv, "bench_sda",
+        "[--fraction F (of an epoch, default 0.05)] [--epochs N (default 3)] [--batch N (default 1)]\n"
+        "                 [--data DIR] [--dtype float32|float64] [--threads N (default 1 and 2)]",
+        0.05, [&](const std::string& flag, const std::function<std::string()>& value) {
+            if (flag != "--batch") return false;
+            batch = std::stol(value());
+            return true;
+        });
+    if (batch < 1 || batch > kTrainRows) {
+        std::fprintf(stderr, "bench_sda: --batch must be in [1, %lld]\n", static_cast<long long>(kTrainRows));
         return 2;
     }
+    const std::string& data = f.data;
+    const double fraction = f.fraction;
+    const int epochs = f.epochs;
     Tensor pixels;
     if (std::filesystem::exists(data + "/train-images-idx3-ubyte") || std::filesystem::exists(data + "/train-images-idx3-ubyte.gz")) {
         io::Mnist m = io::load_mnist(data);
@@ -265,16 +253,13 @@ int main(int argc, char** argv) {
     std::printf("%-8s %-7s %13s %10s %13s %9s %7s  %s\n", "dtype", "threads", "theanine s/ep", "hand s/ep",
                 "theanine GF/s", "hand GF/s", "ratio", "mean cost theanine / hand");
     double ratio[2] = {0, 0};
-    for (DType dt : dtypes) {
-        for (int threads : thread_counts) {
+    for (DType dt : f.dtypes) {
+        for (int threads : f.threads) {
             Result r = run_config(dt, threads, pixels, batch, fraction, epochs);
             std::printf("%-8s %-7d %13.3f %10.3f %13.1f %9.1f %7.3f  %.6g / %.6g\n", std::string(dtype_name(dt)).c_str(),
                         threads, r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s, r.theanine_s / r.hand_s,
                         r.theanine_cost, r.hand_cost);
-            // For bench/run_all: model dtype threads s/epoch (theanine, hand) GFLOP/s (theanine, hand).
-            std::printf("row sda %s %d %.4f %.4f %.2f %.2f\n", std::string(dtype_name(dt)).c_str(), threads, r.theanine_s,
-                        r.hand_s, gflop / r.theanine_s, gflop / r.hand_s);
-            std::fflush(stdout);
+            print_row("sda", dt, threads, r.theanine_s, r.hand_s, gflop);
             ratio[dt == DType::float32 ? 0 : 1] = r.theanine_s / r.hand_s;
         }
     }

@@ -31,12 +31,15 @@
 
 #include <Eigen/Core>
 
-#include "bench/timing.hpp"
+#include "bench/flags.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/training.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::ModelFlags;
+using theanine::bench::parse_model_flags;
+using theanine::bench::print_row;
 
 namespace {
 
@@ -420,42 +423,22 @@ Result run(const ModelSpec& spec, const Data& d, int threads, double fraction, i
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string model = "mlp", data = "data/mnist";
-    double fraction = 1.0;
-    int epochs = 3;
-    std::vector<DType> dtypes = {DType::float32, DType::float64};
-    std::vector<int> thread_counts = {1, 2};
-    for (int i = 1; i < argc; ++i) {
-        std::string a = argv[i];
-        auto next = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "bench_supervised: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (a == "--model") model = next();
-        else if (a == "--fraction") fraction = std::stod(next());
-        else if (a == "--epochs") epochs = std::stoi(next());
-        else if (a == "--data") data = next();
-        else if (a == "--dtype") dtypes = {dtype_from_name(next())};
-        else if (a == "--threads") thread_counts = {std::stoi(next())};
-        else {
-            std::fprintf(stderr, "usage: bench_supervised [--model logreg|mlp (default mlp)] [--fraction F (of an epoch)] "
-                                 "[--epochs N (default 3)]\n                        [--data DIR] [--dtype float32|float64] "
-                                 "[--threads N (default 1 and 2)]\n");
-            return a == "--help" ? 0 : 2;
-        }
-    }
+    std::string model = "mlp";
+    const ModelFlags f = parse_model_flags(
+        argc, argv, "bench_supervised",
+        "[--model logreg|mlp (default mlp)] [--fraction F (of an epoch)] [--epochs N (default 3)]\n"
+        "                        [--data DIR] [--dtype float32|float64] [--threads N (default 1 and 2)]",
+        1.0, [&](const std::string& flag, const std::function<std::string()>& value) {
+            if (flag != "--model") return false;
+            model = value();
+            return true;
+        });
+    const std::string& data = f.data;
     ModelSpec spec;
     if (model == "logreg") spec = {"logreg", 0, 600, 0.13, 0.0};
     else if (model == "mlp") spec = {"mlp", 500, 20, 0.01, 0.0001};
     else {
         std::fprintf(stderr, "bench_supervised: --model must be logreg or mlp, got '%s'\n", model.c_str());
-        return 2;
-    }
-    if (!(fraction > 0 && fraction <= 1) || epochs < 1) {
-        std::fprintf(stderr, "bench_supervised: --fraction must be in (0, 1] and --epochs >= 1\n");
         return 2;
     }
     const bool have_mnist = std::filesystem::exists(data + "/train-images-idx3-ubyte") ||
@@ -469,7 +452,7 @@ int main(int argc, char** argv) {
     std::printf("%-8s %-7s %13s %10s %13s %9s %7s  %s\n", "dtype", "threads", "theanine s/ep", "hand s/ep",
                 "theanine GF/s", "hand GF/s", "ratio", "mean cost theanine / hand");
     double ratio[2] = {0, 0};
-    for (DType dt : dtypes) {
+    for (DType dt : f.dtypes) {
         config().floatX = dt;
         Data d;
         if (have_mnist) {
@@ -483,17 +466,14 @@ int main(int argc, char** argv) {
         d.n_train = d.splits.train_x.dim(0) / spec.batch;
         d.n_valid = d.splits.valid_x.dim(0) / spec.batch;
         d.n_test = d.splits.test_x.dim(0) / spec.batch;
-        for (int threads : thread_counts) {
-            Result r = dt == DType::float32 ? run<float>(spec, d, threads, fraction, epochs)
-                                            : run<double>(spec, d, threads, fraction, epochs);
+        for (int threads : f.threads) {
+            Result r = dt == DType::float32 ? run<float>(spec, d, threads, f.fraction, f.epochs)
+                                            : run<double>(spec, d, threads, f.fraction, f.epochs);
             const double gflop = step_flops * static_cast<double>(d.n_train) / 1e9;
             std::printf("%-8s %-7d %13.3f %10.3f %13.1f %9.1f %7.3f  %.6g / %.6g\n", std::string(dtype_name(dt)).c_str(),
                         threads, r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s, r.theanine_s / r.hand_s,
                         r.theanine_cost, r.hand_cost);
-            // For bench/run_all: model dtype threads s/epoch (theanine, hand) GFLOP/s (theanine, hand).
-            std::printf("row %s %s %d %.4f %.4f %.2f %.2f\n", spec.name.c_str(), std::string(dtype_name(dt)).c_str(),
-                        threads, r.theanine_s, r.hand_s, gflop / r.theanine_s, gflop / r.hand_s);
-            std::fflush(stdout);
+            print_row(spec.name.c_str(), dt, threads, r.theanine_s, r.hand_s, gflop);
             ratio[dt == DType::float32 ? 0 : 1] = r.theanine_s / r.hand_s;
         }
     }

@@ -39,6 +39,26 @@ Variable padleft(const Variable& v) {
     return dimshuffle(v, order);
 }
 
+// Who reads each variable of a graph: its client nodes, and whether the graph returns it.
+struct Readers {
+    std::vector<std::shared_ptr<const Node>> order;  // topological
+    VarMap<std::vector<const Node*>> clients;
+    VarMap<bool> returned;
+    explicit Readers(const std::vector<Variable>& outputs) : order(toposort(outputs)) {
+        for (const auto& node : order) {
+            if (node->kind != NodeKind::apply) continue;
+            for (const auto& in : node->inputs) clients[key(in)].push_back(node.get());
+        }
+        for (const auto& o : outputs) returned[key(o)] = true;
+    }
+    // The nodes reading v (none when it has no clients).
+    const std::vector<const Node*>& of(const Variable& v) const {
+        static const std::vector<const Node*> none;
+        auto c = clients.find(key(v));
+        return c == clients.end() ? none : c->second;
+    }
+};
+
 // Index of each inner input kind, as ops/scan.cpp lays them out.
 struct Parts {
     std::size_t n_seq_in, n_tap_in, shared0, nonseq0;
@@ -274,8 +294,7 @@ Variable product_over_steps(const Variable& a_stacked, bool a_is_transpose, cons
 }
 
 // One accumulator of one Scan node pushed out, or nullopt when the node has none.
-std::optional<std::vector<std::pair<Variable, Variable>>> pushout_one(const Node& node, const VarMap<std::vector<const Node*>>& clients,
-                                            const VarMap<bool>& returned) {
+std::optional<std::vector<std::pair<Variable, Variable>>> pushout_one(const Node& node, const Readers& readers) {
     const auto* op = dynamic_cast<const ScanOp*>(node.op.get());
     if (!op) return std::nullopt;
     const ScanInner& inner = op->inner();
@@ -296,11 +315,11 @@ std::optional<std::vector<std::pair<Variable, Variable>>> pushout_one(const Node
         init_in += info.out_taps[j].empty() ? 0 : 1;
         if (info.out_taps[j] != std::vector<int>{-1} || info.keep_last[j] != 0) continue;
         const Variable y = node.output(static_cast<int>(j));
-        if (!is_float(y.dtype()) || y.ndim() != 3 || returned.count(key(y))) continue;
-        auto c = clients.find(key(y));
-        if (c == clients.end() || c->second.empty()) continue;
+        if (!is_float(y.dtype()) || y.ndim() != 3 || readers.returned.count(key(y))) continue;
+        const auto& readers_of_y = readers.of(y);
+        if (readers_of_y.empty()) continue;
         bool last_only = true;
-        for (const Node* cl : c->second) last_only = last_only && reads_last_row_alone(*cl, y);
+        for (const Node* cl : readers_of_y) last_only = last_only && reads_last_row_alone(*cl, y);
         if (!last_only) continue;
         const Variable& prev = inner.inputs[my_tap];
         const Variable& out = inner.outputs[j];
@@ -357,16 +376,14 @@ std::optional<std::vector<std::pair<Variable, Variable>>> pushout_one(const Node
         for (std::size_t d = 0; d < dots.size(); ++d) {
             total = add(total, product_over_steps(nouts[stacked0 + 2 * d], transposed[d], nouts[stacked0 + 2 * d + 1]));
         }
-        for (const Node* cl : c->second) rep.emplace_back(cl->output(0), total);
+        for (const Node* cl : readers_of_y) rep.emplace_back(cl->output(0), total);
         return rep;
     }
     return std::nullopt;
 }
 
 // The Scan node without the outputs nobody reads, or nullopt when it computes none such.
-std::optional<std::vector<std::pair<Variable, Variable>>> prune_one(const Node& node,
-                                                                   const VarMap<std::vector<const Node*>>& clients,
-                                                                   const VarMap<bool>& returned) {
+std::optional<std::vector<std::pair<Variable, Variable>>> prune_one(const Node& node, const Readers& readers) {
     const auto* op = dynamic_cast<const ScanOp*>(node.op.get());
     if (!op) return std::nullopt;
     const ScanInner& inner = op->inner();
@@ -377,8 +394,7 @@ std::optional<std::vector<std::pair<Variable, Variable>>> prune_one(const Node& 
     std::size_t n_drop = 0;
     for (std::size_t j = 0; j < n_out; ++j) {
         const Variable y = node.output(static_cast<int>(j));
-        auto c = clients.find(key(y));
-        drop[j] = !returned.count(key(y)) && (c == clients.end() || c->second.empty());
+        drop[j] = !readers.returned.count(key(y)) && readers.of(y).empty();
         n_drop += drop[j] ? 1 : 0;
     }
     if (n_drop == 0 || (n_drop == n_out && info.n_shared == 0)) return std::nullopt;
@@ -440,8 +456,7 @@ std::optional<std::vector<std::pair<Variable, Variable>>> prune_one(const Node& 
     return rep;
 }
 
-using ScanNodeRewrite = std::optional<std::vector<std::pair<Variable, Variable>>> (*)(
-    const Node&, const VarMap<std::vector<const Node*>>&, const VarMap<bool>&);
+using ScanNodeRewrite = std::optional<std::vector<std::pair<Variable, Variable>>> (*)(const Node&, const Readers&);
 
 // Applies rewrite to one Scan node at a time (its replacements need the clients of the
 // graph it changed) until no node changes.
@@ -449,17 +464,10 @@ std::vector<Variable> rewrite_scans(const std::vector<Variable>& outputs, Rewrit
                                     ScanNodeRewrite rewrite) {
     std::vector<Variable> g = outputs;
     for (int round = 0; round < 256; ++round) {
-        auto order = toposort(g);
-        VarMap<std::vector<const Node*>> clients;
-        for (const auto& node : order) {
-            if (node->kind != NodeKind::apply) continue;
-            for (const auto& in : node->inputs) clients[key(in)].push_back(node.get());
-        }
-        VarMap<bool> returned;
-        for (const auto& o : g) returned[key(o)] = true;
+        const Readers readers(g);
         std::optional<std::vector<std::pair<Variable, Variable>>> rep;
-        for (const auto& node : order) {
-            if (node->kind == NodeKind::apply && (rep = rewrite(*node, clients, returned))) break;
+        for (const auto& node : readers.order) {
+            if (node->kind == NodeKind::apply && (rep = rewrite(*node, readers))) break;
         }
         if (!rep) return g;
         VarMap<Variable> replace;
@@ -486,27 +494,20 @@ std::vector<Variable> scan_pushout_dot(const std::vector<Variable>& outputs, Rew
 
 // scan_save_mem: outputs read only as y[-1] keep only the steps they need.
 std::vector<Variable> scan_save_mem(const std::vector<Variable>& outputs, RewriteLog& log) {
-    auto order = toposort(outputs);
-    VarMap<std::vector<const Node*>> clients;
-    for (const auto& node : order) {
-        if (node->kind != NodeKind::apply) continue;
-        for (const auto& in : node->inputs) clients[key(in)].push_back(node.get());
-    }
-    VarMap<bool> returned;
-    for (const auto& o : outputs) returned[key(o)] = true;
+    const Readers readers(outputs);
     VarMap<Variable> replace;
-    for (const auto& node : order) {
+    for (const auto& node : readers.order) {
         const auto* op = node->kind == NodeKind::apply ? dynamic_cast<const ScanOp*>(node->op.get()) : nullptr;
         if (!op) continue;
         ScanInfo info = op->inner().info;
         bool changed = false;
         for (std::size_t j = 0; j < info.out_taps.size(); ++j) {
             const Variable y = node->output(static_cast<int>(j));
-            if (info.keep_last[j] > 0 || returned.count(key(y))) continue;
-            auto c = clients.find(key(y));
-            if (c == clients.end() || c->second.empty()) continue;
+            if (info.keep_last[j] > 0 || readers.returned.count(key(y))) continue;
+            const auto& readers_of_y = readers.of(y);
+            if (readers_of_y.empty()) continue;
             bool last_only = true;
-            for (const Node* cl : c->second) last_only = last_only && reads_last_row_only(*cl, y);
+            for (const Node* cl : readers_of_y) last_only = last_only && reads_last_row_only(*cl, y);
             if (!last_only) continue;
             info.keep_last[j] = std::max(1, info.init_rows(j));
             changed = true;
