@@ -206,6 +206,10 @@ std::optional<std::vector<Variable>> pushout_seqs(const Node& n) {
             if (!stacked.count(key(nd->inputs[0])) || stacked.count(key(nd->inputs[1])) || nd->inputs[1].ndim() != 2) continue;
             out = dot(stacked[key(nd->inputs[0])], *outside(nd->inputs[1]));
         } else if (dynamic_cast<const Elemwise*>(nd->op.get())) {
+            // Inputs of the result's rank only: the loop's rows then gain the step axis alike.
+            bool same_rank = true;
+            for (const auto& in : nd->inputs) same_rank = same_rank && in.ndim() == nd->types[0].ndim();
+            if (!same_rank) continue;
             std::vector<Variable> ins;
             for (const auto& in : nd->inputs) {
                 auto st = stacked.find(key(in));
