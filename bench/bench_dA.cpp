@@ -33,13 +33,17 @@
 #include <fmt/format.h>
 
 #include "bench/flags.hpp"
+#include "bench/timing.hpp"
 #include "examples/io/mnist.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::Clock;
+using theanine::bench::median;
 using theanine::bench::ModelFlags;
 using theanine::bench::parse_model_flags;
 using theanine::bench::print_row;
+using theanine::bench::seconds_since;
 
 namespace {
 
@@ -48,14 +52,6 @@ constexpr double kLr = 0.1, kCorruption = 0.3;
 constexpr std::int64_t kStepsPerEpoch = 2500;
 // 5 products of 2*20*784*500 flops each.
 constexpr double kFlopsPerStep = 5.0 * 2 * kBatch * kVisible * kHidden;
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
 
 // ---------------------------------------------------------------- hand-written loop
 

@@ -31,27 +31,23 @@
 #include <Eigen/Core>
 
 #include "bench/flags.hpp"
+#include "bench/timing.hpp"
 #include "examples/io/mnist.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::Clock;
+using theanine::bench::median;
 using theanine::bench::ModelFlags;
 using theanine::bench::parse_model_flags;
 using theanine::bench::print_row;
+using theanine::bench::seconds_since;
 
 namespace {
 
 constexpr int kIn = 784, kVis = 1000, kHid = 1000;
 constexpr double kLr = 0.001, kCorruption = 0.2;
 constexpr std::int64_t kTrainRows = 50000;
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
 
 template <class T>
 struct HandLayer {

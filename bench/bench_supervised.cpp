@@ -32,19 +32,20 @@
 #include <Eigen/Core>
 
 #include "bench/flags.hpp"
+#include "bench/timing.hpp"
 #include "examples/io/mnist.hpp"
 #include "examples/io/training.hpp"
 #include "theanine.hpp"
 
 using namespace theanine;
+using theanine::bench::Clock;
+using theanine::bench::median;
 using theanine::bench::ModelFlags;
 using theanine::bench::parse_model_flags;
 using theanine::bench::print_row;
+using theanine::bench::seconds_since;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 struct ModelSpec {
     std::string name;
@@ -212,7 +213,6 @@ struct HandMLP {
         for (std::int64_t i = 0; i < W2.size(); ++i) s0 += static_cast<double>(W2.data()[i]) * W2.data()[i];
         sumsq[0] = s0;
     }
-
 
     // Forward over this thread's hidden columns, then (after the one barrier) every thread
     // sums the partial logits itself: returns them in `logits` (batch x 10).
@@ -413,10 +413,8 @@ Result run(const ModelSpec& spec, const Data& d, int threads, double fraction, i
         go(h);
     }
     if (config().profile) std::printf("%s\n", c.train.profile_summary().c_str());
-    std::sort(th.begin(), th.end());
-    std::sort(hw.begin(), hw.end());
-    r.theanine_s = th[th.size() / 2];
-    r.hand_s = hw[hw.size() / 2];
+    r.theanine_s = median(th);
+    r.hand_s = median(hw);
     return r;
 }
 

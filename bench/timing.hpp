@@ -8,6 +8,17 @@
 
 namespace theanine::bench {
 
+using Clock = std::chrono::steady_clock;
+
+// Wall-clock seconds since t.
+inline double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The median of v (the upper one of the middle two for an even count).
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
 // The median over reps runs of f's wall-clock seconds.
 inline double median_seconds(int reps, const std::function<void()>& f) {
     std::vector<double> t;
