@@ -262,6 +262,7 @@ double run(DType dt, int steps) {
         for (int s = 0; s < steps; ++s) c_hand = static_cast<double>(hand.step(X, labels_int, T(0.1)));
     }) / steps;
     sink = sink + c_compiled + c_hand;
+    if (config().profile) std::printf("%s\n", train.profile_summary().c_str());
     const double tol = dt == DType::float64 ? 1e-9 : 1e-3;
     if (!(std::abs(c_compiled - c_hand) <= tol * std::abs(c_hand))) {
         fmt::print(stderr, "bench_lenet: the compiled and hand-written steps disagree: cost {} vs {}\n", c_compiled,

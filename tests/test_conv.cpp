@@ -2,6 +2,7 @@
 // computations, verify_grad of every op and of the gradient ops, errors.
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -468,6 +469,69 @@ TEST_CASE("pool_2d: max gives every input tied for the maximum the window's grad
     Tensor ones = Tensor::full(DType::float64, {1, 1, 3, 3}, 1.0);
     Variable g2 = grad(pool_2d(xs, {2, 2}, {.ignore_border = true, .stride = {{1, 1}}}).sum(), xs);
     CHECK(values(eval1({xs}, g2, {ones})) == std::vector<double>{1, 2, 1, 2, 4, 2, 1, 2, 1});
+}
+
+TEST_CASE("pool_2d: 2x2 max and its gradient on short float32 rows: NaN, ties and non-finite gradients") {
+    // Rows of 8 and 24 columns (4 and 12 windows: the scalar tail of the vectorised loops),
+    // with NaN in each window position, ties and signed zeros; checked against nested loops.
+    for (std::int64_t cols : {8, 24}) {
+        const Shape s{3, 2, 6, cols};
+        Tensor x = rt(s, 31).astype(DType::float32);
+        float* xp = x.data<float>();
+        const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+        xp[0] = nan;                  // window (0, 0), top left
+        xp[3] = nan;                  // window (0, 1), top right
+        xp[cols + 4] = nan;           // window (0, 2), bottom left
+        xp[cols + 7] = nan;           // window (0, 3), bottom right
+        xp[2 * cols] = xp[2 * cols + 1] = 0.75f;  // a tie in window (1, 0)
+        xp[4 * cols] = -0.0f;         // window (2, 0): -0 first, +0 after (the first wins a tie)
+        xp[4 * cols + 1] = xp[5 * cols] = xp[5 * cols + 1] = 0.0f;
+        Variable xs = tensor4("x", DType::float32), gzs = tensor4("gz", DType::float32);
+        Variable z = pool_2d(xs, {2, 2});
+        const Shape zs{3, 2, 3, cols / 2};
+        Tensor gz = rt(zs, 32).astype(DType::float32);
+        gz.data<float>()[cols / 2] = inf;      // window (1, 0): both tied inputs take it, the others 0
+        gz.data<float>()[cols / 2 + 1] = nan;  // window (1, 1): its maximum takes NaN, the others 0
+        CompileOptions opt;
+        opt.on_unused_input = CompileOptions::UnusedInput::ignore;
+        Function f = function({xs, gzs}, {z, grad((z * gzs).sum(), xs)}, {}, {}, opt);
+        const auto out = f({x, gz});
+        const float* zp = out[0].data<float>();
+        const float* gp = out[1].data<float>();
+        const float* gzp = gz.data<float>();
+        for (std::int64_t sl = 0; sl < 6; ++sl) {
+            for (std::int64_t r = 0; r < 3; ++r) {
+                for (std::int64_t c = 0; c < cols / 2; ++c) {
+                    const std::int64_t o = (sl * 3 + r) * (cols / 2) + c;
+                    float m = 0;
+                    bool any_nan = false;
+                    for (int i = 0; i < 4; ++i) {
+                        const float v = xp[sl * 6 * cols + (2 * r + i / 2) * cols + 2 * c + i % 2];
+                        if (v != v) any_nan = true;
+                        if (i == 0 || v > m) m = v;
+                    }
+                    INFO("cols ", cols, " slice ", sl, " window (", r, ", ", c, ")");
+                    if (any_nan) {
+                        CHECK(std::isnan(zp[o]));
+                    } else {
+                        CHECK(std::bit_cast<std::uint32_t>(zp[o]) == std::bit_cast<std::uint32_t>(m));
+                    }
+                    for (int i = 0; i < 4; ++i) {
+                        const std::int64_t e = sl * 6 * cols + (2 * r + i / 2) * cols + 2 * c + i % 2;
+                        const float want = xp[e] == zp[o] ? gzp[o] : 0.0f;
+                        CHECK(std::bit_cast<std::uint32_t>(gp[e]) == std::bit_cast<std::uint32_t>(want));
+                    }
+                }
+            }
+        }
+        // The spots set above, by hand: NaN windows, the tie sharing inf, -0 kept.
+        for (std::int64_t c = 0; c < 4; ++c) CHECK(std::isnan(zp[c]));
+        CHECK(zp[cols / 2] == 0.75f);
+        CHECK(gp[2 * cols] == inf);
+        CHECK(gp[2 * cols + 1] == inf);
+        CHECK(gp[3 * cols] == 0.0f);
+        CHECK(std::signbit(zp[2 * (cols / 2)]));
+    }
 }
 
 TEST_CASE("pool_2d: errors") {
