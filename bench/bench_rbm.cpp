@@ -176,6 +176,7 @@ int main(int argc, char** argv) {
                 sink = hand.step(xs, 0.1);
             }
         }) / steps;
+        if (config().profile) std::printf("%s\n", train.profile_summary().c_str());
         const double per_epoch = 50000.0 / c.batch;
         fmt::print("{}: {} visible, {} hidden, batch {}, k {} ({}): compiled {:.2f} ms/step ({:.0f} s/epoch), "
                    "hand-written {:.2f} ms/step ({:.0f} s/epoch), ratio {:.2f}\n",

@@ -1,6 +1,7 @@
 #include "ops/random.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -386,6 +387,34 @@ constexpr float kNorm32 = 4.6566126e-10f;                 // largest float below
 // One step of up to kBlock streams held column-wise (x[k][j] = component k of stream j),
 // writing their uniforms: next() in a loop the compiler vectorises.
 constexpr int kBlock = 256;
+// A block's states between the (n_streams, 6) rows and the column-wise block. Each row is
+// read and written as three 64-bit words (two components each), which the compiler
+// vectorises; component by component, these copies cost three times the draws themselves
+// when there are many streams and few rounds (a symbolic size's 15360 streams).
+using Word64 = std::uint64_t __attribute__((may_alias, aligned(4)));
+static_assert(std::endian::native == std::endian::little, "load_block pairs components little-endian");
+
+void load_block(const std::int32_t* rows, std::int32_t (&x)[6][kBlock], int nb) {
+    const Word64* w = reinterpret_cast<const Word64*>(rows);
+    for (int j = 0; j < nb; ++j) {
+        for (int p = 0; p < 3; ++p) {
+            const std::uint64_t v = w[3 * j + p];
+            x[2 * p][j] = static_cast<std::int32_t>(static_cast<std::uint32_t>(v));
+            x[2 * p + 1][j] = static_cast<std::int32_t>(static_cast<std::uint32_t>(v >> 32));
+        }
+    }
+}
+
+void store_block(const std::int32_t (&x)[6][kBlock], int nb, std::int32_t* rows) {
+    Word64* w = reinterpret_cast<Word64*>(rows);
+    for (int j = 0; j < nb; ++j) {
+        for (int p = 0; p < 3; ++p) {
+            w[3 * j + p] = static_cast<std::uint32_t>(x[2 * p][j]) |
+                           static_cast<std::uint64_t>(static_cast<std::uint32_t>(x[2 * p + 1][j])) << 32;
+        }
+    }
+}
+
 template <class T, bool Unit>
 void step_block(std::int32_t (&x)[6][kBlock], int count, T* __restrict out, T low, T high) {
     std::int32_t* __restrict x11 = x[0];
@@ -435,9 +464,7 @@ void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_st
         const std::int64_t b0 = blk * kBlock;
         const int nb = static_cast<int>(std::min<std::int64_t>(kBlock, used - b0));
         std::int32_t x[6][kBlock];
-        for (int j = 0; j < nb; ++j) {
-            for (int k = 0; k < 6; ++k) x[k][j] = src[(b0 + j) * 6 + k];
-        }
+        load_block(src + b0 * 6, x, nb);
         // Round r draws element b0 + j + r * n_streams for each stream j of the block.
         for (std::int64_t first = b0; first < n; first += n_streams) {
             const int count = static_cast<int>(std::min<std::int64_t>(nb, n - first));
@@ -448,9 +475,7 @@ void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_st
                 step_block<T, false>(x, count, out + first, low, high);
             }
         }
-        for (int j = 0; j < nb; ++j) {
-            for (int k = 0; k < 6; ++k) rows[(b0 + j) * 6 + k] = x[k][j];
-        }
+        store_block(x, nb, rows + b0 * 6);
     }
     // Streams past n draw nothing and keep their state.
     if (src != rows && used < n_streams) {
