@@ -421,7 +421,7 @@ void MaxPoolGradGrad::perform(const Node& node, std::span<const Tensor* const> i
                         T acc = 0;
                         for (std::int64_t i = g.wr.lo(r); i < g.wr.hi(r); ++i) {
                             for (std::int64_t j = g.wc.lo(c); j < g.wc.hi(c); ++j) {
-                                if (xs[i * g.cols + j] == m) acc += gs[i * g.cols + j];
+                                acc += keep_if(xs[i * g.cols + j] == m, gs[i * g.cols + j]);
                             }
                         }
                         op[k] = acc;
