@@ -206,6 +206,7 @@ Result run_config(DType dt, int threads, const Tensor& pixels64, long batch, dou
     }
     r.theanine_s = median(th);
     r.hand_s = median(hw);
+    if (config().profile) std::printf("%s\n", layer.profile_summary().c_str());
     return r;
 }
 

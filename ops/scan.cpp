@@ -171,6 +171,10 @@ struct ScanAccess {
     static Plan& plan(Function& f) { return f.plan(); }
     static Function compile(const ScanInner& inner, const LoopOptions& loop) {
         std::vector<In> ins(inner.inputs.begin(), inner.inputs.end());
+        // The loop gives each step a private buffer of every shared state (ScanOp::perform),
+        // so the step may advance a state in place (a random stream's rows).
+        const InnerLayout il(inner.info);
+        for (std::size_t m = 0; m < inner.info.n_shared; ++m) ins[il.shared0 + m].is_mutable = true;
         std::vector<Out> outs(inner.outputs.begin(), inner.outputs.end());
         CompileOptions opt;
         opt.profile = loop.profile;
@@ -251,8 +255,19 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
         ~EndOfLoop() { p.end_loop(); }
     } end_of_loop{p};
     const std::size_t n_out = info.out_taps.size();
+    // The states the steps advance start as private copies of the outer values: a step may
+    // write its state's buffer in place (the inner inputs are mutable, ScanAccess::compile).
     std::vector<Tensor> state(info.n_shared), next_state(info.n_shared);
-    for (std::size_t m = 0; m < info.n_shared; ++m) state[m] = *in[ol.shared0 + m];
+    for (std::size_t m = 0; m < info.n_shared; ++m) state[m] = in[ol.shared0 + m]->copy();
+    // Whether a step computes the new value of shared state m into a slot of its own (not
+    // an input's or a constant's slot, which must keep their values from step to step).
+    std::vector<bool> state_computed(info.n_shared, false);
+    for (std::size_t m = 0; m < info.n_shared; ++m) {
+        const Tensor* r = &p.slots[p.results[n_out + m].slot];
+        for (const Step& st : p.steps) {
+            if (std::find(st.out.begin(), st.out.end(), r) != st.out.end()) state_computed[m] = true;
+        }
+    }
     std::vector<Shape> row_shape(n_out);
     std::vector<std::int64_t> kept(n_out);  // rows each output keeps
     for (std::size_t j = 0; j < n_out; ++j) {
@@ -324,7 +339,18 @@ void ScanOp::perform(const Node&, std::span<const Tensor* const> in, std::span<T
             }
         }
         for (std::size_t m = 0; m < info.n_shared; ++m) {
-            const Tensor& r = p.slots[p.results[n_out + m].slot];
+            Tensor& r = p.slots[p.results[n_out + m].slot];
+            if (r.shares_storage(state[m]) && r.raw_data() == state[m].raw_data() && r.shape() == state[m].shape() &&
+                r.strides() == state[m].strides()) {
+                continue;  // advanced in place, or passed through unchanged
+            }
+            if (state_computed[m] && r.sole_owner()) {
+                // A new state a step wrote into its own buffer is taken as it is; the slot
+                // keeps the buffer of the state it replaces for the next step to fill (the
+                // states of a random stream, 15360 rows, are not copied every step).
+                std::swap(state[m], r);
+                continue;
+            }
             if (!(next_state[m].sole_owner())) next_state[m] = Tensor();
             next_state[m].ensure(r.dtype(), r.shape());
             next_state[m].copy_from(r);

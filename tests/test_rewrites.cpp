@@ -436,6 +436,43 @@ TEST_CASE("specialize: an L2 weight decay is the update product's beta, not a pa
     CHECK(count_op(tensor_factor, "Elemwise{mul}") + count_op(tensor_factor, "Composite{mul(i0, i1)}") == 1);
 }
 
+TEST_CASE("canonicalize: the first or last row of an added length-1 axis is the tensor itself") {
+    // A one-step loop's result is stacked as y.dimshuffle('x', 0, 1) and read as [0] or [-1]
+    // (scan_single_step); the product of that row with W is then the product of y with W.
+    Variable y = matrix("y"), W = matrix("W");
+    Tensor a = testing::random_tensor({3, 4}, 1), w = testing::random_tensor({4, 5}, 2);
+    Variable stacked = y.dimshuffle({-1, 0, 1});
+    for (long i : {0L, -1L}) {
+        CAPTURE(i);
+        Variable e = dot(stacked[{i}], W) * dot(y, W);
+        Function on = function({y, W}, {e}, {}, {}, excluding({"fusion"}));
+        Function off = function({y, W}, {e}, {}, {}, excluding({"fusion", "local_subtensor_of_new_axis"}));
+        CHECK(count_op(on, "Dot22{N,N}") == 1);
+        CHECK(count_op(off, "Dot22{N,N}") == 2);
+        CHECK(count_op(on, "Subtensor{" + std::to_string(i) + "}") == 0);
+        CHECK(on({a, w})[0].to_doubles() == off({a, w})[0].to_doubles());
+    }
+    // Full slices around the index keep the other axes: y.dimshuffle(0, 'x', 1)[:, -1] is y.
+    Function mid = function({y}, {y.dimshuffle({0, -1, 1})[{slice(std::nullopt, std::nullopt, std::nullopt), -1L}] * 2.0}, {}, {}, excluding({"fusion"}));
+    CHECK(count_op(mid, "Subtensor{:, -1}") == 0);
+    std::vector<double> twice = a.to_doubles();
+    for (double& v : twice) v *= 2;
+    CHECK(mid({a})[0].to_doubles() == twice);
+    // An added axis that stays (two were added, one is indexed) keeps a DimShuffle.
+    Variable two = y.dimshuffle({-1, 0, -1, 1})[{0L}];
+    Function keep = function({y}, {two}, {}, {}, excluding({"fusion"}));
+    CHECK(count_op(keep, "Subtensor{0}") == 0);
+    CHECK(keep({a})[0].shape() == Shape{3, 1, 4});
+    CHECK(keep({a})[0].to_doubles() == a.to_doubles());
+    // Index 1 of a length-1 axis is out of range: left for the Subtensor to refuse.
+    Function bad = function({y}, {stacked[{1L}]}, {}, {}, excluding({"fusion"}));
+    CHECK(count_op(bad, "Subtensor{1}") == 1);
+    CHECK_THROWS_WITH_AS(bad({a}), doctest::Contains("index 1"), UsageError);
+    // An index on one of y's own axes is not this rewrite's.
+    Function own = function({y}, {stacked[{slice(std::nullopt, std::nullopt, std::nullopt), 2L}]}, {}, {}, excluding({"fusion"}));
+    CHECK(own({a})[0].to_doubles() == std::vector<double>{a.to_doubles()[8], a.to_doubles()[9], a.to_doubles()[10], a.to_doubles()[11]});
+}
+
 TEST_CASE("canonicalize: a factor in a product's numerator and denominator cancels") {
     Variable a = matrix("a"), s = matrix("s"), b = matrix("b");
     Variable e = (a * s) / (s * b);

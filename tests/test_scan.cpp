@@ -202,6 +202,32 @@ TEST_CASE("scan: MRG draws inside the step are the stream's successive draws; up
     }
 }
 
+TEST_CASE("scan: a stream's state advanced in place inside the loop leaves the value the call started from intact") {
+    // The step advances its generator state in its own copy: an output that reads the state
+    // variable as the call found it still holds that value, and the update holds the state
+    // after every step's draws (the same rows a stream outside the loop reaches).
+    const int steps = 5;
+    MRG_RandomStreams srng(77);
+    ScanResult r = scan(
+        [&](const std::vector<Variable>&) { return ScanStep(srng.uniform(std::vector<std::int64_t>{4, 3})); }, {}, {}, {},
+        steps);
+    REQUIRE(srng.state_variables().size() == 1);
+    SharedVariable state = srng.state_variables()[0];
+    Function f = function({}, {r[0], state}, r.updates);
+    MRG_RandomStreams ref(77);
+    Variable u = ref.uniform(std::vector<std::int64_t>{4, 3});
+    Function g = function({}, {u});
+    for (int call = 0; call < 3; ++call) {
+        CAPTURE(call);
+        const Tensor before = state.get_value();
+        const auto out = f();
+        CHECK(vals(out[1]) == vals(before));
+        for (int t = 0; t < steps; ++t) CHECK(vals(out[0].index(0, t)) == vals(g()[0]));
+        CHECK(vals(state.get_value()) == vals(ref.state_variables()[0].get_value()));
+        CHECK(vals(state.get_value()) != vals(before));
+    }
+}
+
 TEST_CASE("scan: numpy RandomStreams inside the step, binomial masks on a sequence") {
     RandomStreams srng(42);
     Variable x = matrix("x");

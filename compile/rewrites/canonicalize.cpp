@@ -335,6 +335,45 @@ std::optional<std::vector<Variable>> local_remove_gradient_ops(const Node& n) {
     return std::vector<Variable>{n.inputs[0]};
 }
 
+// y.dimshuffle(...)[i], where i is a constant 0 or -1 (the only indices a length-1 axis has)
+// on an axis the DimShuffle added and every other entry is a full slice: the DimShuffle
+// without that axis (y itself when nothing else changes). A loop of one step
+// (scan_single_step) stacks its results as y.dimshuffle('x', ...), and readers take their
+// [0] or [-1] row; without this rewrite, a product of that row and the same product of y
+// are not recognised as one.
+std::optional<std::vector<Variable>> local_subtensor_of_new_axis(const Node& n) {
+    using Kind = IndexSpec::BoundSpec::Kind;
+    const Variable out = n.output(0);
+    const auto* sub = op_as<Subtensor>(out);
+    if (!sub || n.inputs.size() != 1) return std::nullopt;  // constant entries only
+    const Variable& x = n.inputs[0];
+    const auto* ds = op_as<DimShuffle>(x);
+    if (!ds) return std::nullopt;
+    const std::vector<int>& order = ds->order();
+    const auto& entries = sub->spec().entries;
+    if (entries.size() > order.size()) return std::nullopt;
+    std::vector<int> kept;
+    bool dropped = false;
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        if (i < entries.size()) {
+            const IndexSpec::Entry& e = entries[i];
+            if (e.is_index) {
+                const bool first_or_last = e.b[0].kind == Kind::constant && (e.b[0].value == 0 || e.b[0].value == -1);
+                if (order[i] != -1 || !first_or_last) return std::nullopt;
+                dropped = true;
+                continue;
+            }
+            if (e.b[0].kind != Kind::none || e.b[1].kind != Kind::none || e.b[2].kind != Kind::none) return std::nullopt;
+        }
+        kept.push_back(order[i]);
+    }
+    if (!dropped) return std::nullopt;
+    const Variable& y = x.node().inputs[0];
+    bool identity = static_cast<int>(kept.size()) == y.ndim();
+    for (std::size_t i = 0; i < kept.size() && identity; ++i) identity = kept[i] == static_cast<int>(i);
+    return if_same_type(out, identity ? y : y.dimshuffle(kept));
+}
+
 }  // namespace
 
 void register_canonicalize(RewriteRegistry& r) {
@@ -348,6 +387,7 @@ void register_canonicalize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_mul_div_cancel", "canonicalize", {"fast_run"}, local_mul_div_cancel});
     r.add(NodeRewriter{"local_distribute_for_cancel", "canonicalize", {"fast_run"}, local_distribute_for_cancel});
     r.add(NodeRewriter{"local_collect_terms", "canonicalize", {"fast_run"}, local_collect_terms});
+    r.add(NodeRewriter{"local_subtensor_of_new_axis", "canonicalize", {"fast_run"}, local_subtensor_of_new_axis});
 }
 
 }  // namespace theanine
