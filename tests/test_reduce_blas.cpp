@@ -1,6 +1,8 @@
 // Reductions and matrix products.
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -41,6 +43,58 @@ TEST_CASE("sum over axes of a 3-d tensor and of a transposed view") {
     CHECK(eval1({t}, sum_axes(t, {0, 2}), {tv}).to_doubles() == std::vector<double>{60, 92, 124});
     Variable m = matrix("m");
     CHECK(eval1({m}, m.T().sum(0), {T64({2, 3}, {1, 2, 3, 4, 5, 6})}).to_doubles() == std::vector<double>{6, 15});
+}
+
+TEST_CASE("fused sums of squares, absolute values and products: every layout against long double sums") {
+    // The loop computes sum(x^2), sum(|x|) and sum(x * y) from its operands without storing
+    // the squares (float32 sums over every axis in one pass of 4 x 16 lanes, added in double
+    // every 1024 terms); checked over contiguous inputs, a broadcast operand, sums over one
+    // axis, and a square also returned elementwise (not fused), in float32 and float64.
+    for (DType dt : {DType::float32, DType::float64}) {
+        for (Shape s : {Shape{784, 500}, Shape{3, 1037}, Shape{7, 5}, Shape{70001, 1}}) {
+            CAPTURE(dtype_name(dt));
+            CAPTURE(shape_string(s));
+            Tensor X = testing::random_tensor(s, 11).astype(dt), Y = testing::random_tensor(s, 12).astype(dt);
+            Tensor R = testing::random_tensor({s[1]}, 13).astype(dt);  // broadcast along rows
+            Variable x = matrix("x", dt), y = matrix("y", dt), r = vector("r", dt);
+            Function f = function({x, y, r}, {sqr(x).sum(), abs(x).sum(), (x * y).sum(), (x * r.dimshuffle({-1, 0})).sum(),
+                                              sqr(x).sum({0}), (x * y).sum({1})});
+            Function g = function({x}, {sqr(x), sqr(x).sum()});  // the square is an output too
+            const auto out = f({X, Y, R});
+            const auto xv = X.to_doubles(), yv = Y.to_doubles(), rv = R.to_doubles();
+            long double sq = 0, ab = 0, xy = 0, xr = 0;
+            std::vector<long double> col(static_cast<std::size_t>(s[1]), 0), row(static_cast<std::size_t>(s[0]), 0);
+            for (std::int64_t i = 0; i < s[0]; ++i) {
+                for (std::int64_t j = 0; j < s[1]; ++j) {
+                    const std::size_t k = static_cast<std::size_t>(i * s[1] + j);
+                    sq += static_cast<long double>(xv[k]) * xv[k];
+                    ab += std::abs(static_cast<long double>(xv[k]));
+                    xy += static_cast<long double>(xv[k]) * yv[k];
+                    xr += static_cast<long double>(xv[k]) * rv[static_cast<std::size_t>(j)];
+                    col[static_cast<std::size_t>(j)] += static_cast<long double>(xv[k]) * xv[k];
+                    row[static_cast<std::size_t>(i)] += static_cast<long double>(xv[k]) * yv[k];
+                }
+            }
+            // float32: each product rounded to float, sums kept near double (Theano accumulates
+            // float32 sums in float64): relative 1e-6 of the sum of magnitudes.
+            const double tol = dt == DType::float32 ? 1e-6 : 1e-13;
+            auto near = [&](double got, long double want, long double scale) {
+                return std::abs(static_cast<long double>(got) - want) <= tol * scale;
+            };
+            CHECK(near(out[0].item(), sq, sq));
+            CHECK(near(out[1].item(), ab, ab));
+            CHECK(near(out[2].item(), xy, ab));
+            CHECK(near(out[3].item(), xr, ab));
+            const auto cv = out[4].to_doubles(), rw = out[5].to_doubles();
+            for (std::size_t j = 0; j < col.size(); ++j) CHECK(near(cv[j], col[j], col[j] + 1e-30L));
+            for (std::size_t i = 0; i < row.size(); ++i) CHECK(near(rw[i], row[i], ab));
+            const auto both = g({X});
+            CHECK(near(both[1].item(), sq, sq));
+            const double x0 = dt == DType::float32 ? static_cast<double>(static_cast<float>(xv[0]) * static_cast<float>(xv[0]))
+                                                   : xv[0] * xv[0];
+            CHECK(both[0].to_doubles()[0] == x0);
+        }
+    }
 }
 
 TEST_CASE("dot for matrix-matrix, matrix-vector, vector-matrix and vector-vector") {
