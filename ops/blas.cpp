@@ -110,18 +110,24 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
     if (nt > 1 && m * n * k >= 100000 && (by_columns || by_rows)) {
         // nt parts whatever the number of threads that run them (active_workers).
         const int workers = std::min(nt, active_workers());
-#pragma omp parallel num_threads(workers) if (workers > 1)
-        {
-            const int w = workers > 1 ? omp_get_thread_num() : 0, n_workers = workers > 1 ? omp_get_num_threads() : 1;
-            for (int part = w; part < nt; part += n_workers) {
-                if (by_columns) {
-                    auto [c0, c1] = column_slice(n, part, nt);
-                    if (c1 > c0) gemm_block(out, m, n, 0, m, c0, c1, alpha, a, ta, b, tb, beta);
-                } else {
-                    auto [r0, r1] = column_slice(m, part, nt);
-                    if (r1 > r0) gemm_block(out, m, n, r0, r1, 0, n, alpha, a, ta, b, tb, beta);
-                }
+        auto run_part = [&](int part) {
+            if (by_columns) {
+                auto [c0, c1] = column_slice(n, part, nt);
+                if (c1 > c0) gemm_block(out, m, n, 0, m, c0, c1, alpha, a, ta, b, tb, beta);
+            } else {
+                auto [r0, r1] = column_slice(m, part, nt);
+                if (r1 > r0) gemm_block(out, m, n, r0, r1, 0, n, alpha, a, ta, b, tb, beta);
             }
+        };
+        if (workers > 1) {
+#pragma omp parallel num_threads(workers)
+            {
+                const int w = omp_get_thread_num(), n_workers = omp_get_num_threads();
+                for (int part = w; part < nt; part += n_workers) run_part(part);
+            }
+        } else {
+            // One worker runs the parts itself, without an OpenMP region.
+            for (int part = 0; part < nt; ++part) run_part(part);
         }
         return;
     }

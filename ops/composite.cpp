@@ -459,8 +459,9 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
             // nt parts, run by as many threads as are getting a core (active_workers): each
             // part has its own accumulators, so the sums do not depend on who ran it.
             const int workers = std::min(nt, active_workers());
-#pragma omp parallel num_threads(workers) if (workers > 1)
-            {
+            // One worker runs the parts itself: no OpenMP region (its set-up costs more than a
+            // small loop). Several share them in one region.
+            auto part_loop = [&]() {
                 thread_local Scratch<T> scratch;
                 thread_local Scratch<double> acc_scratch;
                 thread_local std::vector<const T*> reg;
@@ -623,6 +624,12 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
                         }
                     }
                 }
+            };
+            if (workers > 1) {
+#pragma omp parallel num_threads(workers)
+                part_loop();
+            } else {
+                part_loop();
             }
             // Sums: add the parts' accumulators in part order.
             for (int o = 0; o < n_out; ++o) {

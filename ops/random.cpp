@@ -459,8 +459,7 @@ void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_st
     const std::int64_t n_blocks = (used + kBlock - 1) / kBlock;
     // Blocks of streams are independent: the thread count never changes the draws.
     const int nt = static_cast<int>(std::min<std::int64_t>(std::min(threads, active_workers()), n_blocks));
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (std::int64_t blk = 0; blk < n_blocks; ++blk) {
+    auto draw_block = [&](std::int64_t blk) {
         const std::int64_t b0 = blk * kBlock;
         const int nb = static_cast<int>(std::min<std::int64_t>(kBlock, used - b0));
         std::int32_t x[6][kBlock];
@@ -476,6 +475,13 @@ void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_st
             }
         }
         store_block(x, nb, rows + b0 * 6);
+    };
+    // One thread draws without an OpenMP region (setting one up costs microseconds).
+    if (nt > 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (std::int64_t blk = 0; blk < n_blocks; ++blk) draw_block(blk);
+    } else {
+        for (std::int64_t blk = 0; blk < n_blocks; ++blk) draw_block(blk);
     }
     // Streams past n draw nothing and keep their state.
     if (src != rows && used < n_streams) {
