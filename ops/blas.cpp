@@ -96,6 +96,50 @@ void gemm_block(T* out, std::int64_t m, std::int64_t n, std::int64_t r0, std::in
     }
 }
 
+// out = beta * out + alpha * A^T B for row-major A (k x m) and B (k x n), as nt parts over
+// slices of the k rows (column_slice(k, part, nt)) into partial products, added in part order.
+template <class T>
+void gemm_by_k(T* out, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const MatView& a, const MatView& b,
+               T beta, int nt) {
+    thread_local std::vector<T> partial;
+    partial.resize(static_cast<std::size_t>(nt * m * n));
+    T* parts = partial.data();
+    const T* A = static_cast<const T*>(a.data);
+    const T* B = static_cast<const T*>(b.data);
+    auto run_part = [&](int part) {
+        auto [k0, k1] = column_slice(k, part, nt);
+        T* p = parts + static_cast<std::int64_t>(part) * m * n;
+        if (k1 <= k0) {
+            std::fill(p, p + m * n, T(0));
+            return;
+        }
+        gemm_block(p, m, n, 0, m, 0, n, T(1), MatView{A + k0 * a.cols, k1 - k0, a.cols, false}, true,
+                   MatView{B + k0 * b.cols, k1 - k0, b.cols, false}, false, T(0));
+    };
+    // out's rows [r0, r1) take the parts' sum.
+    auto combine = [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t i = r0 * n; i < r1 * n; ++i) {
+            T s = parts[i];
+            for (int q = 1; q < nt; ++q) s += parts[static_cast<std::int64_t>(q) * m * n + i];
+            out[i] = beta == T(0) ? alpha * s : beta * out[i] + alpha * s;
+        }
+    };
+    const int workers = std::min(nt, active_workers());
+    if (workers > 1) {
+#pragma omp parallel num_threads(workers)
+        {
+            const int w = omp_get_thread_num(), n_workers = omp_get_num_threads();
+            for (int part = w; part < nt; part += n_workers) run_part(part);
+#pragma omp barrier
+            const std::int64_t per = (m + n_workers - 1) / n_workers;
+            combine(std::min(m, w * per), std::min(m, (w + 1) * per));
+        }
+    } else {
+        for (int part = 0; part < nt; ++part) run_part(part);
+        combine(0, m);
+    }
+}
+
 // out = beta * out + alpha * op(A) op(B). Large products are split across the threads, each
 // running a single-threaded product on its part: by output columns (for the skinny shapes
 // of minibatch training this beats a threaded GEMM, which splits the short dimension), or by
@@ -107,6 +151,18 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
     const int nt = threads_for_products();
     detail::ensure_configured();  // a bad blas_kernel flag throws here, not inside the threads
     const bool by_columns = n >= 16 * nt, by_rows = !by_columns && m >= 16 * nt;
+    // Too few columns to share, and k runs along the stored rows of both operands (x^T dL,
+    // the weight gradient of a 10-class layer: 784 x 10 from k = 600 minibatch rows): each
+    // part multiplies its slice of the k rows, the slice the product x W split by rows gave
+    // the same thread, so the thread reads the rows of x it has in its cache; the parts'
+    // products are then added in part order (nt fixed parts: the bits depend on the thread
+    // count, not on how many threads run the parts).
+    const bool by_k = nt > 1 && !by_columns && ta && !tb && !a.col_major && !b.col_major && k >= 64 * nt &&
+                      m * n * k >= 100000;
+    if (by_k) {
+        gemm_by_k(out, m, n, k, alpha, a, b, beta, nt);
+        return;
+    }
     if (nt > 1 && m * n * k >= 100000 && (by_columns || by_rows)) {
         // nt parts whatever the number of threads that run them (active_workers).
         const int workers = std::min(nt, active_workers());

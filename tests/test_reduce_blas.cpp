@@ -141,7 +141,7 @@ TEST_CASE("products of every shape class agree with a direct sum, in both float 
     };
     const std::vector<Case> cases = {{1, 1, 1},   {3, 5, 2},    {20, 784, 37}, {7, 33, 65},
                                      {784, 40, 50}, {65, 70, 66}, {10, 3, 300},  {4, 17, 33},
-                                     {600, 784, 10}, {784, 600, 10}};  // the last two split by rows
+                                     {600, 784, 10}, {784, 600, 10}};  // x W by rows; x^T dL by slices of k
     for (DType dt : {DType::float64, DType::float32}) {
         for (int threads : {1, 2}) {
             set_num_threads(threads);
