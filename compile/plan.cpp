@@ -169,31 +169,22 @@ namespace {
 constexpr double kLongCall = 100e-6;        // shorter calls have little parallel work to adapt
 constexpr std::int64_t kFirstProbe = 32;    // once the first calls' costs are behind
 constexpr std::int64_t kProbeEvery = 1024;  // long calls between probes without a reason
-
-double median_of(double (&v)[WorkerChoice::kProbePairs]) {
-    std::sort(std::begin(v), std::end(v));
-    constexpr int n = WorkerChoice::kProbePairs;
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+constexpr int kProbeCalls = 8;              // of which the first 2 warm up (threads wake)
+constexpr int kProbeWarmup = 2;
 }  // namespace
 
 void WorkerChoice::record(double seconds) {
     if (!adapt || seconds < kLongCall) return;
     ++long_calls;
     if (probing_) {
-        if (probe_step % 2 == 1) {
-            if (probe_other()) {
-                probe_other_s[n_other++] = seconds;
-            } else {
-                probe_current_s[n_current++] = seconds;
-            }
-        }
-        if (++probe_step < 4 * kProbePairs) return;
+        if (probe_left <= kProbeCalls - kProbeWarmup) probe_sum += seconds;
+        if (--probe_left > 0) return;
         probing_ = false;
-        const double other = median_of(probe_other_s), current = median_of(probe_current_s);
-        const bool change = other < 0.9 * current;
-        if (change) one_ = !one_;
-        ema = change ? other : current;
+        const double probe_mean = probe_sum / (kProbeCalls - kProbeWarmup);
+        if (probe_mean < 0.9 * ema) {
+            one_ = !one_;
+            ema = probe_mean;
+        }
         best = ema;
         since_probe = 0;
         return;
@@ -206,7 +197,8 @@ void WorkerChoice::record(double seconds) {
     const bool probe = long_calls == kFirstProbe || since_probe >= kProbeEvery || (since_probe >= 32 && ema > 1.25 * best);
     if (probe && num_threads() > 1) {
         probing_ = true;
-        probe_step = n_other = n_current = 0;
+        probe_left = kProbeCalls;
+        probe_sum = 0;
     }
 }
 

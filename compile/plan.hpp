@@ -59,30 +59,22 @@ struct OutputBinding {
 };
 
 // How many threads run a call's parallel parts (ops/blas.hpp, active_workers). A plan times
-// its longer calls and now and then probes the other choice (all threads or one); it keeps
-// whichever is faster, so with another process busy on a core, N threads are never much
-// slower than one. A probe runs the two choices in pairs of calls (the first call of each
-// pair lets the threads wake or settle, the second is timed), ordered other, current,
-// current, other, other, current, current, other, and compares the medians: a machine whose
-// speed drifts steadily while it probes slows or speeds both sides alike. It probes after
-// its first few calls, every 1024 calls, and at once when its calls have become much slower
-// than they were. Results do not depend on the choice.
+// its longer calls and now and then runs a few on the other choice (all threads or one); it
+// keeps whichever is faster, so with another process busy on a core, N threads are never
+// much slower than one. It probes after its first few calls, every 1024 calls, and at once
+// when its calls have become much slower than they were. Results do not depend on the choice.
 class WorkerChoice {
 public:
-    static constexpr int kProbePairs = 4;  // timed calls per choice in a probe
-    int limit() const { return (probing_ && probe_other() ? !one_ : one_) ? 1 : 0; }  // 0: no limit
+    int limit() const { return probing_ ? (one_ ? 0 : 1) : (one_ ? 1 : 0); }  // 0: no limit
     void record(double seconds);
     bool one_thread() const { return one_; }
     bool adapt = true;  // CompileOptions::adapt_workers
 
 private:
-    // Pair p of a probe runs the other choice for p = 0, 3, 4, 7, the current one for 1, 2, 5, 6.
-    bool probe_other() const { return ((probe_step / 2 + 1) / 2) % 2 == 0; }
     bool one_ = false;      // the choice: one thread (true) or all (false)
-    bool probing_ = false;
-    int probe_step = 0;     // calls of the probe so far
-    int n_other = 0, n_current = 0;  // timed calls of each choice
-    double probe_other_s[kProbePairs] = {}, probe_current_s[kProbePairs] = {};
+    bool probing_ = false;  // the next calls try the other choice
+    int probe_left = 0;
+    double probe_sum = 0;
     double ema = 0;   // recent seconds per call with the choice
     double best = 0;  // the lowest ema since the last probe
     std::int64_t long_calls = 0, since_probe = 0;

@@ -6,11 +6,9 @@
 #include <algorithm>
 
 #include <cmath>
-#include <functional>
 
 #include <limits>
 
-#include "compile/plan.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -290,57 +288,6 @@ TEST_CASE("number arguments are converted exactly or refused, never wrapped") {
                          "function call: input 0 ('i64') expects int64 scalar, got the non-integer nan", UsageError);
     CHECK_THROWS_WITH_AS(id({9007199254740994.0, 0, 0, 0.0}), doctest::Contains("beyond 2^53"), UsageError);
     CHECK(id({3.0, 0, 0, 0.0})[0].item() == 3);
-}
-
-TEST_CASE("WorkerChoice: probes decide for the faster choice, and a drifting machine does not decide") {
-    // Calls timed by a model machine: seconds(one thread?, call number). The choice is read
-    // before each call (limit() 1: one thread) and the call's time recorded after it.
-    set_num_threads(2);
-    auto run = [](WorkerChoice& wc, int calls, const std::function<double(bool, int)>& seconds) {
-        int one_calls = 0;
-        for (int c = 0; c < calls; ++c) {
-            const bool one = wc.limit() == 1;
-            one_calls += one;
-            wc.record(seconds(one, c));
-        }
-        return one_calls;
-    };
-    {
-        WorkerChoice wc;  // one thread is 40 % faster (a core taken by another process)
-        run(wc, 200, [](bool one, int) { return one ? 0.6e-3 : 1.0e-3; });
-        CHECK(wc.one_thread());
-    }
-    {
-        WorkerChoice wc;  // two threads are faster: a probe tries one thread and comes back
-        const int one_calls = run(wc, 200, [](bool one, int) { return one ? 1.0e-3 : 0.6e-3; });
-        CHECK_FALSE(wc.one_thread());
-        CHECK(one_calls == 2 * WorkerChoice::kProbePairs);  // the probe's calls on one thread
-    }
-    {
-        // Both choices equally fast, on a machine slowing down by 10 % a call through the first
-        // probe (calls 32 to 47) and speeding up by 3 % a call through the next (calls 1072 to
-        // 1087, 1024 calls later): the probes see both choices alike and keep all threads.
-        WorkerChoice wc;
-        run(wc, 1100, [](bool, int c) {
-            if (c >= 32 && c < 48) return 1e-3 * (1 + 0.1 * (c - 32));
-            if (c >= 1072 && c < 1088) return 1e-3 * (1 - 0.03 * (c - 1072));
-            return 1e-3;
-        });
-        CHECK_FALSE(wc.one_thread());
-    }
-    {
-        // A core taken away later: calls on all threads get 2.5 times slower at call 300; the
-        // slowdown starts a probe, which moves to one thread.
-        WorkerChoice wc;
-        run(wc, 400, [](bool one, int c) { return one ? 1.0e-3 : (c < 300 ? 0.6e-3 : 1.5e-3); });
-        CHECK(wc.one_thread());
-    }
-    {
-        WorkerChoice wc;  // adapt off (CompileOptions::adapt_workers = false): never probes
-        wc.adapt = false;
-        CHECK(run(wc, 200, [](bool one, int) { return one ? 0.1e-3 : 1.0e-3; }) == 0);
-    }
-    set_num_threads(0);
 }
 
 TEST_CASE("results depend on the thread count alone, not on how many threads run the parts") {
