@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 
 #include <fmt/format.h>
@@ -169,9 +170,16 @@ namespace {
 constexpr double kLongCall = 100e-6;        // shorter calls have little parallel work to adapt
 constexpr std::int64_t kFirstProbe = 32;    // once the first calls' costs are behind
 constexpr std::int64_t kProbeEvery = 1024;  // long calls between probes without a reason
-constexpr int kProbeCalls = 8;              // of which the first 2 warm up (threads wake)
-constexpr int kProbeWarmup = 2;
+constexpr std::int64_t kProbeEveryOne = 256;  // the same on one thread
 }  // namespace
+
+// The window holds `calls` calls of `seconds` each: the probe's calls when it switched.
+void WorkerChoice::restart_window(double seconds, int calls) {
+    std::fill(recent_.begin(), recent_.begin() + calls, seconds);
+    n_recent = next = calls;
+    recent_sum = seconds * calls;
+    best = seconds;
+}
 
 void WorkerChoice::record(double seconds) {
     if (!adapt || seconds < kLongCall) return;
@@ -180,21 +188,28 @@ void WorkerChoice::record(double seconds) {
         if (probe_left <= kProbeCalls - kProbeWarmup) probe_sum += seconds;
         if (--probe_left > 0) return;
         probing_ = false;
-        const double probe_mean = probe_sum / (kProbeCalls - kProbeWarmup);
-        if (probe_mean < 0.9 * ema) {
-            one_ = !one_;
-            ema = probe_mean;
-        }
-        best = ema;
         since_probe = 0;
+        const double probe_mean = probe_sum / (kProbeCalls - kProbeWarmup);
+        const double current = recent_sum / std::max(1, n_recent);
+        if (probe_mean < 0.9 * current) {
+            one_ = !one_;
+            restart_window(probe_mean, kProbeCalls - kProbeWarmup);
+        } else {
+            best = current;
+        }
         return;
     }
-    ema = ema == 0 ? seconds : 0.8 * ema + 0.2 * seconds;
-    best = best == 0 ? ema : std::min(best, ema);
+    recent_[static_cast<std::size_t>(next)] = seconds;
+    next = (next + 1) % kWindow;
+    n_recent = std::min(n_recent + 1, kWindow);
+    recent_sum = std::accumulate(recent_.begin(), recent_.begin() + n_recent, 0.0);
+    const double now = recent_sum / n_recent;
+    if (n_recent == kWindow) best = best == 0 ? now : std::min(best, now);
     ++since_probe;
     // Probe early, then now and then, and at once when calls have become much slower than
     // they were (another process has started taking a core).
-    const bool probe = long_calls == kFirstProbe || since_probe >= kProbeEvery || (since_probe >= 32 && ema > 1.25 * best);
+    const bool probe = long_calls == kFirstProbe || since_probe >= (one_ ? kProbeEveryOne : kProbeEvery) ||
+                       (since_probe >= kWindow && best > 0 && now > 1.25 * best);
     if (probe && num_threads() > 1) {
         probing_ = true;
         probe_left = kProbeCalls;

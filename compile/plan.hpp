@@ -7,6 +7,7 @@
 // between calls, so a steady-state call allocates no tensor storage.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -61,22 +62,33 @@ struct OutputBinding {
 // How many threads run a call's parallel parts (ops/blas.hpp, active_workers). A plan times
 // its longer calls and now and then runs a few on the other choice (all threads or one); it
 // keeps whichever is faster, so with another process busy on a core, N threads are never
-// much slower than one. It probes after its first few calls, every 1024 calls, and at once
-// when its calls have become much slower than they were. Results do not depend on the choice.
+// much slower than one. It probes after its first few calls, every 1024 calls (256 while on
+// one thread, to return soon once the cores are free), and at once when its calls have
+// become much slower than they were. The current choice is judged by its mean over its last
+// 32 calls: a call now and then delayed by the machine (a preempted worker) counts for what
+// it costs on average, and does not by itself start a probe or decide one. Results do not
+// depend on the choice.
 class WorkerChoice {
 public:
     int limit() const { return probing_ ? (one_ ? 0 : 1) : (one_ ? 1 : 0); }  // 0: no limit
     void record(double seconds);
     bool one_thread() const { return one_; }
+    bool probing() const { return probing_; }
     bool adapt = true;  // CompileOptions::adapt_workers
 
+    static constexpr int kWindow = 32;  // recent calls of the current choice
+    static constexpr int kProbeCalls = 8, kProbeWarmup = 2;  // the first calls wake the threads
+
 private:
+    void restart_window(double seconds, int calls);
     bool one_ = false;      // the choice: one thread (true) or all (false)
     bool probing_ = false;  // the next calls try the other choice
     int probe_left = 0;
     double probe_sum = 0;
-    double ema = 0;   // recent seconds per call with the choice
-    double best = 0;  // the lowest ema since the last probe
+    std::array<double, kWindow> recent_{};
+    int n_recent = 0, next = 0;  // filled entries of recent_, and where the next call goes
+    double recent_sum = 0;
+    double best = 0;  // the lowest mean of a full window since the last probe
     std::int64_t long_calls = 0, since_probe = 0;
 };
 

@@ -9,6 +9,7 @@
 
 #include <limits>
 
+#include "compile/plan.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -321,6 +322,42 @@ TEST_CASE("results depend on the thread count alone, not on how many threads run
     double worst = 0;
     for (std::size_t i = 0; i < one.size(); ++i) worst = std::max(worst, std::abs(one[i] - two[i]) / std::max(1.0, std::abs(one[i])));
     CHECK(worst < 1e-13);
+}
+
+TEST_CASE("the worker choice follows lasting changes of speed, not single slow calls") {
+    // Modelled call times: all threads take `all` seconds, one thread `one`; every 40th call
+    // on all threads is delayed to 8x (a preempted worker). run() returns how many of its
+    // calls ran on one thread outside probes.
+    set_num_threads(2);
+    WorkerChoice w;
+    std::int64_t call = 0;
+    auto run = [&](std::int64_t calls, double all, double one) {
+        std::int64_t on_one = 0;
+        for (std::int64_t i = 0; i < calls; ++i, ++call) {
+            const bool single = w.limit() == 1;
+            if (single && !w.probing()) ++on_one;
+            const double t = single ? one : (call % 40 == 39 ? 8 * all : all);
+            w.record(t);
+        }
+        return on_one;
+    };
+    // Two threads faster: the spikes (3.2 ms against 400 us) never move the choice.
+    CHECK(run(5000, 400e-6, 600e-6) == 0);
+    CHECK_FALSE(w.one_thread());
+    // Another process takes a core: two threads now take 2 ms. One thread within 50 calls.
+    run(50, 2000e-6, 620e-6);
+    CHECK(w.one_thread());
+    CHECK(run(1000, 2000e-6, 620e-6) >= 900);
+    // The core is free again: back on both threads within the 256-call probe interval.
+    run(300, 400e-6, 600e-6);
+    CHECK_FALSE(w.one_thread());
+    CHECK(run(3000, 400e-6, 600e-6) == 0);
+    // Calls under 100 us are not timed for the choice: nothing moves.
+    WorkerChoice quick;
+    for (int i = 0; i < 5000; ++i) quick.record(i % 2 ? 90e-6 : 10e-6);
+    CHECK_FALSE(quick.one_thread());
+    CHECK_FALSE(quick.probing());
+    set_num_threads(0);
 }
 
 TEST_CASE("the NaN guard names the step that made a NaN or inf, and the call changes nothing") {
