@@ -13,6 +13,7 @@
 #include "ops/products.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
+#include "ops/team.hpp"
 
 namespace theanine {
 
@@ -126,14 +127,19 @@ void gemm_by_k(T* out, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, 
     };
     const int workers = std::min(nt, active_workers());
     if (workers > 1) {
-#pragma omp parallel num_threads(workers)
-        {
-            const int w = omp_get_thread_num(), n_workers = omp_get_num_threads();
-            for (int part = w; part < nt; part += n_workers) run_part(part);
-#pragma omp barrier
+        team::run(workers, [&](int w, int n_workers) {
+            // A part that throws still reaches the barrier (the others wait there for it).
+            std::exception_ptr error;
+            try {
+                for (int part = w; part < nt; part += n_workers) run_part(part);
+            } catch (...) {
+                error = std::current_exception();
+            }
+            team::barrier();
+            if (error) std::rethrow_exception(error);
             const std::int64_t per = (m + n_workers - 1) / n_workers;
             combine(std::min(m, w * per), std::min(m, (w + 1) * per));
-        }
+        });
     } else {
         for (int part = 0; part < nt; ++part) run_part(part);
         combine(0, m);
@@ -176,13 +182,11 @@ void gemm_kernel(T* out, std::int64_t m, std::int64_t n, T alpha, const MatView&
             }
         };
         if (workers > 1) {
-#pragma omp parallel num_threads(workers)
-            {
-                const int w = omp_get_thread_num(), n_workers = omp_get_num_threads();
+            team::run(workers, [&](int w, int n_workers) {
                 for (int part = w; part < nt; part += n_workers) run_part(part);
-            }
+            });
         } else {
-            // One worker runs the parts itself, without an OpenMP region.
+            // One worker runs the parts itself.
             for (int part = 0; part < nt; ++part) run_part(part);
         }
         return;
@@ -243,6 +247,7 @@ thread_local int g_worker_limit = 0;  // 0: no limit
 }
 
 int active_workers() {
+    if (team::in_part()) return 1;  // a kernel called from a part runs on that part's thread
     const int n = threads_for_products();
     return g_worker_limit > 0 ? std::min(n, g_worker_limit) : n;
 }
@@ -253,21 +258,10 @@ void run_parts(int parts, const std::function<void(int)>& fn) {
         for (int p = 0; p < parts; ++p) fn(p);
         return;
     }
-    // The first exception a part throws is rethrown here once every thread has finished.
-    std::exception_ptr error;
-#pragma omp parallel num_threads(workers)
-    {
-        const int w = omp_get_thread_num(), n = omp_get_num_threads();
-        for (int p = w; p < parts; p += n) {
-            try {
-                fn(p);
-            } catch (...) {
-#pragma omp critical(theanine_run_parts)
-                if (!error) error = std::current_exception();
-            }
-        }
-    }
-    if (error) std::rethrow_exception(error);
+    // The first exception a part throws is rethrown once every thread has finished.
+    team::run(workers, [&](int w, int n) {
+        for (int p = w; p < parts; p += n) fn(p);
+    });
 }
 
 WorkerLimit::WorkerLimit(int n) : saved_(g_worker_limit) {

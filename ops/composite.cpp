@@ -1,7 +1,5 @@
 #include "ops/composite.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdlib>
@@ -14,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "ops/blas.hpp"
+#include "ops/team.hpp"
 #include "ops/vecmath.hpp"
 
 namespace theanine {
@@ -459,16 +458,14 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
             // nt parts, run by as many threads as are getting a core (active_workers): each
             // part has its own accumulators, so the sums do not depend on who ran it.
             const int workers = std::min(nt, active_workers());
-            // One worker runs the parts itself: no OpenMP region (its set-up costs more than a
-            // small loop). Several share them in one region.
-            auto part_loop = [&]() {
+            // One worker runs the parts itself (handing them to the team costs more than a
+            // small loop). Several share them.
+            auto part_loop = [&](int worker, int n_workers) {
                 thread_local Scratch<T> scratch;
                 thread_local Scratch<double> acc_scratch;
                 thread_local std::vector<const T*> reg;
                 thread_local std::vector<std::int64_t> off, acc_off;  // per tile row
                 T* buffers = scratch.get(static_cast<std::size_t>(n_regs * kTile));
-                const int worker = workers > 1 ? omp_get_thread_num() : 0;
-                const int n_workers = workers > 1 ? omp_get_num_threads() : 1;
                 const int my_parts = (nt - worker + n_workers - 1) / n_workers;
                 double* acc_all =
                     acc_total ? acc_scratch.get(static_cast<std::size_t>(acc_total * std::max(my_parts, 1))) : nullptr;
@@ -625,12 +622,7 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
                     }
                 }
             };
-            if (workers > 1) {
-#pragma omp parallel num_threads(workers)
-                part_loop();
-            } else {
-                part_loop();
-            }
+            team::run(workers, part_loop);
             // Sums: add the parts' accumulators in part order.
             for (int o = 0; o < n_out; ++o) {
                 if (outputs_[o].sum.empty()) continue;

@@ -10,6 +10,7 @@
 #include "ops/blas.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/shape.hpp"
+#include "ops/team.hpp"
 
 namespace theanine {
 
@@ -476,13 +477,11 @@ void uniform_fill(const std::int32_t* src, std::int32_t* rows, std::int64_t n_st
         }
         store_block(x, nb, rows + b0 * 6);
     };
-    // One thread draws without an OpenMP region (setting one up costs microseconds).
-    if (nt > 1) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (std::int64_t blk = 0; blk < n_blocks; ++blk) draw_block(blk);
-    } else {
-        for (std::int64_t blk = 0; blk < n_blocks; ++blk) draw_block(blk);
-    }
+    // Each worker draws a run of whole blocks (the blocks do not depend on one another).
+    team::run(std::min(nt, active_workers()), [&](int w, int n_workers) {
+        const std::int64_t per = (n_blocks + n_workers - 1) / n_workers;
+        for (std::int64_t blk = w * per; blk < std::min(n_blocks, (w + 1) * per); ++blk) draw_block(blk);
+    });
     // Streams past n draw nothing and keep their state.
     if (src != rows && used < n_streams) {
         std::copy(src + used * 6, src + n_streams * 6, rows + used * 6);

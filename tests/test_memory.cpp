@@ -6,8 +6,11 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
+#include <vector>
 
+#include "ops/team.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -338,3 +341,94 @@ TEST_CASE("a second concurrent call of one Function is refused; two Functions ru
     CHECK(b.get_value().item() == 4000);
 }
 
+
+TEST_CASE("the kernels' team: every part once, barriers, errors, concurrent callers and sleeping workers") {
+    using theanine::team::run;
+    for (int n : {2, 3, 4}) {
+        // Each worker w of n runs once, on its own thread; the caller is worker 0.
+        std::vector<int> seen(static_cast<std::size_t>(n), 0), sizes(static_cast<std::size_t>(n), 0);
+        std::vector<std::thread::id> ids(static_cast<std::size_t>(n));
+        run(n, [&](int w, int size) {
+            ++seen[static_cast<std::size_t>(w)];
+            sizes[static_cast<std::size_t>(w)] = size;
+            ids[static_cast<std::size_t>(w)] = std::this_thread::get_id();
+            CHECK(team::in_part());
+            CHECK(active_workers() == 1);  // a part's kernels run on its thread
+        });
+        CHECK_FALSE(team::in_part());
+        for (int w = 0; w < n; ++w) {
+            CHECK(seen[static_cast<std::size_t>(w)] == 1);
+            CHECK(sizes[static_cast<std::size_t>(w)] == n);
+            for (int v = 0; v < w; ++v) CHECK(ids[static_cast<std::size_t>(v)] != ids[static_cast<std::size_t>(w)]);
+        }
+        CHECK(ids[0] == std::this_thread::get_id());
+    }
+    // A barrier makes every worker's write before it visible to all after it, call after call.
+    std::vector<long> slot(3, 0);
+    long mismatches = 0;
+    std::vector<long> bad(3, 0);
+    for (long call = 1; call <= 500; ++call) {
+        run(3, [&](int w, int) {
+            slot[static_cast<std::size_t>(w)] = call * 10 + w;
+            team::barrier();
+            for (int v = 0; v < 3; ++v) {
+                if (slot[static_cast<std::size_t>(v)] != call * 10 + v) ++bad[static_cast<std::size_t>(w)];
+            }
+            team::barrier();  // nobody writes the next call's values before all have read
+        });
+    }
+    for (long b : bad) mismatches += b;
+    CHECK(mismatches == 0);
+    // A part's exception reaches the caller once every part has finished; the team works on.
+    std::atomic<int> finished{0};
+    CHECK_THROWS_WITH_AS(run(2,
+                             [&](int w, int) {
+                                 if (w == 1) throw UsageError("part 1 failed");
+                                 ++finished;
+                             }),
+                         "part 1 failed", UsageError);
+    CHECK(finished == 1);
+    std::atomic<int> parts{0};
+    run(2, [&](int, int) { ++parts; });
+    CHECK(parts == 2);
+    // Workers asleep after a pause (longer than they spin) wake for the next part.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    parts = 0;
+    run(2, [&](int, int) { ++parts; });
+    CHECK(parts == 2);
+    // Two callers at once each get a team of their own.
+    std::atomic<long> total{0};
+    auto caller = [&] {
+        for (int i = 0; i < 300; ++i) {
+            run(2, [&](int w, int) {
+                total += w + 1;
+                team::barrier();
+            });
+        }
+    };
+    std::thread c1(caller), c2(caller);
+    c1.join();
+    c2.join();
+    CHECK(total == 2 * 300 * 3);
+}
+
+TEST_CASE("two Functions with parallel kernels called from two threads give their serial results") {
+    set_num_threads(2);
+    SharedVariable m = shared(random_tensor({200, 300}, 5), "m");
+    Variable x = matrix("x");
+    Function f = function({x}, {tanh(dot(x, m)).sum(0)});
+    Function g = function({x}, {(dot(x, m) * 2.0).sum(1)});
+    Tensor xv = random_tensor({64, 200}, 6);
+    const std::vector<double> want_f = f({xv})[0].to_doubles(), want_g = g({xv})[0].to_doubles();
+    std::atomic<int> wrong{0};
+    std::thread tf([&] {
+        for (int i = 0; i < 200; ++i) wrong += f({xv})[0].to_doubles() != want_f;
+    });
+    std::thread tg([&] {
+        for (int i = 0; i < 200; ++i) wrong += g({xv})[0].to_doubles() != want_g;
+    });
+    tf.join();
+    tg.join();
+    CHECK(wrong == 0);
+    set_num_threads(0);
+}
