@@ -13,6 +13,7 @@
 
 #include "compile/ownership.hpp"
 #include "ops/blas.hpp"
+#include "ops/team.hpp"
 
 namespace theanine {
 
@@ -325,38 +326,50 @@ void Plan::run_steps() {
     // Calls are timed only for the worker choice (reading the clock costs as much as a tiny step).
     const bool timed = workers.adapt && num_threads() > 1;
     const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
-    // Work an asynchronous step started is finished even when a later step throws: its
-    // peers (the other processes of a collective) take part in it regardless.
-    struct InFlight {
-        Plan& p;
-        ~InFlight() {
-            while (!p.in_flight.empty()) {
-                try {
-                    p.finish_async(p.in_flight.front());  // takes it off the list first
-                } catch (...) {
+    // Once a call has run kernels that split their work, later calls run in a session: one
+    // OpenMP region for the call, its threads taking the kernels' parts (ops/team.hpp).
+    const std::uint64_t teams_before = team::teams_run();
+    auto steps_of_call = [&] {
+        // Work an asynchronous step started is finished even when a later step throws: its
+        // peers (the other processes of a collective) take part in it regardless.
+        struct InFlight {
+            Plan& p;
+            ~InFlight() {
+                while (!p.in_flight.empty()) {
+                    try {
+                        p.finish_async(p.in_flight.front());  // takes it off the list first
+                    } catch (...) {
+                    }
                 }
             }
+        } in_flight_guard{*this};
+        for (std::size_t i = 0; i < steps.size(); ++i) {
+            if (i == first_commit) {
+                // Every step from here on writes into a shared variable's buffer: check them all
+                // before the first one writes, so a failing call changes nothing. Work in flight
+                // ends first, so the checks see finished values.
+                while (!in_flight.empty()) finish_async(in_flight.front());
+                for (std::size_t j = i; j < steps.size(); ++j) steps[j].op->validate(*steps[j].node, steps[j].in);
+            }
+            for (std::size_t a : steps[i].finish) finish_async(a);
+            if (profile) {
+                auto t0 = std::chrono::steady_clock::now();
+                run_step(steps[i]);
+                step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            } else {
+                run_step(steps[i]);
+            }
+            for (std::size_t a : in_flight) steps[a].op->progress(*steps[a].node);
         }
-    } in_flight_guard{*this};
-    for (std::size_t i = 0; i < steps.size(); ++i) {
-        if (i == first_commit) {
-            // Every step from here on writes into a shared variable's buffer: check them all
-            // before the first one writes, so a failing call changes nothing. Work in flight
-            // ends first, so the checks see finished values.
-            while (!in_flight.empty()) finish_async(in_flight.front());
-            for (std::size_t j = i; j < steps.size(); ++j) steps[j].op->validate(*steps[j].node, steps[j].in);
-        }
-        for (std::size_t a : steps[i].finish) finish_async(a);
-        if (profile) {
-            auto t0 = std::chrono::steady_clock::now();
-            run_step(steps[i]);
-            step_seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        } else {
-            run_step(steps[i]);
-        }
-        for (std::size_t a : in_flight) steps[a].op->progress(*steps[a].node);
+        for (std::size_t a : finish_at_end) finish_async(a);
+    };
+    const int n_workers = active_workers();
+    if (split_work && n_workers > 1) {
+        team::session(n_workers, steps_of_call);
+    } else {
+        steps_of_call();
     }
-    for (std::size_t a : finish_at_end) finish_async(a);
+    split_work = team::teams_run() != teams_before;
     if (profile) ++calls;
     if (timed) workers.record(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }

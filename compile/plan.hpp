@@ -145,6 +145,7 @@ struct Plan {
     std::vector<const void*> scratch_ids, scratch_claimed;
     std::vector<Commit> scratch_commit;
     WorkerChoice workers;
+    bool split_work = false;  // the last call ran kernels that split their work (ops/team.hpp)
 
     Tensor bind_arg(InputBinding& b, std::size_t position, const Arg& a);
     // Runs the steps with the arguments bound; returns the results and commits the updates.

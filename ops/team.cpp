@@ -1,8 +1,5 @@
 #include "ops/team.hpp"
 
-#include <pthread.h>
-
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -10,7 +7,6 @@
 #include <exception>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 #include <omp.h>
 
@@ -18,13 +14,13 @@ namespace theanine::team {
 
 namespace {
 
-class Pool;
+class Crew;
 
-// The pool whose part the calling thread runs (nullptr outside parts and in the OpenMP
-// fallback), and the size of that team.
-thread_local Pool* t_pool = nullptr;
-thread_local int t_team_n = 0;
+thread_local Crew* t_session = nullptr;  // the session this thread opened and runs the steps of
+thread_local Crew* t_crew = nullptr;     // the crew whose part this thread runs (barrier())
+thread_local int t_team_n = 0;           // the size of that team
 thread_local bool t_in_part = false;
+thread_local std::uint64_t t_teams = 0;
 
 inline void pause() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -32,18 +28,18 @@ inline void pause() {
 #endif
 }
 
-// How long an idle worker spins before it sleeps: long enough to bridge the serial work
-// between two kernels of a step and between two calls of a training loop.
+// How long a waiting thread spins before it sleeps: long enough to bridge the serial steps
+// between two parallel kernels.
 constexpr double kSpinSeconds = 100e-6;
 
-constexpr int kSizeBits = 8;
-constexpr int kMaxWorkers = (1 << kSizeBits) - 1;
+constexpr int kSizeBits = 8;  // the team size in the low bits of Crew::go_
+constexpr std::uint64_t kSizeMask = (1u << kSizeBits) - 1;
 
 struct alignas(64) Counter {
     std::atomic<std::uint64_t> v{0};
 };
 
-// Spins on a condition, yielding the core once it has waited a while (a worker that lost
+// Spins on a condition, yielding the core once it has waited a while (a thread that lost
 // its core to another process gets it back sooner).
 template <class Done>
 void spin_until(Done done) {
@@ -56,88 +52,29 @@ void spin_until(Done done) {
     }
 }
 
-// A calling thread's team: workers 1 .. n-1 are threads of the pool, worker 0 the caller.
-// One caller at a time (busy_); each concurrent caller takes a pool of its own.
-class Pool {
+// The threads of a session: worker 0 is the thread running the steps, workers 1 .. size-1
+// wait in serve() for the parts it hands out.
+class Crew {
 public:
-    bool try_take() {
-        bool expected = false;
-        return busy_.compare_exchange_strong(expected, true, std::memory_order_acquire);
-    }
+    int size = 1;
 
-    void release() { busy_.store(false, std::memory_order_release); }
-
-    // Starts workers until the pool has n - 1; false when no more threads can be started.
-    bool ensure_workers(int n) {
-        try {
-            while (static_cast<int>(threads_.size()) < n - 1) {
-                const int index = static_cast<int>(threads_.size()) + 1;
-                // It starts waiting from the epoch before the coming part's (it may first
-                // run after that part has begun).
-                const std::uint64_t before = go_.v.load(std::memory_order_relaxed);
-                threads_.emplace_back([this, index, before] { work(index, before); });
-                threads_.back().detach();  // a pool lives as long as the process
-            }
-        } catch (...) {
-            return false;
-        }
-        return true;
-    }
-
-    // Runs the part on n threads (the pool was taken by try_take() and has the workers) and
-    // releases the pool.
-    void run(int n, detail::Part part, void* ctx) {
-        struct Release {
-            Pool& pool;
-            ~Release() { pool.release(); }
-        } release{*this};
+    void run(int n, detail::Fn part, void* ctx) {
         part_ = part;
         ctx_ = ctx;
         error_ = nullptr;
         done_.v.store(0, std::memory_order_relaxed);
         arrived_.v.store(0, std::memory_order_relaxed);
-        // The next epoch with the team size in its low bits: a worker reads both at once.
-        const std::uint64_t go = ((go_.v.load(std::memory_order_relaxed) >> kSizeBits) + 1) << kSizeBits;
-        go_.v.store(go | static_cast<std::uint64_t>(n), std::memory_order_seq_cst);
-        if (sleepers_.v.load(std::memory_order_seq_cst) > 0) {
-            std::lock_guard<std::mutex> lock(sleep_mu_);
-            wake_.notify_all();
-        }
+        post(static_cast<std::uint64_t>(n));
         run_part(0, n);
         spin_until([&] { return done_.v.load(std::memory_order_acquire) == static_cast<std::uint64_t>(n - 1); });
         if (error_) std::rethrow_exception(error_);
     }
 
-    void barrier(int n) {
-        const std::uint64_t gen = generation_.v.load(std::memory_order_acquire);
-        if (arrived_.v.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<std::uint64_t>(n)) {
-            arrived_.v.store(0, std::memory_order_relaxed);
-            generation_.v.fetch_add(1, std::memory_order_release);
-            return;
-        }
-        spin_until([&] { return generation_.v.load(std::memory_order_acquire) != gen; });
-    }
+    // The session is over: the waiting threads leave serve().
+    void stop() { post(0); }
 
-private:
-    void run_part(int w, int n) {
-        Pool* const saved_pool = t_pool;
-        const int saved_n = t_team_n;
-        const bool saved_in = t_in_part;
-        t_pool = this;
-        t_team_n = n;
-        t_in_part = true;
-        try {
-            part_(ctx_, w, n);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mu_);
-            if (!error_) error_ = std::current_exception();
-        }
-        t_pool = saved_pool;
-        t_team_n = saved_n;
-        t_in_part = saved_in;
-    }
-
-    void work(int index, std::uint64_t seen) {
+    void serve(int index) {
+        std::uint64_t seen = 0;
         while (true) {
             // Spin a while for the next part, then sleep until it comes.
             const auto start = std::chrono::steady_clock::now();
@@ -153,7 +90,8 @@ private:
                 }
             }
             seen = go_.v.load(std::memory_order_acquire);
-            const int n = static_cast<int>(seen & ((1u << kSizeBits) - 1));
+            const int n = static_cast<int>(seen & kSizeMask);
+            if (n == 0) return;
             if (index < n) {
                 run_part(index, n);
                 done_.v.fetch_add(1, std::memory_order_release);
@@ -161,71 +99,75 @@ private:
         }
     }
 
-    std::vector<std::thread> threads_;  // worker i + 1 is threads_[i] (detached)
-    std::atomic<bool> busy_{false};
+    void barrier(int n) {
+        const std::uint64_t gen = generation_.v.load(std::memory_order_acquire);
+        if (arrived_.v.fetch_add(1, std::memory_order_acq_rel) + 1 == static_cast<std::uint64_t>(n)) {
+            arrived_.v.store(0, std::memory_order_relaxed);
+            generation_.v.fetch_add(1, std::memory_order_release);
+            return;
+        }
+        spin_until([&] { return generation_.v.load(std::memory_order_acquire) != gen; });
+    }
+
+private:
+    // The next epoch, with the team size (0: stop) in its low bits: a waiting thread reads
+    // both at once.
+    void post(std::uint64_t n) {
+        const std::uint64_t epoch = (go_.v.load(std::memory_order_relaxed) >> kSizeBits) + 1;
+        go_.v.store(epoch << kSizeBits | n, std::memory_order_seq_cst);
+        if (sleepers_.v.load(std::memory_order_seq_cst) > 0) {
+            std::lock_guard<std::mutex> lock(sleep_mu_);
+            wake_.notify_all();
+        }
+    }
+
+    void run_part(int w, int n) {
+        Crew* const saved_crew = t_crew;
+        const int saved_n = t_team_n;
+        const bool saved_in = t_in_part;
+        t_crew = this;
+        t_team_n = n;
+        t_in_part = true;
+        try {
+            part_(ctx_, w, n);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mu_);
+            if (!error_) error_ = std::current_exception();
+        }
+        t_crew = saved_crew;
+        t_team_n = saved_n;
+        t_in_part = saved_in;
+    }
+
     Counter go_;        // epoch << kSizeBits | team size: a new value starts a part
     Counter done_;      // workers that finished this part
-    Counter sleepers_;  // workers asleep on wake_ (or about to be)
+    Counter sleepers_;  // threads asleep on wake_ (or about to be)
     std::mutex sleep_mu_;
     std::condition_variable wake_;
     Counter arrived_, generation_;  // barrier()
-    detail::Part part_ = nullptr;
+    detail::Fn part_ = nullptr;
     void* ctx_ = nullptr;
     std::mutex error_mu_;
     std::exception_ptr error_;
 };
 
-// The pools, made as callers need them and never destroyed (their workers wait until the
-// process ends). A child of fork() has none of their threads: it starts a new set.
-constexpr int kPools = 64;
-std::array<std::atomic<Pool*>, kPools> g_pools{};
-
-void forget_pools_in_child() {
-    for (auto& p : g_pools) p.store(nullptr, std::memory_order_relaxed);
-}
-
-// A pool no other caller is using, taken for the calling thread; nullptr when all kPools
-// are in use or no thread can be started.
-Pool* take_pool() {
-    static const bool registered = (pthread_atfork(nullptr, nullptr, forget_pools_in_child), true);
-    (void)registered;
-    for (auto& slot : g_pools) {
-        Pool* p = slot.load(std::memory_order_acquire);
-        if (!p) {
-            auto* fresh = new Pool;
-            fresh->try_take();
-            if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return fresh;
-            delete fresh;  // another caller filled the slot first: p is its pool
-        }
-        if (p->try_take()) return p;
-    }
-    return nullptr;
-}
-
 }  // namespace
 
 namespace detail {
 
-void run(int workers, Part part, void* ctx) {
-    if (workers <= kMaxWorkers) {
-        if (Pool* pool = take_pool()) {
-            if (pool->ensure_workers(workers)) {
-                pool->run(workers, part, ctx);
-                return;
-            }
-            pool->release();
-        }
+void run(int workers, Fn part, void* ctx) {
+    ++t_teams;
+    if (t_session && !t_in_part && t_session->size > 1) {
+        t_session->run(std::min(workers, std::min(t_session->size, static_cast<int>(kSizeMask))), part, ctx);
+        return;
     }
-    // Every pool is in use, no thread could be started or too many workers were asked for:
-    // an OpenMP region runs the parts.
+    // No session: an OpenMP region of its own (on one thread when nested in another region).
     std::exception_ptr error;
 #pragma omp parallel num_threads(workers)
     {
-        Pool* const saved_pool = t_pool;
-        const int saved_n = t_team_n;
+        Crew* const saved_crew = t_crew;
         const bool saved_in = t_in_part;
-        t_pool = nullptr;
-        t_team_n = 0;
+        t_crew = nullptr;
         t_in_part = true;
         try {
             part(ctx, omp_get_thread_num(), omp_get_num_threads());
@@ -233,9 +175,34 @@ void run(int workers, Part part, void* ctx) {
 #pragma omp critical(theanine_team_error)
             if (!error) error = std::current_exception();
         }
-        t_pool = saved_pool;
-        t_team_n = saved_n;
+        t_crew = saved_crew;
         t_in_part = saved_in;
+    }
+    if (error) std::rethrow_exception(error);
+}
+
+void session(int workers, void (*body)(void*), void* ctx) {
+    if (workers <= 1 || t_session || t_in_part) {
+        body(ctx);
+        return;
+    }
+    Crew crew;
+    std::exception_ptr error;
+#pragma omp parallel num_threads(workers)
+    {
+        if (omp_get_thread_num() == 0) {
+            crew.size = omp_get_num_threads();
+            t_session = &crew;
+            try {
+                body(ctx);
+            } catch (...) {
+                error = std::current_exception();
+            }
+            t_session = nullptr;
+            crew.stop();
+        } else {
+            crew.serve(omp_get_thread_num());
+        }
     }
     if (error) std::rethrow_exception(error);
 }
@@ -243,13 +210,15 @@ void run(int workers, Part part, void* ctx) {
 }  // namespace detail
 
 void barrier() {
-    if (t_pool) {
-        if (t_team_n > 1) t_pool->barrier(t_team_n);
+    if (t_crew) {
+        if (t_team_n > 1) t_crew->barrier(t_team_n);
     } else if (t_in_part) {
 #pragma omp barrier
     }
 }
 
 bool in_part() { return t_in_part; }
+
+std::uint64_t teams_run() { return t_teams; }
 
 }  // namespace theanine::team

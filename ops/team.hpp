@@ -1,22 +1,28 @@
 // The threads that run the parallel parts of kernels (products, fused loops, random draws,
-// convolutions): the calling thread and a pool of workers that stay awake between parts.
+// convolutions).
 //
-// Handing a part to a waiting worker and collecting it costs well under a microsecond here,
-// where an OpenMP parallel region costs about 3 us (measured on a 2-core AMD EPYC VM); a
-// training step runs ten or more parallel kernels per call. Idle workers spin for a short
-// while, then sleep until the next part arrives.
+// A compiled call whose kernels split their work runs inside a session (Plan::run_steps):
+// one OpenMP parallel region for the whole call, in which the calling thread runs the steps
+// and the region's other threads wait for parts. Handing a part to a waiting thread and
+// collecting it costs well under a microsecond here, where an OpenMP region per kernel cost
+// about 3 us (measured on a 2-core AMD EPYC VM), and a training step runs ten or more
+// parallel kernels. The threads are OpenMP's own, so a program's own OpenMP code and
+// theanine's kernels share one set of threads instead of two sets fighting over the cores.
 //
-// Each calling thread takes a pool of its own (two Functions called from two threads run
-// side by side), and a part's own kernels run on that part's thread (active_workers() is 1
-// there). Pools live as long as the process; a child of fork() starts new ones.
+// Outside a session (a call's first time, a kernel called directly) each run() opens an
+// OpenMP region of its own. A part's own kernels run on that part's thread. An op that opens
+// an OpenMP region itself inside a session gets one thread (a nested region): ops split their
+// work with run().
+
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
 namespace theanine::team {
 
-/// Runs fn(w, n) for w = 0 .. n-1, n = workers, each on its own thread (the calling thread
+/// Runs fn(w, n) for w = 0 .. n-1, n <= workers, each on its own thread (the calling thread
 /// is worker 0), and returns when all have returned. The first exception a worker throws is
 /// rethrown here once all have finished. workers <= 1 calls fn(0, 1) directly.
 template <class F>
@@ -29,11 +35,27 @@ void barrier();
 /// on that thread alone).
 bool in_part();
 
+/// Runs body() on the calling thread with up to `workers` threads waiting for the parts
+/// that run() hands out meanwhile; returns body's result or rethrows its exception. Within
+/// a session already open on this thread, or for workers <= 1, just calls body().
+template <class F>
+void session(int workers, F&& body);
+
+/// How many times run() has handed parts to more than one worker on this thread (a plan
+/// opens a session for its calls once it knows its kernels split their work).
+std::uint64_t teams_run();
+
 // ---------------------------------------------------------------- implementation
 
 namespace detail {
-using Part = void (*)(void* ctx, int w, int n);
-void run(int workers, Part part, void* ctx);
+using Fn = void (*)(void* ctx, int w, int n);
+void run(int workers, Fn part, void* ctx);
+void session(int workers, void (*body)(void*), void* ctx);
+
+template <class F>
+void* address(F& f) {
+    return const_cast<void*>(static_cast<const void*>(&f));
+}
 }  // namespace detail
 
 template <class F>
@@ -42,10 +64,16 @@ void run(int workers, F&& fn) {
         fn(0, 1);
         return;
     }
-    using Fn = std::remove_reference_t<F>;
+    using T = std::remove_reference_t<F>;
     detail::run(
-        workers, [](void* ctx, int w, int n) { (*static_cast<Fn*>(ctx))(w, n); },
-        const_cast<void*>(static_cast<const void*>(&fn)));
+        workers, [](void* ctx, int w, int n) { (*static_cast<T*>(ctx))(w, n); }, detail::address(fn));
+}
+
+template <class F>
+void session(int workers, F&& body) {
+    using T = std::remove_reference_t<F>;
+    detail::session(
+        workers, [](void* ctx) { (*static_cast<T*>(ctx))(); }, detail::address(body));
 }
 
 }  // namespace theanine::team
