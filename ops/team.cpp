@@ -1,5 +1,6 @@
 #include "ops/team.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>

@@ -18,7 +18,6 @@
 
 #include <cstdint>
 #include <type_traits>
-#include <utility>
 
 namespace theanine::team {
 
