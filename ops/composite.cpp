@@ -341,8 +341,9 @@ void Composite::perform(const Node& node, std::span<const Tensor* const> in, std
 
 void Composite::compute(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out,
                         bool in_place) const {
-    const Shape os = broadcast_shapes(*this, in, node);
-    const int nd = static_cast<int>(os.size());
+    const Shape full = broadcast_shapes(*this, in, node);
+    Shape os = full;  // the loop's shape (trailing axes merged below)
+    int nd = static_cast<int>(os.size());
     const int n_out = static_cast<int>(outputs_.size());
     // Output shapes; for a sum, the strides of its accumulator over the loop shape's axes
     // (0 on summed axes).
@@ -368,6 +369,40 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
         out[o]->ensure(spec.type.dtype, rs);
         acc_size[o] = stride;
     }
+    // Per input: broadcast strides over the loop shape's axes.
+    std::vector<Shape> st(static_cast<std::size_t>(n_inputs_), Shape(static_cast<std::size_t>(nd), 0));
+    for (int k = 0; k < n_inputs_; ++k) {
+        for (int d = 0; d < nd; ++d) st[k][d] = (in[k]->dim(d) == 1 && os[d] != 1) ? 0 : in[k]->strides()[d];
+    }
+    // A short last axis (a feature map's columns) is merged with the axis before it wherever
+    // every operand steps over the two as over one (the maps' rows and columns under a bias
+    // broadcast over channels: 500x20x12x12 loops as 500x20x144). Each tile row costs an
+    // index computation per operand, so 12-element rows spent more there than in the math
+    // (tanh(x + b) on 500x20x12x12 float32 took 1.1 ms at 2 threads).
+    auto mergeable = [&](int d) {
+        for (int k = 0; k < n_inputs_; ++k) {
+            if (st[k][d] != st[k][d + 1] * os[d + 1]) return false;
+        }
+        for (int o = 0; o < n_out; ++o) {
+            if (!outputs_[o].sum.empty() && acc_stride[o][d] != acc_stride[o][d + 1] * os[d + 1]) return false;
+        }
+        return true;
+    };
+    while (nd >= 2 && os[nd - 1] < 64 && mergeable(nd - 2)) {
+        // The merged axis steps as the inner one did.
+        os[nd - 2] *= os[nd - 1];
+        os.pop_back();
+        for (auto& s : st) {
+            s[nd - 2] = s[nd - 1];
+            s.pop_back();
+        }
+        for (auto& s : acc_stride) {
+            if (s.empty()) continue;
+            s[nd - 2] = s[nd - 1];
+            s.pop_back();
+        }
+        --nd;
+    }
     const std::int64_t inner = nd ? os[nd - 1] : 1;
     const std::int64_t total = shape_size(os);
     const int n_regs = n_inputs_ + static_cast<int>(program_.size());
@@ -381,11 +416,6 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
             }
             if (total == 0) return;
             const std::int64_t rows = total / inner;
-            // Per input: broadcast strides over the loop shape's axes.
-            std::vector<Shape> st(static_cast<std::size_t>(n_inputs_), Shape(static_cast<std::size_t>(nd), 0));
-            for (int k = 0; k < n_inputs_; ++k) {
-                for (int d = 0; d < nd; ++d) st[k][d] = (in[k]->dim(d) == 1 && os[d] != 1) ? 0 : in[k]->strides()[d];
-            }
             // The instruction whose register an elementwise output of dtype T stores writes
             // straight into that output.
             std::vector<int> direct(program_.size(), -1);
@@ -426,7 +456,7 @@ void Composite::compute(const Node& node, std::span<const Tensor* const> in, std
                 whole_runs = fused_sum[o] >= 0 && acc_size[o] == 1;
                 for (int a : whole_runs ? program_[static_cast<std::size_t>(fused_sum[o])].args : std::vector<int>{}) {
                     whole_runs = whole_runs && a < n_inputs_ && in[a]->dtype() == compute_ && in[a]->is_contiguous() &&
-                                 in[a]->shape() == os;
+                                 in[a]->shape() == full;
                 }
             }
             // Rows and columns are independent: split them across threads when there is
