@@ -276,32 +276,37 @@ void MaxPoolGrad::perform(const Node& node, std::span<const Tensor* const> in,
                 const T* gs = gp + s * g.orows * g.ocols;
                 T* os = op + s * g.rows * g.cols;
                 if (tiled) {
+                    // Each pooled row's maxima and gradients are spread once over the columns
+                    // of their windows; the window's input rows then compare and select in a
+                    // vectorised pass each (a window at a time does not vectorise).
                     const std::int64_t wr = p_.ws[0], wc = p_.ws[1];
-                    for (std::int64_t i = 0; i < g.rows; ++i) {
-                        const std::int64_t r = i / wr;
-                        T* orow = os + i * g.cols;
-                        if (r >= g.orows) {
-                            std::fill(orow, orow + g.cols, T(0));
-                            continue;
-                        }
-                        const T* xr = xs + i * g.cols;
+                    const std::int64_t covered = g.ocols * wc;
+                    thread_local std::vector<T> spread;
+                    spread.resize(static_cast<std::size_t>(2 * covered));
+                    T* zw = spread.data();
+                    T* gw = zw + covered;
+                    for (std::int64_t r = 0; r < g.orows; ++r) {
                         const T* zr = zs + r * g.ocols;
                         const T* gr = gs + r * g.ocols;
-                        const std::int64_t covered = g.ocols * wc;
                         if (wc == 2) {
                             for (std::int64_t c = 0; c < g.ocols; ++c) {
-                                const T m = zr[c], d = gr[c];
-                                orow[2 * c] = keep_if(xr[2 * c] == m, d);
-                                orow[2 * c + 1] = keep_if(xr[2 * c + 1] == m, d);
+                                zw[2 * c] = zw[2 * c + 1] = zr[c];
+                                gw[2 * c] = gw[2 * c + 1] = gr[c];
                             }
                         } else {
                             for (std::int64_t c = 0; c < g.ocols; ++c) {
-                                const T m = zr[c], d = gr[c];
-                                for (std::int64_t j = c * wc; j < (c + 1) * wc; ++j) orow[j] = keep_if(xr[j] == m, d);
+                                std::fill(zw + c * wc, zw + (c + 1) * wc, zr[c]);
+                                std::fill(gw + c * wc, gw + (c + 1) * wc, gr[c]);
                             }
                         }
-                        std::fill(orow + covered, orow + g.cols, T(0));
+                        for (std::int64_t i = r * wr; i < (r + 1) * wr; ++i) {
+                            const T* xr = xs + i * g.cols;
+                            T* orow = os + i * g.cols;
+                            for (std::int64_t j = 0; j < covered; ++j) orow[j] = keep_if(xr[j] == zw[j], gw[j]);
+                            std::fill(orow + covered, orow + g.cols, T(0));
+                        }
                     }
+                    std::fill(os + g.orows * wr * g.cols, os + g.rows * g.cols, T(0));
                     return;
                 }
                 // Input rows are zeroed as the windows reach them (windows move down), so

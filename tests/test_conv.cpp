@@ -375,7 +375,8 @@ struct PoolCase {
 std::vector<PoolCase> pool_cases() {
     return {{{2, 2}, {2, 2}, {0, 0}, true},  {{2, 2}, {2, 2}, {0, 0}, false}, {{3, 2}, {1, 1}, {0, 0}, true},
             {{3, 2}, {1, 1}, {0, 0}, false}, {{3, 3}, {2, 2}, {0, 0}, false}, {{2, 3}, {3, 2}, {0, 0}, false},
-            {{3, 3}, {2, 2}, {1, 2}, true},  {{2, 2}, {1, 1}, {1, 1}, true},  {{4, 4}, {4, 4}, {0, 0}, false}};
+            {{3, 3}, {2, 2}, {1, 2}, true},  {{2, 2}, {1, 1}, {1, 1}, true},  {{4, 4}, {4, 4}, {0, 0}, false},
+            {{3, 3}, {3, 3}, {0, 0}, true}};
 }
 
 std::string pool_name(const PoolCase& c, const std::string& mode) {

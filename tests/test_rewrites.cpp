@@ -340,6 +340,57 @@ TEST_CASE("fusion: sums run inside the loop, beside the elementwise result when 
     for (int k = 0; k < 2; ++k) CHECK(close(one[k].to_doubles(), two[k].to_doubles(), 1e-13));
 }
 
+TEST_CASE("fusion: loops over feature maps with short rows, a bias per channel and sums over maps") {
+    // A short last axis is looped together with the one before it when every operand allows
+    // (x and y contiguous, b broadcast over both); a transposed map, a sum over the last axis
+    // alone and a kept axis between summed ones do not allow it. Each must give the unfused
+    // results.
+    Variable x = tensor4("x"), y = tensor4("y"), b = vector("b");
+    const Variable bc = dimshuffle(b, {-1, 0, -1, -1});
+    for (bool transposed : {false, true}) {
+        const Variable xm = transposed ? dimshuffle(x, {0, 1, 3, 2}) : x;
+        const Variable e = tanh(xm + bc) * y;
+        const Variable per_channel = sum_axes(e, {0, 2, 3});
+        const std::vector<std::vector<Variable>> output_sets{{e, per_channel, sum_axes(e, {2, 3})},
+                                                             {e, per_channel, sum(e, 3)},
+                                                             {e, per_channel, sum_axes(e, {1, 3})}};
+        for (const std::vector<Variable>& outs : output_sets) {
+            CompileOptions opt;
+            opt.on_unused_input = CompileOptions::UnusedInput::ignore;
+            Function on = function({x, y, b}, outs, {}, {}, opt);
+            CompileOptions off_opt = excluding({"fusion"});
+            off_opt.on_unused_input = CompileOptions::UnusedInput::ignore;
+            Function off = function({x, y, b}, outs, {}, {}, off_opt);
+            for (const Shape& s : {Shape{5, 3, 6, 6}, Shape{40, 4, 12, 12}, Shape{2, 3, 1, 7}}) {
+                CAPTURE(transposed);
+                CAPTURE(shape_string(s));
+                const Tensor xv = random_tensor(transposed ? Shape{s[0], s[1], s[3], s[2]} : s, 11, -2, 2);
+                const Tensor yv = random_tensor(s, 12), bv = random_tensor({s[1]}, 13);
+                auto a = on({xv, yv, bv}), z = off({xv, yv, bv});
+                for (std::size_t k = 0; k < outs.size(); ++k) {
+                    CAPTURE(k);
+                    REQUIRE(a[k].shape() == z[k].shape());
+                    CHECK(close(a[k].to_doubles(), z[k].to_doubles(), 1e-12));
+                }
+                // One element and channel 1's sum over the maps by hand.
+                const std::int64_t i = s[0] - 1, c = 1, r = s[2] - 1, q = s[3] - 1;
+                const double x_iqr = transposed ? xv.at({i, c, q, r}) : xv.at({i, c, r, q});
+                CHECK(a[0].at({i, c, r, q}) == doctest::Approx(std::tanh(x_iqr + bv.at({c})) * yv.at({i, c, r, q})));
+                double s1 = 0;
+                for (std::int64_t n = 0; n < s[0]; ++n) {
+                    for (std::int64_t u = 0; u < s[2]; ++u) {
+                        for (std::int64_t v = 0; v < s[3]; ++v) {
+                            const double xe = transposed ? xv.at({n, c, v, u}) : xv.at({n, c, u, v});
+                            s1 += std::tanh(xe + bv.at({c})) * yv.at({n, c, u, v});
+                        }
+                    }
+                }
+                CHECK(a[1].at({c}) == doctest::Approx(s1).epsilon(1e-12));
+            }
+        }
+    }
+}
+
 TEST_CASE("fusion: a cheap value read by two loops is recomputed in each, not stored") {
     Variable x = matrix("x"), b = vector("b"), t = matrix("t");
     Variable a = x + b;  // read by the cost's loop and the gradient's loop
