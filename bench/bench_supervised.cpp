@@ -117,7 +117,8 @@ struct HandLogReg {
     // logits[r0:r1] = x[r0:r1] W + b.
     Map<T> forward_rows(const T* x, std::int64_t r0, std::int64_t r1) {
         Map<T> L(logits.data() + r0 * kOut, r1 - r0, kOut);
-        L.noalias() = CMap<T>(x + r0 * kIn, r1 - r0, kIn) * W;
+        gemm_slice<T>(L.data(), r1 - r0, kOut, 0, kOut, T(1), x + r0 * kIn, r1 - r0, kIn, false, W.data(), kIn, kOut,
+                      false, T(0));
         L.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, kOut>>(b.data());
         return L;
     }
@@ -134,7 +135,8 @@ struct HandLogReg {
             part_cost[t] = softmax_rows(logits.data(), y, r0, r1, B);
             // This thread's rows' share of the gradient.
             Map<T> P(partial.data() + static_cast<std::int64_t>(t) * kIn * kOut, kIn, kOut);
-            P.noalias() = CMap<T>(x + r0 * kIn, r1 - r0, kIn).transpose() * L;
+            gemm_slice<T>(P.data(), kIn, kOut, 0, kOut, T(1), x + r0 * kIn, r1 - r0, kIn, true, L.data(), r1 - r0,
+                          kOut, false, T(0));
             for (int j = 0; j < kOut; ++j) {
                 T s = 0;
                 for (std::int64_t i = 0; i < r1 - r0; ++i) s += L(i, j);

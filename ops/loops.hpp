@@ -49,14 +49,30 @@ void elemwise_loop(const std::array<const Tensor*, N>& in, Tensor& out, F f) {
     std::vector<std::int64_t> idx(static_cast<std::size_t>(nd > 0 ? nd - 1 : 0), 0);
     std::array<std::int64_t, N> off{};
     for (std::int64_t pos = 0; pos < total; pos += inner) {
+        // Rows read contiguously or broadcast (a bias added to each row of a minibatch) get
+        // loops the compiler vectorises; other strides are read one by one.
         if constexpr (N == 1) {
             const TI* a = ptr[0] + off[0];
-            for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j * inner_st[0]]);
+            if (inner_st[0] == 1) {
+                for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j]);
+            } else {
+                for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j * inner_st[0]]);
+            }
         } else if constexpr (N == 2) {
             const TI* a = ptr[0] + off[0];
             const TI* b = ptr[1] + off[1];
             const std::int64_t sa = inner_st[0], sb = inner_st[1];
-            for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j * sa], b[j * sb]);
+            if (sa == 1 && sb == 1) {
+                for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j], b[j]);
+            } else if (sa == 1 && sb == 0) {
+                const TI bv = b[0];
+                for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j], bv);
+            } else if (sa == 0 && sb == 1) {
+                const TI av = a[0];
+                for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(av, b[j]);
+            } else {
+                for (std::int64_t j = 0; j < inner; ++j) o[pos + j] = f(a[j * sa], b[j * sb]);
+            }
         } else {
             for (std::int64_t j = 0; j < inner; ++j) {
                 o[pos + j] = f(ptr[0][off[0] + j * inner_st[0]], ptr[1][off[1] + j * inner_st[1]],

@@ -236,6 +236,8 @@ void small_nt(const GemmCall<T>& g) {
         std::int64_t j = 0;
         for (; j + 4 <= n; j += 4)
             nt_tile<T, 4, 4>(g.c + i * g.ldc + j, g.ldc, k, g.alpha, g.a + i * g.lda, g.lda, g.b + j * g.ldb, g.ldb, g.beta);
+        for (; j + 2 <= n; j += 2)
+            nt_tile<T, 4, 2>(g.c + i * g.ldc + j, g.ldc, k, g.alpha, g.a + i * g.lda, g.lda, g.b + j * g.ldb, g.ldb, g.beta);
         for (; j < n; ++j)
             nt_tile<T, 4, 1>(g.c + i * g.ldc + j, g.ldc, k, g.alpha, g.a + i * g.lda, g.lda, g.b + j * g.ldb, g.ldb, g.beta);
     }
@@ -247,25 +249,112 @@ void small_nt(const GemmCall<T>& g) {
             nt_tile<T, 1, 1>(g.c + i * g.ldc + j, g.ldc, k, g.alpha, g.a + i * g.lda, g.lda, g.b + j * g.ldb, g.ldb, g.beta);
     }
 }
+
+// Products with few output columns (a softmax layer's classes) and both m and k long: x W for
+// a minibatch x (600 x 784) and W (784 x 10), and the weight gradient x^T dL. A general kernel
+// packs the long operand on every call; these read it once, in place.
+constexpr std::int64_t kFewColumns = 16;
+
+// C = beta C + alpha A op(B), A row-major with rows along k (op(A) = A): every entry is a dot
+// product of a row of A with a column of op(B). The columns are copied into rows (n x k) once
+// per call, unless B already holds them that way (op(B) = B^T), and small_nt runs on them.
+template <class T>
+void few_columns_by_rows(const GemmCall<T>& g) {
+    GemmCall<T> t = g;
+    if (!g.tb) {
+        thread_local std::vector<T> columns;
+        columns.resize(static_cast<std::size_t>(g.n * g.k));
+        for (std::int64_t p = 0; p < g.k; ++p) {
+            for (std::int64_t s = 0; s < g.n; ++s) columns[static_cast<std::size_t>(s * g.k + p)] = g.b[p * g.ldb + s];
+        }
+        t.b = columns.data();
+        t.ldb = g.k;
+    }
+    small_nt<T>(t);
+}
+
+// C[0:w, 0:Sn] = beta C + alpha A^T B over k rows, for w <= 2 vectors of A's columns (A and B
+// row-major, offset to the first column): each step of k reads a row segment of A and
+// broadcasts Sn entries of B's row.
+template <class T, int Sn>
+void tn_tile(T* C, std::int64_t ldc, std::int64_t w, std::int64_t k, T alpha, const T* A, std::int64_t lda, const T* B,
+             std::int64_t ldb, T beta) {
+    using S = Simd<T>;
+    const auto m0 = lanes_mask<T>(w), m1 = lanes_mask<T>(w - S::lanes);
+    typename S::reg acc[2][Sn];
+#pragma GCC unroll 16
+    for (int q = 0; q < Sn; ++q) acc[0][q] = acc[1][q] = S::zero();
+    for (std::int64_t p = 0; p < k; ++p) {
+        const auto a0 = S::load(m0, A + p * lda), a1 = S::load(m1, A + p * lda + S::lanes);
+        const T* b = B + p * ldb;
+#pragma GCC unroll 16
+        for (int q = 0; q < Sn; ++q) {
+            const auto bq = S::set1(b[q]);
+            acc[0][q] = S::fma(a0, bq, acc[0][q]);
+            acc[1][q] = S::fma(a1, bq, acc[1][q]);
+        }
+    }
+    // The accumulators hold C's columns: stored through a buffer and written row by row.
+    alignas(64) T buf[Sn][2 * S::lanes];
+#pragma GCC unroll 16
+    for (int q = 0; q < Sn; ++q) {
+        S::store(buf[q], static_cast<typename S::mask>(~0u), acc[0][q]);
+        S::store(buf[q] + S::lanes, static_cast<typename S::mask>(~0u), acc[1][q]);
+    }
+    for (std::int64_t r = 0; r < w; ++r) {
+        T* c = C + r * ldc;
+        for (int q = 0; q < Sn; ++q) c[q] = beta == T(0) ? alpha * buf[q][r] : beta * c[q] + alpha * buf[q][r];
+    }
+}
+
+// C = beta C + alpha A^T B, A row-major (k x m), B row-major (k x n), n <= kFewColumns.
+template <class T>
+void few_columns_tn(const GemmCall<T>& g) {
+    constexpr std::int64_t width = 2 * Simd<T>::lanes;
+    for (std::int64_t i = 0; i < g.m; i += width) {
+        const std::int64_t w = std::min(width, g.m - i);
+        T* c = g.c + i * g.ldc;
+        const T* a = g.a + i;
+        std::int64_t s = 0;
+        for (; s + 8 <= g.n; s += 8) tn_tile<T, 8>(c + s, g.ldc, w, g.k, g.alpha, a, g.lda, g.b + s, g.ldb, g.beta);
+        for (; s + 4 <= g.n; s += 4) tn_tile<T, 4>(c + s, g.ldc, w, g.k, g.alpha, a, g.lda, g.b + s, g.ldb, g.beta);
+        for (; s + 2 <= g.n; s += 2) tn_tile<T, 2>(c + s, g.ldc, w, g.k, g.alpha, a, g.lda, g.b + s, g.ldb, g.beta);
+        for (; s < g.n; ++s) tn_tile<T, 1>(c + s, g.ldc, w, g.k, g.alpha, a, g.lda, g.b + s, g.ldb, g.beta);
+    }
+}
 #endif
 
-// Whether the blocked kernels take this shape: one short side (m or k at most 64), and
-// for op(B) = B^T only op(A) = A.
-template <class T>
-bool blocked_applies(const GemmCall<T>& g) {
+// Whether one of the blocked kernels takes this shape: one short side (m or k at most 64), and
+// for op(B) = B^T only op(A) = A; or few columns (n <= kFewColumns) with op(A) = A, or
+// op(A) = A^T and op(B) = B.
 #if defined(__AVX512F__)
-    if (g.m == 0 || g.k == 0 || (g.m > 64 && g.k > 64)) return false;
-    return !g.tb || (!g.ta && g.m <= 64);
+bool few_columns_apply(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb) {
+    return m > 64 && k > 64 && n > 0 && n <= kFewColumns && (!ta || !tb);
+}
+#endif
+
+bool blocked_applies(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb) {
+#if defined(__AVX512F__)
+    if (few_columns_apply(m, n, k, ta, tb)) return true;
+    if (m == 0 || k == 0 || (m > 64 && k > 64)) return false;
+    return !tb || (!ta && m <= 64);
 #else
-    (void)g;
+    (void)m, (void)n, (void)k, (void)ta, (void)tb;
     return false;
 #endif
+}
+template <class T>
+bool blocked_applies(const GemmCall<T>& g) {
+    return blocked_applies(g.m, g.n, g.k, g.ta, g.tb);
 }
 
 template <class T>
 void blocked_product(const GemmCall<T>& g) {
 #if defined(__AVX512F__)
-    if (!g.tb) {
+    if (few_columns_apply(g.m, g.n, g.k, g.ta, g.tb)) {
+        if (g.ta) few_columns_tn(g);
+        else few_columns_by_rows(g);
+    } else if (!g.tb) {
         if (g.m >= 10) small_nn<T, 10>(g);
         else if (g.m >= 4) small_nn<T, 4>(g);
         else small_nn<T, 1>(g);
@@ -402,14 +491,27 @@ ProductKernel remember(Choices& c, ProductChoice p) {
     return c.list.back().kernel;
 }
 
-// A cache line: "<cpu> <dtype> <m> <n> <k> <NN|NT|TN|TT> <0|1> <kernel>". Lines of other CPUs,
-// of kernels this build lacks, and lines that do not parse are skipped.
+// The kernels a product of this shape chooses among.
+std::vector<ProductKernel> candidates_for(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb) {
+    std::vector<ProductKernel> out;
+    for (ProductKernel kernel : available_kernels()) {
+        if (kernel != ProductKernel::blocked || blocked_applies(m, n, k, ta, tb)) out.push_back(kernel);
+    }
+    return out;
+}
+
+// A cache line: "<cpu> <dtype> <m> <n> <k> <NN|NT|TN|TT> <0|1> <kernel> [<kernel>=<time>...]".
+// Lines of other CPUs, of kernels this build lacks, lines that do not parse, and lines
+// measured without a kernel that now takes the shape (written before that kernel did) are
+// skipped.
 std::optional<ProductChoice> parse_line(const std::string& line) {
     std::istringstream in(line);
     std::string cpu, dtype, trans, kernel;
     std::int64_t m, n, k;
     int acc;
     if (!(in >> cpu >> dtype >> m >> n >> k >> trans >> acc >> kernel)) return std::nullopt;
+    std::vector<std::string> measured{kernel};
+    for (std::string timed; in >> timed;) measured.push_back(timed.substr(0, timed.find('=')));
     if (cpu != cpu_id().key || m < 0 || n < 0 || k < 0 || trans.size() != 2 || (acc != 0 && acc != 1)) return std::nullopt;
     if (dtype != "float32" && dtype != "float64") return std::nullopt;
     if ((trans[0] != 'N' && trans[0] != 'T') || (trans[1] != 'N' && trans[1] != 'T')) return std::nullopt;
@@ -421,6 +523,9 @@ std::optional<ProductChoice> parse_line(const std::string& line) {
     }
     auto av = available_kernels();
     if (std::find(av.begin(), av.end(), kk) == av.end()) return std::nullopt;
+    for (ProductKernel c : candidates_for(m, n, k, trans[0] == 'T', trans[1] == 'T')) {
+        if (std::find(measured.begin(), measured.end(), kernel_name(c)) == measured.end()) return std::nullopt;
+    }
     return ProductChoice{dtype_from_name(dtype), m, n, k, trans[0] == 'T', trans[1] == 'T', acc == 1, kk,
                          ProductChoice::Source::cache_file, {}};
 }
@@ -511,10 +616,7 @@ template <class T>
 ProductChoice measure(const Key& key, const GemmCall<T>& call) {
     ProductChoice p{key.dtype, key.m, key.n, key.k, key.ta, key.tb, key.accumulate, ProductKernel::eigen,
                     ProductChoice::Source::measured, {}};
-    std::vector<ProductKernel> candidates;
-    for (ProductKernel k : available_kernels()) {
-        if (k != ProductKernel::blocked || blocked_applies(call)) candidates.push_back(k);
-    }
+    const std::vector<ProductKernel> candidates = candidates_for(call.m, call.n, call.k, call.ta, call.tb);
     if (candidates.size() == 1) {
         p.kernel = candidates[0];
         return p;

@@ -34,6 +34,7 @@ private:
 class Argmax final : public Op {
 public:
     explicit Argmax(std::optional<int> axis) : axis_(axis) {}
+    std::optional<int> axis() const { return axis_; }
     std::string name() const override;
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;

@@ -110,6 +110,19 @@ TEST_CASE("every product kernel computes the product, for every transpose, slice
                 check_slice<double>(m, n, k, ta, tb, 16, n, 0.5, -2.0);
             }
         }
+        // Few columns with long m and k (the blocked kernels' dot-product and A^T B forms for a
+        // softmax layer's x W and x^T dL), with column slices of them.
+        struct Few { std::int64_t m, n, k; } few[] = {{300, 10, 200}, {97, 13, 71}, {70, 1, 65}, {65, 16, 130}};
+        for (auto [m, n, k] : few) {
+            for (int t = 0; t < 4; ++t) {
+                const bool ta = t & 2, tb = t & 1;
+                CAPTURE(m); CAPTURE(n); CAPTURE(k); CAPTURE(ta); CAPTURE(tb);
+                check_slice<float>(m, n, k, ta, tb, 0, n, 1.0, 0.0);
+                check_slice<double>(m, n, k, ta, tb, 0, n, 1.0, 0.0);
+                check_slice<float>(m, n, k, ta, tb, n / 2, n, -0.1, 1.0);
+                check_slice<double>(m, n, k, ta, tb, 0, (n + 1) / 2, 0.5, -2.0);
+            }
+        }
         // k = 0: C = beta C, and with beta 0 the NaNs in C are overwritten with zeros.
         check_slice<double>(4, 5, 0, false, false, 0, 5, 1.0, 0.0);
         check_slice<double>(4, 5, 0, false, false, 1, 4, 1.0, 3.0);
@@ -191,6 +204,9 @@ TEST_CASE("a choice in the cache file is used without measuring; lines that do n
     const std::string cpu = lines[0].substr(0, lines[0].find(' '));
     const std::string last = available_kernels().back() == ProductKernel::eigen ? "eigen"
                                                                                  : std::string(kernel_name(available_kernels().back()));
+    // A line is used when every kernel that takes its shape was timed for it.
+    std::string every_time;
+    for (ProductKernel k : available_kernels()) every_time += fmt::format(" {}=1us", kernel_name(k));
     {
         std::ofstream out(cache.file, std::ios::app);
         out << "garbage line\n"
@@ -199,8 +215,9 @@ TEST_CASE("a choice in the cache file is used without measuring; lines that do n
             << cpu << " float64 48 48 48 NN 0 mkl\n"                  // unknown kernel
             << "0123456789abcdef float64 48 48 48 NN 0 eigen\n"       // another CPU
             << cpu << " float16 48 48 48 NN 0 eigen\n"                // bad dtype
-            << cpu << " float64 48 48 48 NN 0 " << last << " eigen=1us\n"  // the line that applies
+            << cpu << " float64 48 48 48 NN 0 " << last << every_time << "\n"  // the line that applies
             << cpu << " float64 48 48 48 NN 0 eigen\n"                // a later line for it: the first wins
+            << cpu << " float64 56 56 56 NN 0 eigen eigen=1us\n"     // measured without the other kernels
             << cpu << " float64 50 50 50 NN 0 eigen";                 // no newline: being written, skipped
     }
     set_kernel_cache(cache.file);  // forget this process's choices, read the file afresh
@@ -218,6 +235,13 @@ TEST_CASE("a choice in the cache file is used without measuring; lines that do n
     gemm_slice<double>(e.data(), 50, 50, 0, 50, 1.0, a.data(), 50, 50, false, b.data(), 50, 50, false, 0.0);
     CHECK(product_choices().size() == 2);
     CHECK(product_choices()[1].source == ProductChoice::Source::measured);
+    // The line timed on Eigen alone is measured again when other kernels take its shape (a
+    // kernel added to the build after the line was written).
+    std::vector<double> f(56 * 56);
+    gemm_slice<double>(f.data(), 56, 56, 0, 56, 1.0, a.data(), 56, 56, false, b.data(), 56, 56, false, 0.0);
+    REQUIRE(product_choices().size() == 3);
+    CHECK(product_choices()[2].source == (available_kernels().size() > 1 ? ProductChoice::Source::measured
+                                                                         : ProductChoice::Source::cache_file));
 }
 
 TEST_CASE("without a cache file products still choose, in the process only") {

@@ -686,6 +686,69 @@ TEST_CASE("stabilize: the indexing negative log-likelihood and its gradient beco
     }
 }
 
+TEST_CASE("softmax, log_softmax and the cross-entropy on many rows (split over threads) against per-row sums") {
+    // 700 x 13: enough work for the row ops to hand blocks of rows to the threads; 650 labels
+    // for 700 rows (the leading-rows form). Every row against its definition, 1 and 2 threads.
+    Variable x = dmatrix("x");
+    Variable y = lvector("y");
+    auto [nll, sm] = crossentropy_softmax_1hot(x, y, false);
+    Function f = function({x, y}, {nll, sm, softmax(x), log_softmax(x)}, {}, {}, no_rewrites());
+    const Tensor xv = random_tensor({700, 13}, 21, -5, 5);
+    std::vector<std::int64_t> labels(650);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int64_t>((i * 7) % 13);
+    const Tensor yv = Tensor::from_vector<std::int64_t>({650}, labels);
+    for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        const auto out = f({xv, yv});
+        set_num_threads(0);
+        CAPTURE(threads);
+        std::int64_t bad = 0;
+        for (std::int64_t r = 0; r < 700; ++r) {
+            double mx = -1e300, s = 0;
+            for (std::int64_t j = 0; j < 13; ++j) mx = std::max(mx, xv.at({r, j}));
+            for (std::int64_t j = 0; j < 13; ++j) s += std::exp(xv.at({r, j}) - mx);
+            for (std::int64_t j = 0; j < 13; ++j) {
+                const double p = std::exp(xv.at({r, j}) - mx) / s;
+                bad += std::abs(out[1].at({r, j}) - p) > 1e-15;
+                bad += std::abs(out[2].at({r, j}) - p) > 1e-15;
+                bad += std::abs(out[3].at({r, j}) - (xv.at({r, j}) - mx - std::log(s))) > 1e-14;
+            }
+            if (r < 650) {
+                const double want = std::log(s) + mx - xv.at({r, labels[static_cast<std::size_t>(r)]});
+                bad += std::abs(out[0].at({r}) - want) > 1e-14 * (1 + std::abs(want));
+            }
+        }
+        CHECK(out[0].shape() == Shape{650});
+        CHECK(bad == 0);
+    }
+}
+
+TEST_CASE("canonicalize: argmax of softmax or log_softmax along their rows is argmax of the logits") {
+    Variable x = dmatrix("x"), b = vector("b", DType::float64), v = vector("v", DType::float64);
+    const Variable pred = argmax(softmax(x + b), 1), pred_log = argmax(log_softmax(x), -1), pred_v = argmax(softmax(v));
+    const Variable columns = argmax(softmax(x), 0);  // across rows: not the axis softmax normalises
+    CompileOptions opt;
+    opt.on_unused_input = CompileOptions::UnusedInput::ignore;
+    Function on = function({x, b, v}, {pred, pred_log, pred_v, columns}, {}, {}, opt);
+    CompileOptions off_opt = excluding({"local_argmax_pushdown"});
+    off_opt.on_unused_input = CompileOptions::UnusedInput::ignore;
+    Function off = function({x, b, v}, {pred, pred_log, pred_v, columns}, {}, {}, off_opt);
+    // One Softmax is left, the one under the argmax across rows; no LogSoftmax.
+    CHECK(count_op(on, "Softmax") == 1);
+    CHECK(count_op(off, "Softmax") == 3);
+    CHECK(count_op(on, "LogSoftmax") == 0);
+    const Tensor xv = T64({3, 4}, {0.5, 2.0, -1.0, 1.0, 3.0, 4.5, 0.0, -2.0, -1.0, -3.0, -0.5, -4.0});
+    const Tensor bv = T64({4}, {0.0, -1.0, 0.0, 0.25});  // moves row 0's maximum from column 1 to 3
+    const Tensor vv = T64({5}, {0.1, 0.7, -2.0, 0.69, 0.0});
+    const auto a = on({xv, bv, vv}), z = off({xv, bv, vv});
+    CHECK(a[0].to_doubles() == std::vector<double>{3, 1, 2});  // rows of x + b: 1.25 wins row 0
+    // Across rows: the columns' largest probabilities (row 2's 0.58 of its row, row 1's 0.81).
+    CHECK(a[3].to_doubles() == std::vector<double>{2, 1, 2, 0});
+    CHECK(a[1].to_doubles() == std::vector<double>{1, 1, 2});
+    CHECK(a[2].item() == 1);
+    for (int k = 0; k < 4; ++k) CHECK(a[k].to_doubles() == z[k].to_doubles());
+}
+
 TEST_CASE("CrossentropySoftmax1Hot: values by hand, fewer labels than rows, and errors naming the input") {
     Variable x = dmatrix("x");
     Variable y = lvector("y");

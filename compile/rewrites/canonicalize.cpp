@@ -5,6 +5,8 @@
 #include "autodiff/grad.hpp"
 #include "compile/rewrites/rewrites.hpp"
 #include "ops/elemwise.hpp"
+#include "ops/nnet.hpp"
+#include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 
 namespace theanine {
@@ -374,6 +376,18 @@ std::optional<std::vector<Variable>> local_subtensor_of_new_axis(const Node& n) 
     return if_same_type(out, identity ? y : y.dimshuffle(kept));
 }
 
+// argmax(softmax(x)) -> argmax(x) along the axis softmax normalises (and the same for
+// log_softmax): both increase with each entry of a row, so the row's largest entry keeps its
+// place; a prediction's argmax over class probabilities then needs no softmax pass.
+std::optional<std::vector<Variable>> local_argmax_pushdown(const Node& n) {
+    const auto* a = dynamic_cast<const Argmax*>(n.op.get());
+    if (!a || !a->axis()) return std::nullopt;
+    const Variable& in = n.inputs[0];
+    if (!op_as<Softmax>(in) && !op_as<LogSoftmax>(in)) return std::nullopt;
+    if (*a->axis() != in.ndim() - 1) return std::nullopt;
+    return std::vector<Variable>{argmax(in.node().inputs[0], *a->axis())};
+}
+
 }  // namespace
 
 void register_canonicalize(RewriteRegistry& r) {
@@ -388,6 +402,7 @@ void register_canonicalize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_distribute_for_cancel", "canonicalize", {"fast_run"}, local_distribute_for_cancel});
     r.add(NodeRewriter{"local_collect_terms", "canonicalize", {"fast_run"}, local_collect_terms});
     r.add(NodeRewriter{"local_subtensor_of_new_axis", "canonicalize", {"fast_run"}, local_subtensor_of_new_axis});
+    r.add(NodeRewriter{"local_argmax_pushdown", "canonicalize", {"fast_run"}, local_argmax_pushdown});
 }
 
 }  // namespace theanine
