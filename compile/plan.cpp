@@ -185,16 +185,26 @@ void WorkerChoice::restart_window(double seconds, int calls) {
 void WorkerChoice::record(double seconds) {
     if (!adapt || seconds < kLongCall) return;
     ++long_calls;
-    if (probing_) {
-        if (probe_left <= kProbeCalls - kProbeWarmup) probe_sum += seconds;
+    if (phase_ != Phase::steady) {
+        constexpr int timed = kProbeCalls - kProbeWarmup;
+        auto& side = phase_ == Phase::other ? other_ : current_;
+        if (probe_left <= timed) side[static_cast<std::size_t>(timed - probe_left)] = seconds;
         if (--probe_left > 0) return;
-        probing_ = false;
+        if (phase_ == Phase::other) {
+            phase_ = Phase::current;
+            probe_left = kProbeCalls;
+            return;
+        }
+        phase_ = Phase::steady;
         since_probe = 0;
-        const double probe_mean = probe_sum / (kProbeCalls - kProbeWarmup);
-        const double current = recent_sum / std::max(1, n_recent);
-        if (probe_mean < 0.9 * current) {
+        auto median = [](std::array<double, timed> v) {
+            std::sort(v.begin(), v.end());
+            return (v[(timed - 1) / 2] + v[timed / 2]) / 2;
+        };
+        const double other = median(other_), current = median(current_);
+        if (other < 0.9 * current) {
             one_ = !one_;
-            restart_window(probe_mean, kProbeCalls - kProbeWarmup);
+            restart_window(other, timed);
         } else {
             best = current;
         }
@@ -212,9 +222,8 @@ void WorkerChoice::record(double seconds) {
     const bool probe = long_calls == kFirstProbe || since_probe >= (one_ ? kProbeEveryOne : kProbeEvery) ||
                        (since_probe >= kWindow && best > 0 && now > 1.25 * best);
     if (probe && num_threads() > 1) {
-        probing_ = true;
+        phase_ = Phase::other;
         probe_left = kProbeCalls;
-        probe_sum = 0;
     }
 }
 

@@ -66,25 +66,29 @@ struct OutputBinding {
 // one thread, to return soon once the cores are free), and at once when its calls have
 // become much slower than they were. The current choice is judged by its mean over its last
 // 32 calls: a call now and then delayed by the machine (a preempted worker) counts for what
-// it costs on average, and does not by itself start a probe or decide one. Results do not
-// depend on the choice.
+// it costs on average, and does not by itself start a probe. A probe runs a few calls on the
+// other choice and then as many on the current one, and compares their medians: both sides
+// are measured side by side, past their first calls (which wake or settle the threads), so
+// calls that are slow for a reason of their own (the first of an evaluation pass after the
+// training calls) decide nothing. Results do not depend on the choice.
 class WorkerChoice {
 public:
-    int limit() const { return probing_ ? (one_ ? 0 : 1) : (one_ ? 1 : 0); }  // 0: no limit
+    int limit() const { return phase_ == Phase::other ? (one_ ? 0 : 1) : (one_ ? 1 : 0); }  // 0: no limit
     void record(double seconds);
     bool one_thread() const { return one_; }
-    bool probing() const { return probing_; }
+    bool probing() const { return phase_ != Phase::steady; }
     bool adapt = true;  // CompileOptions::adapt_workers
 
     static constexpr int kWindow = 32;  // recent calls of the current choice
-    static constexpr int kProbeCalls = 8, kProbeWarmup = 2;  // the first calls wake the threads
+    static constexpr int kProbeCalls = 8, kProbeWarmup = 2;  // per side; the first calls wake the threads
 
 private:
     void restart_window(double seconds, int calls);
-    bool one_ = false;      // the choice: one thread (true) or all (false)
-    bool probing_ = false;  // the next calls try the other choice
+    enum class Phase { steady, other, current };  // a probe: the other choice's calls, then the current's
+    bool one_ = false;  // the choice: one thread (true) or all (false)
+    Phase phase_ = Phase::steady;
     int probe_left = 0;
-    double probe_sum = 0;
+    std::array<double, kProbeCalls - kProbeWarmup> other_{}, current_{};  // the probe's timed calls
     std::array<double, kWindow> recent_{};
     int n_recent = 0, next = 0;  // filled entries of recent_, and where the next call goes
     double recent_sum = 0;

@@ -352,6 +352,19 @@ TEST_CASE("the worker choice follows lasting changes of speed, not single slow c
     run(300, 400e-6, 600e-6);
     CHECK_FALSE(w.one_thread());
     CHECK(run(3000, 400e-6, 600e-6) == 0);
+    // An evaluation pass: 16 calls after other work, whose first two are slow whichever the
+    // choice (4x), and two threads only a little faster (memory-bound: 250 against 290 us).
+    // A probe that compared one thread's settled calls with a window holding the slow ones
+    // switched to one thread; measured side by side, two threads stay.
+    WorkerChoice eval;
+    std::int64_t eval_on_one = 0;
+    for (std::int64_t i = 0; i < 3000; ++i) {
+        const bool single = eval.limit() == 1;
+        if (single && !eval.probing()) ++eval_on_one;
+        eval.record((single ? 290e-6 : 250e-6) * (i % 16 < 2 ? 4 : 1));
+    }
+    CHECK(eval_on_one == 0);
+    CHECK_FALSE(eval.one_thread());
     // Calls under 100 us are not timed for the choice: nothing moves.
     WorkerChoice quick;
     for (int i = 0; i < 5000; ++i) quick.record(i % 2 ? 90e-6 : 10e-6);
