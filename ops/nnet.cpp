@@ -268,12 +268,14 @@ void CrossentropySoftmax1HotDx::perform(const Node&, std::span<const Tensor* con
             const T* d = dnll.data<T>();
             const std::int64_t dst = dnll.size() == 1 ? 0 : dnll.strides()[0];
             T* o = out[0]->data<T>();
-            for (std::int64_t r = 0; r < n; ++r) {
-                const T dr = d[r * dst];
-                for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = s[r * cols + j] * dr;
-                o[r * cols + lab[static_cast<std::size_t>(r)]] -= dr;
-            }
-            std::fill(o + n * cols, o + rows * cols, T(0));
+            for_row_blocks(rows, cols, [&](std::int64_t r0, std::int64_t r1) {
+                for (std::int64_t r = r0; r < std::min(r1, n); ++r) {
+                    const T dr = d[r * dst];
+                    for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = s[r * cols + j] * dr;
+                    o[r * cols + lab[static_cast<std::size_t>(r)]] -= dr;
+                }
+                if (r1 > n) std::fill(o + std::max(r0, n) * cols, o + r1 * cols, T(0));
+            });
         }
     });
 }

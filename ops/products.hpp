@@ -12,7 +12,11 @@
 ///   openblas  OpenBLAS's sgemm/dgemm, single-threaded (theanine splits the columns itself);
 ///             present when the build found OpenBLAS
 ///   blocked   theanine's register-blocked kernels for products with one short side (the
-///             minibatch's rows, a rank-40 update); present in builds for AVX-512 machines
+///             minibatch's rows, a rank-40 update) or few output columns (a 10-class layer's
+///             x W and x^T dL); present in builds for AVX-512 machines
+///
+/// A cache line records which kernels were timed; one timed without a kernel that now takes
+/// its shape is measured again.
 ///
 /// Which is fastest depends on the machine and the shape, so by default nothing is assumed:
 /// the first time a shape is seen (dtype, m, columns, k, transposes, whether C is

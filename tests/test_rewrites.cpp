@@ -686,13 +686,14 @@ TEST_CASE("stabilize: the indexing negative log-likelihood and its gradient beco
     }
 }
 
-TEST_CASE("softmax, log_softmax and the cross-entropy on many rows (split over threads) against per-row sums") {
+TEST_CASE("softmax, log_softmax, the cross-entropy and its gradient on many rows (split over threads) against per-row sums") {
     // 700 x 13: enough work for the row ops to hand blocks of rows to the threads; 650 labels
     // for 700 rows (the leading-rows form). Every row against its definition, 1 and 2 threads.
     Variable x = dmatrix("x");
     Variable y = lvector("y");
     auto [nll, sm] = crossentropy_softmax_1hot(x, y, false);
-    Function f = function({x, y}, {nll, sm, softmax(x), log_softmax(x)}, {}, {}, no_rewrites());
+    Function f = function({x, y}, {nll, sm, softmax(x), log_softmax(x), grad(nll.sum(), x)}, {}, {}, no_rewrites());
+    CHECK(count_op(f, "CrossentropySoftmax1HotDx") == 1);
     const Tensor xv = random_tensor({700, 13}, 21, -5, 5);
     std::vector<std::int64_t> labels(650);
     for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int64_t>((i * 7) % 13);
@@ -712,6 +713,9 @@ TEST_CASE("softmax, log_softmax and the cross-entropy on many rows (split over t
                 bad += std::abs(out[1].at({r, j}) - p) > 1e-15;
                 bad += std::abs(out[2].at({r, j}) - p) > 1e-15;
                 bad += std::abs(out[3].at({r, j}) - (xv.at({r, j}) - mx - std::log(s))) > 1e-14;
+                // The gradient of the summed nll: softmax minus the one-hot label, 0 past the labels.
+                const double dx = r < 650 ? p - (j == labels[static_cast<std::size_t>(r)] ? 1.0 : 0.0) : 0.0;
+                bad += std::abs(out[4].at({r, j}) - dx) > 1e-15;
             }
             if (r < 650) {
                 const double want = std::log(s) + mx - xv.at({r, labels[static_cast<std::size_t>(r)]});
