@@ -33,8 +33,22 @@ namespace fs = std::filesystem;
 
 namespace {
 
+fs::path temp_root() { return fs::temp_directory_path() / ("theanine_ckpt_" + std::to_string(::getpid())); }
+
+// This process's temporary files (the data sets, the runs' outputs and checkpoints, the
+// captured output streams) are removed when it exits.
+struct RemoveTempFiles {
+    ~RemoveTempFiles() {
+        std::error_code ec;
+        fs::remove_all(temp_root(), ec);
+        const fs::path out = fs::temp_directory_path() / ("theanine_ckpt_out_" + std::to_string(::getpid()));
+        fs::remove(out, ec);
+        fs::remove(out.string() + ".err", ec);
+    }
+} remove_temp_files;
+
 fs::path temp_dir(const std::string& name) {
-    fs::path p = fs::temp_directory_path() / ("theanine_ckpt_" + std::to_string(::getpid())) / name;
+    fs::path p = temp_root() / name;
     fs::remove_all(p);
     fs::create_directories(p);
     return p;

@@ -34,6 +34,14 @@ fs::path temp_dir() {
     return p;
 }
 
+// The files the tests write there are removed when the process exits.
+struct RemoveTempDir {
+    ~RemoveTempDir() {
+        std::error_code ec;
+        fs::remove_all(fs::temp_directory_path() / ("theanine_io_" + std::to_string(::getpid())), ec);
+    }
+} remove_temp_dir;
+
 std::vector<unsigned char> idx_bytes(const std::vector<std::uint32_t>& dims, const std::vector<unsigned char>& data) {
     std::vector<unsigned char> b = {0, 0, 8, static_cast<unsigned char>(dims.size())};
     for (auto d : dims) {

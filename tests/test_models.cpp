@@ -146,6 +146,7 @@ TEST_CASE("parameters saved to .npy reload to the same outputs") {
     models::MLP c(rng, x, 6, 7, 3);
     CHECK_THROWS_WITH_AS(io::load_params({c.hidden.W}, dir.string(), "hidden_"),
                          doctest::Contains("holds float64 (6, 5), but 'W' is float64 (6, 7)"), UsageError);
+    std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("LeNet5: the tutorial's initialisation order and bounds, and it learns to tell bars apart") {
