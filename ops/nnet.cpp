@@ -28,8 +28,9 @@ std::vector<TensorType> row_op_types(const char* op, const std::vector<Variable>
 
 namespace {
 // Runs fn(r0, r1) over blocks of the rows, a block per part of the worker threads when there
-// is enough work (a 600 x 10 softmax: 27 us on one thread); each row is computed alone, so
-// the results do not depend on the split.
+// is enough work (a 600 x 10 softmax: 27 us on one thread). Each row is computed alone; the
+// split (num_threads() parts) only moves where a block's last few elements go through the
+// scalar exp instead of the vectorised one (float64: within 1 ulp of each other).
 template <class F>
 void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
     const int parts = num_threads();
