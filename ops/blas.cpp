@@ -118,11 +118,25 @@ void gemm_by_k(T* out, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, 
                    MatView{B + k0 * b.cols, k1 - k0, b.cols, false}, false, T(0));
     };
     // out's rows [r0, r1) take the parts' sum.
+    // A chunk at a time, each part's rows added in one vectorised pass (the same sums as
+    // element by element: the other parts' rows come from the other threads' caches, and a
+    // scalar loop over them kept few loads in flight).
     auto combine = [&](std::int64_t r0, std::int64_t r1) {
-        for (std::int64_t i = r0 * n; i < r1 * n; ++i) {
-            T s = parts[i];
-            for (int q = 1; q < nt; ++q) s += parts[static_cast<std::int64_t>(q) * m * n + i];
-            out[i] = beta == T(0) ? alpha * s : beta * out[i] + alpha * s;
+        constexpr std::int64_t kChunk = 512;
+        alignas(64) T s[kChunk];
+        for (std::int64_t i0 = r0 * n; i0 < r1 * n; i0 += kChunk) {
+            const std::int64_t len = std::min(kChunk, r1 * n - i0);
+            std::copy(parts + i0, parts + i0 + len, s);
+            for (int q = 1; q < nt; ++q) {
+                const T* p = parts + static_cast<std::int64_t>(q) * m * n + i0;
+                for (std::int64_t i = 0; i < len; ++i) s[i] += p[i];
+            }
+            T* o = out + i0;
+            if (beta == T(0)) {
+                for (std::int64_t i = 0; i < len; ++i) o[i] = alpha * s[i];
+            } else {
+                for (std::int64_t i = 0; i < len; ++i) o[i] = beta * o[i] + alpha * s[i];
+            }
         }
     };
     const int workers = std::min(nt, active_workers());

@@ -41,16 +41,63 @@ void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
     run_parts(parts, [&](int part) { fn(rows * part / parts, rows * (part + 1) / parts); });
 }
 
+// out[r] = fold of row r's entries in order (a plain loop's value, accumulated in A), over 8
+// rows at a time so that their dependency chains overlap: a short row (a 10-class softmax) is
+// otherwise one chain of dependent adds or compares.
+template <class A, class T, class F>
+void fold_rows(const T* p, std::int64_t rows, std::int64_t cols, A* out, F combine) {
+    constexpr int G = 8;
+    if (cols == 0) {  // no entries to fold (and none that use the result)
+        std::fill_n(out, rows, A(0));
+        return;
+    }
+    std::int64_t r = 0;
+    for (; r + G <= rows; r += G) {
+        A a[G];
+        for (int k = 0; k < G; ++k) a[k] = static_cast<A>(p[(r + k) * cols]);
+        for (std::int64_t j = 1; j < cols; ++j) {
+            for (int k = 0; k < G; ++k) a[k] = combine(a[k], p[(r + k) * cols + j]);
+        }
+        std::copy(a, a + G, out + r);
+    }
+    for (; r < rows; ++r) {
+        A a = static_cast<A>(p[r * cols]);
+        for (std::int64_t j = 1; j < cols; ++j) a = combine(a, p[r * cols + j]);
+        out[r] = a;
+    }
+}
+
+// Per-thread scratch of n values (Slot tells apart buffers used at the same time).
+template <class A, int Slot>
+A* row_scratch(std::int64_t n) {
+    thread_local std::vector<A> v;
+    v.resize(static_cast<std::size_t>(n));
+    return v.data();
+}
+
 // o[r, :] = p[r, :] - max(p[r, :]) for each row (the shift that keeps exp finite; a NaN first
 // entry makes the row NaN).
 template <class T>
 void shift_by_row_max(const T* p, T* o, std::int64_t rows, std::int64_t cols) {
+    T* m = row_scratch<T, 0>(rows);
+    fold_rows(p, rows, cols, m, [](T a, T v) { return v > a ? v : a; });
     for (std::int64_t r = 0; r < rows; ++r) {
-        const T* row = p + r * cols;
-        T m = row[0];
-        for (std::int64_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
-        for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = row[j] - m;
+        for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = p[r * cols + j] - m[r];
     }
+}
+
+// The rows of exp(x - max) made to sum to 1 as Theano's softmax does: each row's sum taken in
+// double, then its entries multiplied by the double reciprocal. Returns the sums (rows values,
+// valid until the next call on this thread).
+template <class T>
+const double* normalise_rows(T* o, std::int64_t rows, std::int64_t cols) {
+    double* s = row_scratch<double, 1>(rows);
+    fold_rows(o, rows, cols, s, [](double a, T v) { return a + static_cast<double>(v); });
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const double inv = 1.0 / s[r];
+        for (std::int64_t j = 0; j < cols; ++j) o[r * cols + j] = static_cast<T>(o[r * cols + j] * inv);
+    }
+    return s;
 }
 }  // namespace
 
@@ -72,12 +119,7 @@ void Softmax::perform(const Node&, std::span<const Tensor* const> in, std::span<
             for_row_blocks(rows, cols, [&, p = x.data<T>(), o = out[0]->data<T>()](std::int64_t r0, std::int64_t r1) {
                 shift_by_row_max(p + r0 * cols, o + r0 * cols, r1 - r0, cols);
                 vecmath::exp_into(o + r0 * cols, o + r0 * cols, (r1 - r0) * cols);  // one vectorised pass
-                for (std::int64_t r = r0; r < r1; ++r) {
-                    T* orow = o + r * cols;
-                    T s = 0;
-                    for (std::int64_t j = 0; j < cols; ++j) s += orow[j];
-                    for (std::int64_t j = 0; j < cols; ++j) orow[j] /= s;
-                }
+                normalise_rows(o + r0 * cols, r1 - r0, cols);
             });
         }
     });
@@ -110,15 +152,13 @@ void LogSoftmax::perform(const Node&, std::span<const Tensor* const> in, std::sp
             for_row_blocks(rows, cols, [&, p = x.data<T>(), o = out[0]->data<T>()](std::int64_t r0, std::int64_t r1) {
                 const std::int64_t n = (r1 - r0) * cols;
                 shift_by_row_max(p + r0 * cols, o + r0 * cols, r1 - r0, cols);
-                thread_local std::vector<T> e;
-                e.resize(static_cast<std::size_t>(n));
-                vecmath::exp_into(e.data(), o + r0 * cols, n);
+                T* e = row_scratch<T, 2>(n);
+                vecmath::exp_into(e, o + r0 * cols, n);
+                T* m = row_scratch<T, 0>(r1 - r0);
+                fold_rows(e, r1 - r0, cols, m, [](T a, T v) { return a + v; });
                 for (std::int64_t r = r0; r < r1; ++r) {
                     T* orow = o + r * cols;
-                    const T* erow = e.data() + (r - r0) * cols;
-                    T s = 0;
-                    for (std::int64_t j = 0; j < cols; ++j) s += erow[j];
-                    const T log_s = std::log(s);
+                    const T log_s = std::log(m[r - r0]);
                     for (std::int64_t j = 0; j < cols; ++j) orow[j] -= log_s;
                 }
             });
@@ -202,12 +242,9 @@ void CrossentropySoftmax1Hot::perform(const Node&, std::span<const Tensor* const
                 shift_by_row_max(p + r0 * cols, o + r0 * cols, r1 - r0, cols);
                 for (std::int64_t r = r0; r < std::min(r1, n); ++r) nll[r] = -o[r * cols + lab[static_cast<std::size_t>(r)]];
                 vecmath::exp_into(o + r0 * cols, o + r0 * cols, (r1 - r0) * cols);
-                for (std::int64_t r = r0; r < r1; ++r) {
-                    T* orow = o + r * cols;
-                    T s = 0;
-                    for (std::int64_t j = 0; j < cols; ++j) s += orow[j];
-                    for (std::int64_t j = 0; j < cols; ++j) orow[j] /= s;
-                    if (r < n) nll[r] += std::log(s);
+                const double* sums = normalise_rows(o + r0 * cols, r1 - r0, cols);
+                for (std::int64_t r = r0; r < std::min(r1, n); ++r) {
+                    nll[r] = static_cast<T>(static_cast<double>(nll[r]) + std::log(sums[r - r0]));
                 }
             });
         }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -22,18 +23,51 @@ using Arr = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using CArr = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
+// Whether pred (a packet -> lane mask, as Eigen's pcmp_* return) holds in any lane of
+// src[0..n): one vectorised pass (Eigen's .any() on a comparison is a scalar loop that cost as
+// much as the exp it guards). The tail is a packet padded with copies of the last element.
+template <class T, class Pred>
+bool any_lane(const T* src, std::int64_t n, Pred pred) {
+    namespace ei = Eigen::internal;
+    using P = typename ei::packet_traits<T>::type;
+    constexpr std::int64_t L = ei::packet_traits<T>::size;
+    if (n <= 0) return false;
+    P acc = ei::pzero(P{}), acc1 = acc, acc2 = acc, acc3 = acc;
+    std::int64_t j = 0;
+    for (; j + 4 * L <= n; j += 4 * L) {
+        acc = ei::por(acc, pred(ei::ploadu<P>(src + j)));
+        acc1 = ei::por(acc1, pred(ei::ploadu<P>(src + j + L)));
+        acc2 = ei::por(acc2, pred(ei::ploadu<P>(src + j + 2 * L)));
+        acc3 = ei::por(acc3, pred(ei::ploadu<P>(src + j + 3 * L)));
+    }
+    acc = ei::por(ei::por(acc, acc1), ei::por(acc2, acc3));
+    for (; j + L <= n; j += L) acc = ei::por(acc, pred(ei::ploadu<P>(src + j)));
+    if (j < n) {
+        alignas(64) T buf[L];
+        std::fill(buf, buf + L, src[n - 1]);
+        std::copy(src + j, src + n, buf);
+        acc = ei::por(acc, pred(ei::ploadu<P>(buf)));
+    }
+    alignas(64) T lanes[L];
+    ei::pstoreu(lanes, acc);
+    unsigned char bytes[sizeof(lanes)];
+    std::memcpy(bytes, lanes, sizeof(lanes));
+    return std::any_of(bytes, bytes + sizeof(bytes), [](unsigned char b) { return b != 0; });
+}
+
 // Eigen's vectorised exp clamps its argument from below at about log(smallest normal number)
 // (so exp(-1000) came out as 2.2e-308, not 0), and its vectorised log misreads subnormal
-// inputs. The few lanes of a block in those ranges are recomputed with the C library: their
-// inputs are kept first (the output may be written over the input), and a block with none
-// costs one vectorised comparison.
-template <class T, class InRange, class Vec, class Scalar>
-void with_scalar_lanes(T* dst, const T* src, std::int64_t n, InRange in_range, Vec vec, Scalar scalar) {
+// inputs. The few lanes of a block in those ranges (in_range: a packet's lane mask; in_lane:
+// the same test on one value) are recomputed with the C library: their inputs are kept first
+// (the output may be written over the input), and a block with none costs one vectorised pass.
+template <class T, class InRange, class InLane, class Vec, class Scalar>
+void with_scalar_lanes(T* dst, const T* src, std::int64_t n, InRange in_range, InLane in_lane, Vec vec,
+                       Scalar scalar) {
     thread_local std::vector<std::pair<std::int64_t, T>> lanes;
     lanes.clear();
-    if (in_range(CArr<T>(src, n)).any()) {
+    if (any_lane(src, n, in_range)) {
         for (std::int64_t j = 0; j < n; ++j) {
-            if (in_range(Eigen::Array<T, 1, 1>::Constant(src[j]))(0)) lanes.emplace_back(j, src[j]);
+            if (in_lane(src[j])) lanes.emplace_back(j, src[j]);
         }
     }
     vec();
@@ -79,20 +113,27 @@ void exp_into(T* dst, const T* src, std::int64_t n, bool of_minus_abs = false) {
             Arr<T>(dst, n) = CArr<T>(src, n).exp();
         }
     };
+    using P = typename ei::packet_traits<T>::type;
+    const P low = ei::pset1<P>(kExpLow<T>);
     if (of_minus_abs) {
         with_scalar_lanes(
-            dst, src, n, [](const auto& x) { return -x.abs() < kExpLow<T>; }, vec,
-            [](T x) { return std::exp(-std::abs(x)); });
+            dst, src, n, [&](const P& x) { return ei::pcmp_lt(ei::pnegate(ei::pabs(x)), low); },
+            [](T x) { return -std::abs(x) < kExpLow<T>; }, vec, [](T x) { return std::exp(-std::abs(x)); });
     } else {
         with_scalar_lanes(
-            dst, src, n, [](const auto& x) { return x < kExpLow<T>; }, vec, [](T x) { return std::exp(x); });
+            dst, src, n, [&](const P& x) { return ei::pcmp_lt(x, low); }, [](T x) { return x < kExpLow<T>; }, vec,
+            [](T x) { return std::exp(x); });
     }
 }
 
 template <class T>
 void log_into(T* dst, const T* src, std::int64_t n) {
+    namespace ei = Eigen::internal;
+    using P = typename ei::packet_traits<T>::type;
+    const P zero = ei::pzero(P{}), tiny = ei::pset1<P>(std::numeric_limits<T>::min());
     with_scalar_lanes(
-        dst, src, n, [](const auto& x) { return x > T(0) && x < std::numeric_limits<T>::min(); },
+        dst, src, n, [&](const P& x) { return ei::pand(ei::pcmp_lt(zero, x), ei::pcmp_lt(x, tiny)); },
+        [](T x) { return x > T(0) && x < std::numeric_limits<T>::min(); },
         [&] { Arr<T>(dst, n) = CArr<T>(src, n).log(); }, [](T x) { return std::log(x); });
 }
 

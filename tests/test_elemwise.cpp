@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "ops/vecmath.hpp"
 #include "support/helpers.hpp"
 
 using namespace theanine;
@@ -414,6 +415,47 @@ TEST_CASE("fused transcendental kernels stay within their ulp bounds over the wh
             MESSAGE(fmt::format("{} {}: at most {} ulp (at x = {})", op, f32 ? "float32" : "float64", worst, worst_x));
             CHECK(worst <= (f32 ? c.ulp32 : c.ulp64));
         }
+    };
+    run.template operator()<float>();
+    run.template operator()<double>();
+}
+
+// The vectorised exp and log hand the lanes Eigen gets wrong (exp below log of the smallest
+// normal number, log of a subnormal) to the C library. The test that finds such lanes reads a
+// block a packet at a time and its tail as a padded packet: one such lane at every position of
+// blocks of 1 to 40 values, among NaNs and ordinary values, must come out as the C library's.
+TEST_CASE("vectorised exp and log recompute out-of-range lanes at every position of a block") {
+    auto run = [&]<class T>() {
+        const T far = static_cast<T>(std::is_same_v<T, float> ? -110.0 : -800.0);  // exp: 0 (Eigen: smallest normal)
+        const T sub = std::numeric_limits<T>::denorm_min() * 3;                   // log: about -744 or -102
+        const T nan = std::numeric_limits<T>::quiet_NaN();
+        std::int64_t bad = 0;
+        for (int n = 1; n <= 40; ++n) {
+            for (int pos = 0; pos < n; ++pos) {
+                std::vector<T> x(static_cast<std::size_t>(n)), y(x.size()), z(x.size()), w(x.size());
+                for (int i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = i % 7 == 3 ? nan : static_cast<T>(0.25 * (i % 5));
+                std::vector<T> lx = x;
+                x[static_cast<std::size_t>(pos)] = far;
+                lx[static_cast<std::size_t>(pos)] = sub;
+                vecmath::exp_into(y.data(), x.data(), n);
+                vecmath::exp_into(z.data(), x.data(), n, /*of_minus_abs=*/true);
+                vecmath::log_into(w.data(), lx.data(), n);
+                const auto p = static_cast<std::size_t>(pos);
+                bad += y[p] != std::exp(far) || z[p] != std::exp(far) || w[p] != std::log(sub);
+                for (std::size_t i = 0; i < x.size(); ++i) {
+                    if (i == p) continue;
+                    const bool is_nan = std::isnan(x[i]);
+                    bad += is_nan != std::isnan(y[i]) || is_nan != std::isnan(z[i]) || is_nan != std::isnan(w[i]);
+                    if (!is_nan) {
+                        bad += std::abs(y[i] - std::exp(x[i])) > 4 * std::numeric_limits<T>::epsilon() * std::exp(x[i]);
+                        bad += std::abs(z[i] - std::exp(-x[i])) > 4 * std::numeric_limits<T>::epsilon() * std::exp(-x[i]);
+                    }
+                }
+            }
+        }
+        CAPTURE(sizeof(T));
+        CHECK(bad == 0);
+        CHECK(std::exp(far) == T(0));  // the case the C library gets right and Eigen's packet exp does not
     };
     run.template operator()<float>();
     run.template operator()<double>();
