@@ -35,6 +35,29 @@ Variable expand_reduced(const Variable& g, const std::vector<int>& axes, int ndi
     return dimshuffle(g, order);
 }
 
+// combine over p[0], ..., p[n - 1], in kLanes independent accumulators (4 vectors
+// of doubles: one accumulator's chain of dependent adds would wait on each add), folded in
+// lane order at the end.
+template <class T, class A, class F>
+A lanes_fold(const T* p, std::int64_t n, A init, F combine) {
+    constexpr int kLanes = 32;
+    if (n < 2 * kLanes) {  // short runs: one chain costs less than setting up the lanes
+        A a = init;
+        for (std::int64_t i = 0; i < n; ++i) a = combine(a, static_cast<A>(p[i]));
+        return a;
+    }
+    A part[kLanes];
+    std::fill_n(part, kLanes, init);
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+        for (int k = 0; k < kLanes; ++k) part[k] = combine(part[k], static_cast<A>(p[i + k]));
+    }
+    A a = init;
+    for (int k = 0; k < kLanes; ++k) a = combine(a, part[k]);
+    for (; i < n; ++i) a = combine(a, static_cast<A>(p[i]));
+    return a;
+}
+
 template <class T, class A, class F>
 void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A init, F combine) {
     const int nd = x.ndim();
@@ -55,29 +78,26 @@ void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A
     const std::int64_t total = x.size();
     if (total > 0) {
         if (x.is_contiguous() && on == 1) {
-            // Every axis: one flat run, in independent partial sums (vectorisable).
-            A part[8] = {init, init, init, init, init, init, init, init};
-            std::int64_t i = 0;
-            for (; i + 8 <= total; i += 8) {
-                for (int k = 0; k < 8; ++k) part[k] = combine(part[k], static_cast<A>(p[i + k]));
-            }
-            A a = init;
-            for (int k = 0; k < 8; ++k) a = combine(a, part[k]);
-            for (; i < total; ++i) a = combine(a, static_cast<A>(p[i]));
-            acc[0] = a;
+            // Every axis: one flat run.
+            acc[0] = lanes_fold(p, total, init, combine);
         } else if (x.is_contiguous() && nd >= 1 && red[nd - 1] && std::count(red.begin(), red.end(), true) == 1) {
             // The last axis: one contiguous run per output element.
             const std::int64_t len = x.dim(nd - 1);
-            for (std::int64_t o = 0; o < on; ++o) {
-                A a = init;
-                for (std::int64_t j = 0; j < len; ++j) a = combine(a, static_cast<A>(p[o * len + j]));
-                acc[o] = a;
-            }
+            for (std::int64_t o = 0; o < on; ++o) acc[o] = lanes_fold(p + o * len, len, init, combine);
         } else if (x.is_contiguous() && nd == 2 && red[0] && !red[1]) {
-            // Column sums of a row-major matrix: accumulate rows (vectorisable).
+            // Column sums of a row-major matrix: rows added into a block of columns' accumulators
+            // held apart from the input (vectorised across the columns).
             const std::int64_t rows = x.dim(0), cols = x.dim(1);
-            for (std::int64_t i = 0; i < rows; ++i) {
-                for (std::int64_t j = 0; j < cols; ++j) acc[j] = combine(acc[j], static_cast<A>(p[i * cols + j]));
+            constexpr std::int64_t kCols = 1024;
+            A a[kCols];
+            for (std::int64_t c0 = 0; c0 < cols; c0 += kCols) {
+                const std::int64_t w = std::min(kCols, cols - c0);
+                std::fill_n(a, w, init);
+                for (std::int64_t i = 0; i < rows; ++i) {
+                    const T* row = p + i * cols + c0;
+                    for (std::int64_t j = 0; j < w; ++j) a[j] = combine(a[j], static_cast<A>(row[j]));
+                }
+                std::copy(a, a + w, acc.begin() + c0);
             }
         } else {
             std::vector<std::int64_t> idx(static_cast<std::size_t>(nd), 0);

@@ -1,6 +1,7 @@
 // Reductions and matrix products.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "support/helpers.hpp"
@@ -43,6 +44,64 @@ TEST_CASE("sum over axes of a 3-d tensor and of a transposed view") {
     CHECK(eval1({t}, sum_axes(t, {0, 2}), {tv}).to_doubles() == std::vector<double>{60, 92, 124});
     Variable m = matrix("m");
     CHECK(eval1({m}, m.T().sum(0), {T64({2, 3}, {1, 2, 3, 4, 5, 6})}).to_doubles() == std::vector<double>{6, 15});
+}
+
+TEST_CASE("sum and max of an input alone (the Reduce op): every axis, long and short runs, against long double") {
+    // Long runs are added in 32 independent accumulators, column sums a block of 1024 columns
+    // at a time: shapes with runs shorter and longer than both, float32 (accumulated in double,
+    // as Theano) and float64; max exact, and a NaN anywhere makes its max NaN.
+    for (DType dt : {DType::float32, DType::float64}) {
+        for (Shape s : {Shape{784, 500}, Shape{3, 1037}, Shape{7, 5}, Shape{70001, 1}, Shape{1, 70001}, Shape{5, 2100},
+                        Shape{200, 63}}) {
+            CAPTURE(dtype_name(dt));
+            CAPTURE(shape_string(s));
+            Tensor X = testing::random_tensor(s, 21).astype(dt);
+            Variable x = matrix("x", dt);
+            Function f = function({x}, {x.sum(), x.sum(0), x.sum(1), x.max(), x.max(0), x.max(1)});
+            const auto names = f.op_names();
+            CHECK(std::none_of(names.begin(), names.end(), [](const std::string& n) { return n.rfind("Composite", 0) == 0; }));
+            CHECK(std::count(names.begin(), names.end(), "Sum{axes=[0]}") == 1);
+            const auto out = f({X});
+            const auto xv = X.to_doubles();  // the values as stored (float32 ones exactly)
+            long double all = 0, mag = 0;
+            double mx = -INFINITY;
+            std::vector<long double> col(static_cast<std::size_t>(s[1]), 0), row(static_cast<std::size_t>(s[0]), 0);
+            std::vector<double> cmax(col.size(), -INFINITY), rmax(row.size(), -INFINITY);
+            for (std::int64_t i = 0; i < s[0]; ++i) {
+                for (std::int64_t j = 0; j < s[1]; ++j) {
+                    const double v = xv[static_cast<std::size_t>(i * s[1] + j)];
+                    all += v;
+                    mag += std::abs(v);
+                    col[static_cast<std::size_t>(j)] += v;
+                    row[static_cast<std::size_t>(i)] += v;
+                    mx = std::max(mx, v);
+                    cmax[static_cast<std::size_t>(j)] = std::max(cmax[static_cast<std::size_t>(j)], v);
+                    rmax[static_cast<std::size_t>(i)] = std::max(rmax[static_cast<std::size_t>(i)], v);
+                }
+            }
+            // Sums in double whatever the dtype, then rounded to it.
+            const long double tol = (dt == DType::float32 ? 1e-7L : 1e-15L) * (mag + 1);
+            auto near = [&](double got, long double want) { return std::abs(static_cast<long double>(got) - want) <= tol; };
+            CHECK(near(out[0].item(), all));
+            std::int64_t bad = 0;
+            const auto c = out[1].to_doubles(), r = out[2].to_doubles();
+            for (std::size_t j = 0; j < col.size(); ++j) bad += !near(c[j], col[j]);
+            for (std::size_t i = 0; i < row.size(); ++i) bad += !near(r[i], row[i]);
+            CHECK(out[3].item() == mx);
+            CHECK(out[4].to_doubles() == cmax);
+            CHECK(out[5].to_doubles() == rmax);
+            CHECK(bad == 0);
+            // A NaN in the last row's last column (the tail of every run it is in).
+            auto xn = xv;
+            xn.back() = NAN;
+            const auto outn = f({T64(s, xn).astype(dt)});
+            CHECK(std::isnan(outn[0].item()));
+            CHECK(std::isnan(outn[3].item()));
+            CHECK(std::isnan(outn[4].to_doubles().back()));
+            CHECK(std::isnan(outn[5].to_doubles().back()));
+            CHECK(!std::isnan(outn[5].to_doubles().front()) == (s[0] > 1));
+        }
+    }
 }
 
 TEST_CASE("fused sums of squares, absolute values and products: every layout against long double sums") {
