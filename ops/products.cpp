@@ -22,6 +22,7 @@
 
 #if defined(THEANINE_HAVE_OPENBLAS)
 #include <cblas.h>
+#include <dlfcn.h>
 #endif
 
 #include "graph/config.hpp"
@@ -64,11 +65,44 @@ void eigen_product(const GemmCall<T>& g) {
 // ---------------------------------------------------------------- openblas
 
 #if defined(THEANINE_HAVE_OPENBLAS)
+// OpenBLAS is opened the first time a product needs it, from the file the build found
+// (THEANINE_OPENBLAS_PATH, Debian's single-threaded build where installed; CMakeLists.txt says
+// why), with its symbols kept local: a process that never takes the kernel does not load it,
+// and another OpenBLAS the program loads itself is not disturbed.
+struct OpenBlas {
+    decltype(&cblas_sgemm) sgemm = nullptr;
+    decltype(&cblas_dgemm) dgemm = nullptr;
+    std::string error;  // why it could not be used
+};
+
+const OpenBlas& openblas() {
+    static const OpenBlas lib = [] {
+        OpenBlas o;
+        void* h = dlopen(THEANINE_OPENBLAS_PATH, RTLD_NOW | RTLD_LOCAL);
+        if (h == nullptr) {
+            const char* why = dlerror();
+            o.error = fmt::format("could not open {}: {}", THEANINE_OPENBLAS_PATH, why ? why : "unknown error");
+            return o;
+        }
+        auto set_threads = reinterpret_cast<decltype(&openblas_set_num_threads)>(dlsym(h, "openblas_set_num_threads"));
+        o.sgemm = reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(h, "cblas_sgemm"));
+        o.dgemm = reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(h, "cblas_dgemm"));
+        if (set_threads == nullptr || o.sgemm == nullptr || o.dgemm == nullptr) {
+            o = OpenBlas{};
+            o.error = fmt::format("{} lacks cblas_sgemm, cblas_dgemm or openblas_set_num_threads", THEANINE_OPENBLAS_PATH);
+            return o;
+        }
+        // theanine runs one product per thread on its own part: OpenBLAS must not start more.
+        set_threads(1);
+        return o;
+    }();
+    return lib;
+}
+
 template <class T>
 void openblas_product(const GemmCall<T>& g) {
-    // theanine runs one product per thread on its own columns: OpenBLAS must not start more.
-    static const bool single = (openblas_set_num_threads(1), true);
-    (void)single;
+    const OpenBlas& lib = openblas();
+    if (lib.sgemm == nullptr) throw UsageError("product kernel openblas: " + lib.error);
     const auto ta = g.ta ? CblasTrans : CblasNoTrans, tb = g.tb ? CblasTrans : CblasNoTrans;
     const auto m = static_cast<blasint>(g.m), n = static_cast<blasint>(g.n), k = static_cast<blasint>(g.k);
     // Leading dimensions as BLAS requires them (at least the row length, at least 1); a
@@ -77,9 +111,9 @@ void openblas_product(const GemmCall<T>& g) {
     const auto ldb = static_cast<blasint>(std::max<std::int64_t>({g.ldb, g.tb ? g.k : g.n, 1}));
     const auto ldc = static_cast<blasint>(std::max<std::int64_t>({g.ldc, g.n, 1}));
     if constexpr (std::is_same_v<T, float>) {
-        cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, g.alpha, g.a, lda, g.b, ldb, g.beta, g.c, ldc);
+        lib.sgemm(CblasRowMajor, ta, tb, m, n, k, g.alpha, g.a, lda, g.b, ldb, g.beta, g.c, ldc);
     } else {
-        cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, g.alpha, g.a, lda, g.b, ldb, g.beta, g.c, ldc);
+        lib.dgemm(CblasRowMajor, ta, tb, m, n, k, g.alpha, g.a, lda, g.b, ldb, g.beta, g.c, ldc);
     }
 }
 #endif
@@ -702,7 +736,7 @@ ProductKernel kernel_from_name(std::string_view name) {
 std::vector<ProductKernel> available_kernels() {
     std::vector<ProductKernel> out{ProductKernel::eigen};
 #if defined(THEANINE_HAVE_OPENBLAS)
-    out.push_back(ProductKernel::openblas);
+    if (openblas().sgemm != nullptr) out.push_back(ProductKernel::openblas);
 #endif
 #if defined(__AVX512F__)
     out.push_back(ProductKernel::blocked);
@@ -714,7 +748,11 @@ void set_product_kernel(std::optional<ProductKernel> kernel) {
     if (kernel) {
         auto av = available_kernels();
         if (std::find(av.begin(), av.end(), *kernel) == av.end()) {
-            throw UsageError(fmt::format("set_product_kernel: {} is not available in this build", kernel_name(*kernel)));
+            std::string why = "in this build";
+#if defined(THEANINE_HAVE_OPENBLAS)
+            if (*kernel == ProductKernel::openblas) why = "here (" + openblas().error + ")";
+#endif
+            throw UsageError(fmt::format("set_product_kernel: {} is not available {}", kernel_name(*kernel), why));
         }
     }
     Choices& c = choices();

@@ -10,7 +10,7 @@
 ///
 ///   eigen     Eigen's general product (always present)
 ///   openblas  OpenBLAS's sgemm/dgemm, single-threaded (theanine splits the columns itself);
-///             present when the build found OpenBLAS
+///             present when the build found OpenBLAS, opened (dlopen) at its first use
 ///   blocked   theanine's register-blocked kernels for products with one short side (the
 ///             minibatch's rows, a rank-40 update) or few output columns (a 10-class layer's
 ///             x W and x^T dL); present in builds for AVX-512 machines
