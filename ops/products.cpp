@@ -118,6 +118,16 @@ void openblas_product(const GemmCall<T>& g) {
 }
 #endif
 
+// Why kernel k is missing from available_kernels(): not built in, or (OpenBLAS) found by the
+// build but not loadable on this machine.
+std::string why_unavailable(ProductKernel k) {
+#if defined(THEANINE_HAVE_OPENBLAS)
+    if (k == ProductKernel::openblas) return "here (" + openblas().error + ")";
+#endif
+    (void)k;
+    return "in this build";
+}
+
 // ---------------------------------------------------------------- blocked (AVX-512)
 
 #if defined(__AVX512F__)
@@ -503,8 +513,8 @@ void initialise(Choices& c) {
         ProductKernel k = kernel_from_name(cfg.blas_kernel);
         auto av = available_kernels();
         if (std::find(av.begin(), av.end(), k) == av.end()) {
-            throw UsageError(fmt::format("THEANINE_FLAGS: blas_kernel={} is not available in this build (available: {})",
-                                         cfg.blas_kernel, [&] {
+            throw UsageError(fmt::format("THEANINE_FLAGS: blas_kernel={} is not available {} (available: {})",
+                                         cfg.blas_kernel, why_unavailable(k), [&] {
                                              std::string s;
                                              for (auto a : av) s += (s.empty() ? "" : ", ") + std::string(kernel_name(a));
                                              return s;
@@ -748,11 +758,8 @@ void set_product_kernel(std::optional<ProductKernel> kernel) {
     if (kernel) {
         auto av = available_kernels();
         if (std::find(av.begin(), av.end(), *kernel) == av.end()) {
-            std::string why = "in this build";
-#if defined(THEANINE_HAVE_OPENBLAS)
-            if (*kernel == ProductKernel::openblas) why = "here (" + openblas().error + ")";
-#endif
-            throw UsageError(fmt::format("set_product_kernel: {} is not available {}", kernel_name(*kernel), why));
+            throw UsageError(
+                fmt::format("set_product_kernel: {} is not available {}", kernel_name(*kernel), why_unavailable(*kernel)));
         }
     }
     Choices& c = choices();
