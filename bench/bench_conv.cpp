@@ -21,7 +21,7 @@
 #include "theanine.hpp"
 
 using namespace theanine;
-using theanine::bench::median_seconds;
+using theanine::bench::interleaved_median_seconds;
 
 namespace {
 
@@ -81,11 +81,13 @@ double run_layer(const char* name, int C, int H, int F, DType dt) {
     };
     unrolled = f({xt, wt})[0];
     run_direct();
-    const double t_unrolled = median_seconds(5, [&] {
-        unrolled = Tensor();
-        unrolled = f({xt, wt})[0];
-    });
-    const double t_direct = median_seconds(5, run_direct);
+    const auto [t_unrolled, t_direct] = interleaved_median_seconds(
+        5,
+        [&] {
+            unrolled = Tensor();
+            unrolled = f({xt, wt})[0];
+        },
+        run_direct);
     const Tensor u = unrolled.astype(DType::float64);
     double worst = 0, scale = 0;
     for (std::size_t i = 0; i < direct.size(); ++i) {

@@ -25,10 +25,11 @@
 #include "theanine.hpp"
 
 using namespace theanine;
-using theanine::bench::median_seconds;
+using theanine::bench::interleaved_median_seconds;
 
 namespace {
 
+constexpr int kRounds = 5;  // timed rounds of each
 constexpr int kBatch = 500, kF0 = 20, kF1 = 50, kHidden = 500, kClasses = 10;
 
 template <class T>
@@ -252,15 +253,19 @@ double run(DType dt, int steps) {
     Function train = function({x, y}, {net.negative_log_likelihood(y)}, updates);
     const Mat<T> X = to_mat<T>(Xt, kBatch, 784);
     double c_compiled = 0, c_hand = 0;
-    // Warm-up step each, then `steps` timed steps in each of 3 rounds.
+    // Warm-up step each, then `steps` timed steps of each in each of kRounds rounds, the two
+    // taking turns.
     c_compiled = train.scalar({Xt, Yt});
     c_hand = static_cast<double>(hand.step(X, labels_int, T(0.1)));
-    const double t_compiled = median_seconds(3, [&] {
-        for (int s = 0; s < steps; ++s) c_compiled = train.scalar({Xt, Yt});
-    }) / steps;
-    const double t_hand = median_seconds(3, [&] {
-        for (int s = 0; s < steps; ++s) c_hand = static_cast<double>(hand.step(X, labels_int, T(0.1)));
-    }) / steps;
+    const auto [t_compiled_all, t_hand_all] = interleaved_median_seconds(
+        kRounds,
+        [&] {
+            for (int s = 0; s < steps; ++s) c_compiled = train.scalar({Xt, Yt});
+        },
+        [&] {
+            for (int s = 0; s < steps; ++s) c_hand = static_cast<double>(hand.step(X, labels_int, T(0.1)));
+        });
+    const double t_compiled = t_compiled_all / steps, t_hand = t_hand_all / steps;
     sink = sink + c_compiled + c_hand;
     if (config().profile) std::printf("%s\n", train.profile_summary().c_str());
     const double tol = dt == DType::float64 ? 1e-9 : 1e-3;
@@ -273,7 +278,7 @@ double run(DType dt, int steps) {
     fmt::print("{}: batch {}, nkerns {},{}, {} threads: compiled {:.1f} ms/step ({:.1f} s/epoch), hand {:.1f} ms/step "
                "({:.1f} s/epoch), ratio {:.2f}; cost after {} steps {:.12g} (both)\n",
                dtype_name(dt), kBatch, kF0, kF1, num_threads(), t_compiled * 1e3, t_compiled * 100, t_hand * 1e3,
-               t_hand * 100, ratio, 1 + 3 * steps, c_compiled);
+               t_hand * 100, ratio, 1 + kRounds * steps, c_compiled);
     // For bench/run_all (an epoch: 100 steps of 500 images). Flops of the step's products:
     // forward convolutions (20 and 50 filters), hidden and output layers; the backward pass
     // the same again for the weight gradients and for the input gradients but the first layer's.

@@ -24,7 +24,7 @@
 #include "theanine.hpp"
 
 using namespace theanine;
-using theanine::bench::median_seconds;
+using theanine::bench::interleaved_median_seconds;
 
 namespace {
 
@@ -166,16 +166,20 @@ int main(int argc, char** argv) {
         Function train = function({index}, {cost}, updates, {{x, set_x[{slice(index * bs, (index + 1) * bs)}]}});
         HandRBM hand(c, rbm.W.get_value());
         train({0});
-        const double t_compiled = median_seconds(5, [&] {
-            for (int s = 0; s < steps; ++s) sink = train.scalar({static_cast<long>(s)});
-        }) / steps;
-        const double t_hand = median_seconds(5, [&] {
-            for (int s = 0; s < steps; ++s) {
-                Eigen::Map<const Mat> xs(data.data<double>() + static_cast<std::ptrdiff_t>(s) * c.batch * c.n_vis, c.batch,
-                                         c.n_vis);
-                sink = hand.step(xs, 0.1);
-            }
-        }) / steps;
+        auto [t_compiled, t_hand] = interleaved_median_seconds(
+            5,
+            [&] {
+                for (int s = 0; s < steps; ++s) sink = train.scalar({static_cast<long>(s)});
+            },
+            [&] {
+                for (int s = 0; s < steps; ++s) {
+                    Eigen::Map<const Mat> xs(data.data<double>() + static_cast<std::ptrdiff_t>(s) * c.batch * c.n_vis,
+                                             c.batch, c.n_vis);
+                    sink = hand.step(xs, 0.1);
+                }
+            });
+        t_compiled /= steps;
+        t_hand /= steps;
         if (config().profile) std::printf("%s\n", train.profile_summary().c_str());
         const double per_epoch = 50000.0 / c.batch;
         fmt::print("{}: {} visible, {} hidden, batch {}, k {} ({}): compiled {:.2f} ms/step ({:.0f} s/epoch), "

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace theanine::bench {
@@ -29,6 +30,18 @@ inline double median_seconds(int reps, const std::function<void()>& f) {
     }
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
+}
+
+// The medians over reps rounds of a's and of b's wall-clock seconds, the two run in turn
+// (a, b, a, b, ...) so that a drift of the machine's speed touches both alike.
+inline std::pair<double, double> interleaved_median_seconds(int reps, const std::function<void()>& a,
+                                                           const std::function<void()>& b) {
+    std::vector<double> ta, tb;
+    for (int r = 0; r < reps; ++r) {
+        ta.push_back(median_seconds(1, a));
+        tb.push_back(median_seconds(1, b));
+    }
+    return {median(ta), median(tb)};
 }
 
 }  // namespace theanine::bench

@@ -1,6 +1,7 @@
 #include "ops/conv.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -124,6 +125,37 @@ Geom geometry(const ConvParams& p, std::int64_t N, std::int64_t C, std::int64_t 
     return g;
 }
 
+// dst[0, n) = src[0, n) for the short rows of an unrolled image (8 to 30 values; a call to
+// memcpy per row, or a loop with a run-time trip count, costs more than the copy): whole
+// 32-byte chunks, the last one ending at n (it overlaps the one before; the values are the same).
+template <class T>
+inline void copy_row(const T* src, T* dst, std::int64_t n) {
+    constexpr std::int64_t kV = 32 / static_cast<std::int64_t>(sizeof(T));
+    if (n < kV) {
+        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
+        return;
+    }
+    for (std::int64_t i = 0; i + kV < n; i += kV) std::memcpy(dst + i, src + i, 32);
+    std::memcpy(dst + n - kV, src + n - kV, 32);
+}
+
+// dst[0, n) += src[0, n), the adjoint of copy_row: whole 32-byte chunks, then the rest one
+// value at a time.
+template <class T>
+inline void add_row(const T* src, T* dst, std::int64_t n) {
+    constexpr std::int64_t kV = 32 / static_cast<std::int64_t>(sizeof(T));
+    using V [[gnu::vector_size(32)]] = T;
+    std::int64_t i = 0;
+    for (; i + kV <= n; i += kV) {
+        V a, b;
+        std::memcpy(&a, dst + i, 32);
+        std::memcpy(&b, src + i, 32);
+        a += b;
+        std::memcpy(dst + i, &a, 32);
+    }
+    for (; i < n; ++i) dst[i] += src[i];
+}
+
 // Unrolls the receptive fields of one image x (C, H, W) into col (C*KH*KW, OH*OW).
 template <class T>
 void im2col(const T* x, const Geom& g, T* col) {
@@ -150,8 +182,7 @@ void im2col(const T* x, const Geom& g, T* col) {
                     const T* src = x + (c * g.H + iy) * g.W + base;
                     std::fill(dst, dst + lo, T(0));
                     if (g.sw == 1) {
-                        // Rows are short (8 to 30 values): a loop beats a call to memcpy.
-                        for (std::int64_t ox = lo; ox < hi; ++ox) dst[ox] = src[ox];
+                        copy_row(src + lo, dst + lo, hi - lo);
                     } else {
                         for (std::int64_t ox = lo; ox < hi; ++ox) dst[ox] = src[ox * g.sw];
                     }
@@ -184,7 +215,7 @@ void col2im(const T* col, const Geom& g, T* gx) {
                     const T* src = row + oy * g.OW;
                     T* dst = gx + (c * g.H + iy) * g.W + base;
                     if (g.sw == 1) {
-                        for (std::int64_t ox = lo; ox < hi; ++ox) dst[ox] += src[ox];
+                        add_row(src + lo, dst + lo, hi - lo);
                     } else {
                         for (std::int64_t ox = lo; ox < hi; ++ox) dst[ox * g.sw] += src[ox];
                     }

@@ -250,6 +250,39 @@ TEST_CASE("conv2d: the gradient ops match the transposed products they stand for
     }
 }
 
+TEST_CASE("conv2d and its gradient ops on rows of several vectors: every case, float64 and float32") {
+    // Output rows of 6 to 24 values: the unrolling copies and adds whole 32-byte chunks and the
+    // rest (float32: 8 values a chunk, float64: 4), with padding cutting rows at both ends.
+    Tensor x = rt({2, 2, 9, 21}, 14), w = rt({3, 2, 3, 4}, 15);
+    for (DType dt : {DType::float64, DType::float32}) {
+        const double tol = dt == DType::float64 ? 1e-12 : 2e-5;
+        Variable xs = tensor4("x", dt), ws = tensor4("w", dt), ts = tensor4("t", dt);
+        const Tensor xd = x.astype(dt), wd = w.astype(dt);
+        for (const ConvCase& c : conv_cases()) {
+            CAPTURE(case_name(c));
+            CAPTURE(dtype_name(dt));
+            const ConvParams p{c.border, c.stride, c.dilation, c.flip};
+            Tensor want = reference_conv(xd, wd, c);
+            Tensor got = eval1({xs, ws}, conv2d(xs, ws, args_of(c)), {xd, wd});
+            REQUIRE(got.shape() == want.shape());
+            CHECK(close(values(got), values(want), tol));
+            // <top, conv(x, w)> = <gradWeights(x, top), w> = <gradInputs(w, top), x>.
+            Tensor top = rt(want.shape(), 16).astype(dt);
+            double lhs = 0;
+            for (std::size_t i = 0; i < values(want).size(); ++i) lhs += values(want)[i] * values(top)[i];
+            Tensor gw = eval1({xs, ws, ts}, conv2d_grad_weights(xs, ts, make_vector({ws.shape(2), ws.shape(3)}), p),
+                              {xd, wd, top});
+            Tensor gx = eval1({xs, ws, ts}, conv2d_grad_inputs(ws, ts, make_vector({xs.shape(2), xs.shape(3)}), p),
+                              {xd, wd, top});
+            double rw = 0, rx = 0;
+            for (std::size_t i = 0; i < values(gw).size(); ++i) rw += values(gw)[i] * values(wd)[i];
+            for (std::size_t i = 0; i < values(gx).size(); ++i) rx += values(gx)[i] * values(xd)[i];
+            CHECK(rw == doctest::Approx(lhs).epsilon(tol * 10));
+            CHECK(rx == doctest::Approx(lhs).epsilon(tol * 10));
+        }
+    }
+}
+
 TEST_CASE("conv2d_transpose: the adjoint of conv2d, by hand and against the input gradient") {
     // A 2x2 input with a 2x2 filter, valid forward mode: the transpose is the full convolution.
     Variable xs = tensor4("x"), ws = tensor4("w"), ts = tensor4("t");
