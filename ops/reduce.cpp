@@ -1,10 +1,12 @@
 #include "ops/reduce.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include <fmt/format.h>
 
+#include "ops/blas.hpp"
 #include "ops/elemwise.hpp"
 #include "ops/shape.hpp"
 
@@ -58,6 +60,39 @@ A lanes_fold(const T* p, std::int64_t n, A init, F combine) {
     return a;
 }
 
+// Column folds of a row-major (rows x cols) float64 matrix onto acc, for the columns
+// [c0, c0 + 32 n) of [c0, c1): 32 columns at a time in four vectors held in registers over
+// kRows rows, then stored. (A sweep of each row into an array of accumulators, stored and
+// reloaded every row, makes the loads of a float64 input wait: 1.4 ms for 5000 x 784 on one
+// thread against 0.64 ms this way, on AMD EPYC family 26; float32 input, converted to double
+// as it is added, is as fast as the sweep there.) Each column is folded over the rows in
+// order, as the sweep does. Returns where the columns left over start.
+template <class F>
+std::int64_t fold_columns(const double* p, std::int64_t rows, std::int64_t cols, std::int64_t c0, std::int64_t c1,
+                          double* acc, F combine) {
+    using D [[gnu::vector_size(64)]] = double;
+    constexpr std::int64_t kW = 32, kRows = 64;
+    const std::int64_t whole = c0 + (c1 - c0) / kW * kW;
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kRows) {
+        const std::int64_t r1 = std::min(rows, r0 + kRows);
+        for (std::int64_t c = c0; c < whole; c += kW) {
+            D a[4];
+            std::memcpy(a, acc + c, sizeof a);
+            for (std::int64_t i = r0; i < r1; ++i) {
+                const double* row = p + i * cols + c;
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; ++v) {
+                    D t;
+                    std::memcpy(&t, row + 8 * v, sizeof t);
+                    a[v] = combine(a[v], t);
+                }
+            }
+            std::memcpy(acc + c, a, sizeof a);
+        }
+    }
+    return whole;
+}
+
 template <class T, class A, class F>
 void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A init, F combine) {
     const int nd = x.ndim();
@@ -77,28 +112,60 @@ void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A
     const T* p = x.data<T>();
     const std::int64_t total = x.size();
     if (total > 0) {
+        // Large inputs are split over the threads (run_parts) so that the bits do not depend
+        // on the thread count: one flat run in fixed blocks of kBlock values, whose results are
+        // combined in block order; whole rows or whole column ranges otherwise.
+        constexpr std::int64_t kSplit = 1 << 15;  // fewer values: one thread (waking others costs more)
+        constexpr std::int64_t kBlock = 1 << 15;
+        const int threads = num_threads();
         if (x.is_contiguous() && on == 1) {
             // Every axis: one flat run.
-            acc[0] = lanes_fold(p, total, init, combine);
+            if (total < 2 * kBlock) {
+                acc[0] = lanes_fold(p, total, init, combine);
+            } else {
+                const std::int64_t blocks = (total + kBlock - 1) / kBlock;
+                std::vector<A> block(static_cast<std::size_t>(blocks));
+                const int parts = static_cast<int>(std::min<std::int64_t>(threads, blocks));
+                run_parts(parts, [&](int part) {
+                    for (std::int64_t b = blocks * part / parts; b < blocks * (part + 1) / parts; ++b) {
+                        block[static_cast<std::size_t>(b)] =
+                            lanes_fold(p + b * kBlock, std::min(kBlock, total - b * kBlock), init, combine);
+                    }
+                });
+                A a = init;
+                for (A v : block) a = combine(a, v);
+                acc[0] = a;
+            }
         } else if (x.is_contiguous() && nd >= 1 && red[nd - 1] && std::count(red.begin(), red.end(), true) == 1) {
-            // The last axis: one contiguous run per output element.
+            // The last axis: one contiguous run per output element, rows split over the threads.
             const std::int64_t len = x.dim(nd - 1);
-            for (std::int64_t o = 0; o < on; ++o) acc[o] = lanes_fold(p + o * len, len, init, combine);
+            const int parts = total < kSplit ? 1 : static_cast<int>(std::min<std::int64_t>(threads, on));
+            run_parts(parts, [&](int part) {
+                for (std::int64_t o = on * part / parts; o < on * (part + 1) / parts; ++o) {
+                    acc[o] = lanes_fold(p + o * len, len, init, combine);
+                }
+            });
         } else if (x.is_contiguous() && nd == 2 && red[0] && !red[1]) {
             // Column sums of a row-major matrix: rows added into a block of columns' accumulators
-            // held apart from the input (vectorised across the columns).
+            // held apart from the input (vectorised across the columns); column ranges split
+            // over the threads.
             const std::int64_t rows = x.dim(0), cols = x.dim(1);
-            constexpr std::int64_t kCols = 1024;
-            A a[kCols];
-            for (std::int64_t c0 = 0; c0 < cols; c0 += kCols) {
-                const std::int64_t w = std::min(kCols, cols - c0);
-                std::fill_n(a, w, init);
-                for (std::int64_t i = 0; i < rows; ++i) {
-                    const T* row = p + i * cols + c0;
-                    for (std::int64_t j = 0; j < w; ++j) a[j] = combine(a[j], static_cast<A>(row[j]));
+            const int parts = total < kSplit || cols < 32 ? 1 : threads;
+            run_parts(parts, [&](int part) {
+                auto [first, last] = column_slice(cols, part, parts);
+                if constexpr (std::is_same_v<T, double>) first = fold_columns(p, rows, cols, first, last, acc.data(), combine);
+                constexpr std::int64_t kCols = 1024;
+                A a[kCols];
+                for (std::int64_t c0 = first; c0 < last; c0 += kCols) {
+                    const std::int64_t w = std::min(kCols, last - c0);
+                    std::fill_n(a, w, init);
+                    for (std::int64_t i = 0; i < rows; ++i) {
+                        const T* row = p + i * cols + c0;
+                        for (std::int64_t j = 0; j < w; ++j) a[j] = combine(a[j], static_cast<A>(row[j]));
+                    }
+                    std::copy(a, a + w, acc.begin() + c0);
                 }
-                std::copy(a, a + w, acc.begin() + c0);
-            }
+            });
         } else {
             std::vector<std::int64_t> idx(static_cast<std::size_t>(nd), 0);
             std::int64_t in_off = 0, out_off = 0;
@@ -183,10 +250,10 @@ void Reduce::perform(const Node& node, std::span<const Tensor* const> in, std::s
     dispatch(x.dtype(), [&]<class T>() {
         using A = std::conditional_t<std::is_floating_point_v<T>, double, std::int64_t>;
         if (kind_ == ReduceKind::sum) {
-            reduce_kernel<T, A>(x, *out[0], axes_, A(0), [](A a, A b) { return a + b; });
+            reduce_kernel<T, A>(x, *out[0], axes_, A(0), [](auto a, auto b) { return a + b; });
         } else {
             reduce_kernel<T, A>(x, *out[0], axes_, std::numeric_limits<A>::lowest(),
-                                [](A a, A b) { return b > a || b != b ? b : a; });
+                                [](auto a, auto b) { return (b > a) | (b != b) ? b : a; });
         }
     });
 }

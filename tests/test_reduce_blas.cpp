@@ -48,11 +48,13 @@ TEST_CASE("sum over axes of a 3-d tensor and of a transposed view") {
 
 TEST_CASE("sum and max of an input alone (the Reduce op): every axis, long and short runs, against long double") {
     // Long runs are added in 32 independent accumulators, column sums a block of 1024 columns
-    // at a time: shapes with runs shorter and longer than both, float32 (accumulated in double,
-    // as Theano) and float64; max exact, and a NaN anywhere makes its max NaN.
+    // at a time (float64: 32 columns at a time over 64 rows, then the rest): shapes with runs
+    // shorter and longer than all of these, float32 (accumulated in double, as Theano) and
+    // float64; max exact, and a NaN anywhere makes its max NaN. Inputs of 32768 values or
+    // more are split over the threads (flat runs in blocks of 32768, combined in order).
     for (DType dt : {DType::float32, DType::float64}) {
         for (Shape s : {Shape{784, 500}, Shape{3, 1037}, Shape{7, 5}, Shape{70001, 1}, Shape{1, 70001}, Shape{5, 2100},
-                        Shape{200, 63}}) {
+                        Shape{200, 63}, Shape{300, 131}}) {
             CAPTURE(dtype_name(dt));
             CAPTURE(shape_string(s));
             Tensor X = testing::random_tensor(s, 21).astype(dt);
@@ -100,6 +102,25 @@ TEST_CASE("sum and max of an input alone (the Reduce op): every axis, long and s
             CHECK(std::isnan(outn[4].to_doubles().back()));
             CHECK(std::isnan(outn[5].to_doubles().back()));
             CHECK(!std::isnan(outn[5].to_doubles().front()) == (s[0] > 1));
+            // A NaN in the first column, halfway down: its column's sum and max are NaN.
+            xn = xv;
+            xn[static_cast<std::size_t>(s[0] / 2 * s[1])] = NAN;
+            const auto outc = f({T64(s, xn).astype(dt)});
+            CHECK(std::isnan(outc[1].to_doubles().front()));
+            CHECK(std::isnan(outc[4].to_doubles().front()));
+            CHECK(std::isnan(outc[1].to_doubles().back()) == (s[1] == 1));
+            // The bits do not depend on the thread count (parts of fixed size, or whole rows
+            // and column ranges).
+            std::vector<std::vector<Tensor>> by_threads;
+            for (int threads : {1, 3}) {
+                set_num_threads(threads);
+                by_threads.push_back(f({X}));
+            }
+            set_num_threads(0);
+            for (std::size_t i = 0; i < out.size(); ++i) {
+                CHECK(by_threads[0][i].to_doubles() == out[i].to_doubles());
+                CHECK(by_threads[1][i].to_doubles() == out[i].to_doubles());
+            }
         }
     }
 }
