@@ -51,21 +51,31 @@ Variable log_softmax(const Variable& x);
 /// The stabilize rewrites local_crossentropy_softmax_1hot and local_crossentropy_softmax_1hot_grad
 /// put it and CrossentropySoftmax1HotDx in place of the indexing form of the negative
 /// log-likelihood and of its gradient.
+///
+/// With a bias (Theano's crossentropy_softmax_argmax_1hot_with_bias, without the argmax
+/// output): a third input b, a vector of the columns, and the logits are x + b (b added to
+/// every row, in x's dtype, as the add it replaces); the specialize rewrite
+/// local_crossentropy_softmax_1hot_with_bias moves a row bias add into the op, so the biased
+/// logits are made a block of rows at a time inside the pass instead of in a pass of their own.
 class CrossentropySoftmax1Hot final : public Op {
 public:
-    explicit CrossentropySoftmax1Hot(bool rows_must_match) : rows_must_match_(rows_must_match) {}
+    explicit CrossentropySoftmax1Hot(bool rows_must_match, bool with_bias = false)
+        : rows_must_match_(rows_must_match), with_bias_(with_bias) {}
     bool rows_must_match() const { return rows_must_match_; }
+    bool with_bias() const { return with_bias_; }
     std::string name() const override;
     std::vector<TensorType> make_types(const std::vector<Variable>& inputs) const override;
     void perform(const Node& node, std::span<const Tensor* const> in, std::span<Tensor* const> out) const override;
     std::vector<Variable> pullback(const Node& node, const std::vector<Variable>& out_grads) const override;
     bool props_equal(const Op& o) const override {
-        return static_cast<const CrossentropySoftmax1Hot&>(o).rows_must_match_ == rows_must_match_;
+        const auto& c = static_cast<const CrossentropySoftmax1Hot&>(o);
+        return c.rows_must_match_ == rows_must_match_ && c.with_bias_ == with_bias_;
     }
-    std::size_t props_hash() const override { return rows_must_match_ ? 3 : 2; }
+    std::size_t props_hash() const override { return (rows_must_match_ ? 3 : 2) + (with_bias_ ? 8 : 0); }
 
 private:
     bool rows_must_match_;
+    bool with_bias_;
 };
 
 /// The gradient of CrossentropySoftmax1Hot's nll with respect to x: dx[i, :] = dnll[i] *
@@ -87,6 +97,10 @@ struct NllAndSoftmax {
 };
 NllAndSoftmax crossentropy_softmax_1hot(const Variable& x, const Variable& y, bool rows_must_match = true,
                                         std::source_location where = std::source_location::current());
+/// The same for the logits x + b, b a vector of x's columns (x's dtype).
+NllAndSoftmax crossentropy_softmax_1hot_with_bias(const Variable& x, const Variable& b, const Variable& y,
+                                                  bool rows_must_match = true,
+                                                  std::source_location where = std::source_location::current());
 Variable crossentropy_softmax_1hot_dx(const Variable& dnll, const Variable& sm, const Variable& y,
                                       std::source_location where = std::source_location::current());
 /// max(x, 0).

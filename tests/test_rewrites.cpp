@@ -687,24 +687,25 @@ TEST_CASE("stabilize: the indexing negative log-likelihood and its gradient beco
 }
 
 TEST_CASE("softmax, log_softmax, the cross-entropy and its gradient on many rows (split over threads) against per-row sums") {
-    // 700 x 13: enough work for the row ops to hand blocks of rows to the threads; 650 labels
-    // for 700 rows (the leading-rows form). Every row against its definition, 1 and 2 threads.
+    // 5100 x 13: enough work for the row ops to hand blocks of rows to the threads (the
+    // gradient needs 65536 entries, the others 16384); 5000 labels for 5100 rows (the
+    // leading-rows form). Every row against its definition, 1 and 2 threads.
     Variable x = dmatrix("x");
     Variable y = lvector("y");
     auto [nll, sm] = crossentropy_softmax_1hot(x, y, false);
     Function f = function({x, y}, {nll, sm, softmax(x), log_softmax(x), grad(nll.sum(), x)}, {}, {}, no_rewrites());
     CHECK(count_op(f, "CrossentropySoftmax1HotDx") == 1);
-    const Tensor xv = random_tensor({700, 13}, 21, -5, 5);
-    std::vector<std::int64_t> labels(650);
+    const Tensor xv = random_tensor({5100, 13}, 21, -5, 5);
+    std::vector<std::int64_t> labels(5000);
     for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int64_t>((i * 7) % 13);
-    const Tensor yv = Tensor::from_vector<std::int64_t>({650}, labels);
+    const Tensor yv = Tensor::from_vector<std::int64_t>({5000}, labels);
     for (int threads : {1, 2}) {
         set_num_threads(threads);
         const auto out = f({xv, yv});
         set_num_threads(0);
         CAPTURE(threads);
         std::int64_t bad = 0;
-        for (std::int64_t r = 0; r < 700; ++r) {
+        for (std::int64_t r = 0; r < 5100; ++r) {
             double mx = -1e300, s = 0;
             for (std::int64_t j = 0; j < 13; ++j) mx = std::max(mx, xv.at({r, j}));
             for (std::int64_t j = 0; j < 13; ++j) s += std::exp(xv.at({r, j}) - mx);
@@ -714,15 +715,15 @@ TEST_CASE("softmax, log_softmax, the cross-entropy and its gradient on many rows
                 bad += std::abs(out[2].at({r, j}) - p) > 1e-15;
                 bad += std::abs(out[3].at({r, j}) - (xv.at({r, j}) - mx - std::log(s))) > 1e-14;
                 // The gradient of the summed nll: softmax minus the one-hot label, 0 past the labels.
-                const double dx = r < 650 ? p - (j == labels[static_cast<std::size_t>(r)] ? 1.0 : 0.0) : 0.0;
+                const double dx = r < 5000 ? p - (j == labels[static_cast<std::size_t>(r)] ? 1.0 : 0.0) : 0.0;
                 bad += std::abs(out[4].at({r, j}) - dx) > 1e-15;
             }
-            if (r < 650) {
+            if (r < 5000) {
                 const double want = std::log(s) + mx - xv.at({r, labels[static_cast<std::size_t>(r)]});
                 bad += std::abs(out[0].at({r}) - want) > 1e-14 * (1 + std::abs(want));
             }
         }
-        CHECK(out[0].shape() == Shape{650});
+        CHECK(out[0].shape() == Shape{5000});
         CHECK(bad == 0);
     }
 }
@@ -813,6 +814,68 @@ TEST_CASE("CrossentropySoftmax1Hot and its Dx: gradients agree with finite diffe
             return sum(sqr(grad(c, v[0])));
         },
         {random_tensor({3, 4}, 16, -2, 2)});
+    CHECK(r.n_checked > 0);
+}
+
+TEST_CASE("specialize: a softmax layer's bias add moves into CrossentropySoftmax1HotWithBias, with the same bits") {
+    // The logistic regression's cost and gradients, -mean(log(softmax(x W + b))[arange(n), y]):
+    // with the rewrite the bias add is made inside the cross-entropy's pass; without it, by an
+    // add of its own. 1400 rows (split over the threads), all labelled and 1300 of them labelled.
+    for (const DType dt : {DType::float64, DType::float32}) {
+        CAPTURE(dtype_name(dt));
+        Variable x = input(TensorType{dt, {false, false}}, "x");
+        Variable W = input(TensorType{dt, {false, false}}, "W");
+        Variable b = input(TensorType{dt, {false}}, "b");
+        Variable y = lvector("y");
+        Variable nll = -mean(log(softmax(dot(x, W) + b))[{arange(y.shape(0)), y}]);
+        const std::vector<Variable> outs{nll, grad(nll, W), grad(nll, b)};
+        Function on = function({x, W, b, y}, outs);
+        Function off = function({x, W, b, y}, outs, {}, {}, excluding({"local_crossentropy_softmax_1hot_with_bias"}));
+        CHECK(count_op(on, "CrossentropySoftmax1HotWithBias{leading_rows}") == 1);
+        CHECK(count_op(on, "CrossentropySoftmax1Hot{leading_rows}") == 0);
+        CHECK(count_op(off, "CrossentropySoftmax1Hot{leading_rows}") == 1);
+        CHECK(count_op(off, "CrossentropySoftmax1HotWithBias{leading_rows}") == 0);
+        const Tensor xv = random_tensor({1400, 9}, 31, -2, 2).astype(dt);
+        const Tensor Wv = random_tensor({9, 13}, 32, -1, 1).astype(dt);
+        const Tensor bv = random_tensor({13}, 33, -3, 3).astype(dt);
+        for (std::int64_t n : {1400, 1300}) {
+            CAPTURE(n);
+            std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
+            for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int64_t>((i * 5) % 13);
+            const Tensor yv = Tensor::from_vector<std::int64_t>({n}, labels);
+            const auto a = on({xv, Wv, bv, yv});
+            const auto r = off({xv, Wv, bv, yv});
+            for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_doubles() == r[i].to_doubles());
+        }
+    }
+}
+
+TEST_CASE("CrossentropySoftmax1HotWithBias: values by hand, gradients by finite differences, errors") {
+    Variable x = dmatrix("x");
+    Variable b = vector("b", DType::float64);
+    Variable y = lvector("y");
+    auto [nll, sm] = crossentropy_softmax_1hot_with_bias(x, b, y);
+    Function f = function({x, b, y}, {nll, sm});
+    // Row (1, 2, 3) + bias (0.5, -1, 2) = (1.5, 1, 5), label 0: nll = log(e^-3.5 + e^-4 + 1) + 3.5.
+    const double s = std::exp(-3.5) + std::exp(-4.0) + 1;
+    const auto out = f({T64({1, 3}, {1, 2, 3}), T64({3}, {0.5, -1, 2}), I64({1}, {0})});
+    CHECK(out[0].item() == doctest::Approx(std::log(s) + 3.5).epsilon(1e-15));
+    CHECK(close(out[1].to_doubles(), {std::exp(-3.5) / s, std::exp(-4.0) / s, 1 / s}, 1e-15));
+    CHECK(error_of([&] { f({T64({1, 3}, {1, 2, 3}), T64({2}, {0.5, -1}), I64({1}, {0})}); })
+              .find("CrossentropySoftmax1HotWithBias: the bias (input 2) has 2 entries for logits of shape (1, 3)") !=
+          std::string::npos);
+    CHECK(error_of([&] { crossentropy_softmax_1hot_with_bias(x, vector("c", DType::float32), y); })
+              .find("CrossentropySoftmax1HotWithBias: input 2 (the bias) must be a vector of the logits' dtype float64, "
+                    "got float32 vector") != std::string::npos);
+    // Both outputs feed the cost, so the gradients with respect to the logits and the bias
+    // both come through the pullback; three labels for four rows.
+    const Variable labels = constant(I64({3}, {2, 0, 3}));
+    VerifyGradReport r = verify_grad(
+        [&](auto v) {
+            auto [l, p] = crossentropy_softmax_1hot_with_bias(v[0], v[1], labels, false);
+            return add(sum(mul(l, constant(T64({3}, {0.3, -1.2, 0.7})))), sum(mul(p, p)));
+        },
+        {random_tensor({4, 4}, 17, -2, 2), random_tensor({4}, 18, -1, 1)});
     CHECK(r.n_checked > 0);
 }
 

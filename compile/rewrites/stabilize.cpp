@@ -177,6 +177,29 @@ std::optional<std::vector<Variable>> local_crossentropy_softmax_1hot_grad(const 
     return std::nullopt;
 }
 
+// CrossentropySoftmax1Hot(a + b[None, :], y) -> CrossentropySoftmax1HotWithBias(a, y, b), a a
+// matrix and b a vector of its dtype (the bias add of a softmax layer, x W + b): the op adds
+// the bias to a block of rows at a time inside its pass. The sum is the same (x's dtype), so
+// the results are too.
+std::optional<std::vector<Variable>> local_crossentropy_softmax_1hot_with_bias(const Node& n) {
+    const auto* ce = pattern::op_as<CrossentropySoftmax1Hot>(n.output(0));
+    if (!ce || ce->with_bias()) return std::nullopt;
+    const Variable& x = n.inputs[0];
+    if (!is(x, ScalarOp::add) || x.node().inputs.size() != 2) return std::nullopt;
+    for (int k = 0; k < 2; ++k) {
+        const Variable& a = x.node().inputs[k];
+        const Variable& row = x.node().inputs[1 - k];
+        const auto* ds = pattern::op_as<DimShuffle>(row);
+        if (!ds || ds->order() != std::vector<int>{-1, 0}) continue;
+        const Variable& b = row.node().inputs[0];
+        if (a.ndim() != 2 || a.dtype() != x.dtype() || b.dtype() != x.dtype() || a.broadcastable()[1]) continue;
+        NllAndSoftmax r = crossentropy_softmax_1hot_with_bias(a, b, n.inputs[1], ce->rows_must_match());
+        if (r.softmax.broadcastable() != n.output(1).broadcastable()) continue;
+        return std::vector<Variable>{r.nll, r.softmax};
+    }
+    return std::nullopt;
+}
+
 // log1p(exp(x)) -> softplus(x)
 std::optional<std::vector<Variable>> local_log1p_exp(const Node& n) {
     Variable out = n.output(0);
@@ -284,6 +307,8 @@ void register_stabilize(RewriteRegistry& r) {
     r.add(NodeRewriter{"local_crossentropy_softmax_1hot", "stabilize", {"fast_run"}, local_crossentropy_softmax_1hot});
     r.add(NodeRewriter{"local_crossentropy_softmax_1hot_grad", "stabilize", {"fast_run"},
                        local_crossentropy_softmax_1hot_grad});
+    r.add(NodeRewriter{"local_crossentropy_softmax_1hot_with_bias", "specialize", {"fast_run"},
+                       local_crossentropy_softmax_1hot_with_bias});
     r.add(NodeRewriter{"local_exp_over_1_plus_exp", "stabilize", {"fast_run"}, local_exp_over_1_plus_exp});
     r.add(NodeRewriter{"local_log_add_exp", "stabilize", {"fast_run"}, local_log_add_exp});
     r.add(NodeRewriter{"local_log_sum_exp", "stabilize", {"fast_run"}, local_log_sum_exp});
