@@ -728,6 +728,29 @@ TEST_CASE("softmax, log_softmax, the cross-entropy and its gradient on many rows
     }
 }
 
+TEST_CASE("softmax and the cross-entropy sum a float32 row in double, as Theano") {
+    // A row of 2^24 + 2 zeros: every exp is exactly 1. A float32 sum stops at 2^24 (adding 1
+    // to 2^24 rounds back to it), so a float sum would give 2^-24 for every entry; the sum in
+    // double is 2^24 + 2 and the entries are 1 / (2^24 + 2) rounded to float32, one ulp below.
+    const std::int64_t n = (std::int64_t{1} << 24) + 2;
+    const Tensor row = Tensor::zeros(DType::float32, {1, n});
+    Variable x = fmatrix("x");
+    Variable y = lvector("y");
+    auto [nll, sm] = crossentropy_softmax_1hot(x, y);
+    Function f = function({x, y}, {softmax(x), sm, nll});
+    const auto out = f({row, I64({1}, {n - 1})});
+    const float want = static_cast<float>(1.0 / static_cast<double>(n));
+    CHECK(want != std::ldexp(1.0f, -24));
+    for (int k = 0; k < 2; ++k) {
+        const float* p = out[static_cast<std::size_t>(k)].data<float>();
+        CHECK(p[0] == want);
+        CHECK(p[n - 1] == want);
+        CHECK(std::count(p, p + n, want) == n);
+    }
+    // nll = log(sum) - 0: log(2^24 + 2) in double, rounded to float32.
+    CHECK(out[2].data<float>()[0] == static_cast<float>(std::log(static_cast<double>(n))));
+}
+
 TEST_CASE("canonicalize: argmax of softmax or log_softmax along their rows is argmax of the logits") {
     Variable x = dmatrix("x"), b = vector("b", DType::float64), v = vector("v", DType::float64);
     const Variable pred = argmax(softmax(x + b), 1), pred_log = argmax(log_softmax(x), -1), pred_v = argmax(softmax(v));
