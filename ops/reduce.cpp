@@ -115,8 +115,12 @@ void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A
     if (total > 0) {
         // Large inputs are split over the threads (run_parts) so that the bits do not depend
         // on the thread count: one flat run in fixed blocks of kBlock values, whose results are
-        // combined in block order; whole rows or whole column ranges otherwise.
-        constexpr std::int64_t kSplit = 1 << 15;  // fewer values: one thread (waking others costs more)
+        // combined in block order; whole rows or whole column ranges otherwise. Below kSplit
+        // values one thread is faster (the other core's half of the input crosses between the
+        // caches): float32 sums inside a compiled step, 1 / 2 threads, AMD EPYC family 26:
+        // 65536 values 4.7 / 5.6 us (all axes), 6.1 / 7.0 us (columns); 131072: 8.5 / 6.7 us,
+        // 10.9 / 10.6 us; 262144: 16.4 / 6.8 us, 22.8 / 16.3 us.
+        constexpr std::int64_t kSplit = 1 << 17;
         constexpr std::int64_t kBlock = 1 << 15;
         const int threads = num_threads();
         if (x.is_contiguous() && on == 1) {
@@ -126,7 +130,7 @@ void reduce_kernel(const Tensor& x, Tensor& out, const std::vector<int>& axes, A
             } else {
                 const std::int64_t blocks = (total + kBlock - 1) / kBlock;
                 std::vector<A> block(static_cast<std::size_t>(blocks));
-                const int parts = static_cast<int>(std::min<std::int64_t>(threads, blocks));
+                const int parts = total < kSplit ? 1 : static_cast<int>(std::min<std::int64_t>(threads, blocks));
                 run_parts(parts, [&](int part) {
                     for (std::int64_t b = blocks * part / parts; b < blocks * (part + 1) / parts; ++b) {
                         block[static_cast<std::size_t>(b)] =
