@@ -266,11 +266,13 @@ void CrossentropySoftmax1Hot::perform(const Node&, std::span<const Tensor* const
             // The bias repeated over k rows (k cols >= 64 values): the biased logits of k rows
             // at a time are one vectorisable add, where a row of a softmax layer is short (10).
             const std::int64_t k = cols ? std::max<std::int64_t>(1, (64 + cols - 1) / cols) : 1;
-            std::vector<T> tile;
+            // The calling thread's buffer; the parts (on any thread) read it through rep.
+            thread_local std::vector<T> tile;
             if (bias) {
                 tile.resize(static_cast<std::size_t>(k * cols));
                 for (std::int64_t i = 0; i < k * cols; ++i) tile[static_cast<std::size_t>(i)] = bias[i % cols];
             }
+            const T* const rep = tile.data();
             for_row_blocks(rows, cols, kSplitExp, [&, p = x.data<T>()](std::int64_t r0, std::int64_t r1) {
                 if (bias) {
                     // The biased logits, into the softmax's rows (then shifted there in place).
@@ -278,7 +280,7 @@ void CrossentropySoftmax1Hot::perform(const Node&, std::span<const Tensor* const
                         const std::int64_t len = (std::min(r1, r + k) - r) * cols;
                         const T* src = p + r * cols;
                         T* dst = o + r * cols;
-                        for (std::int64_t i = 0; i < len; ++i) dst[i] = src[i] + tile[static_cast<std::size_t>(i)];
+                        for (std::int64_t i = 0; i < len; ++i) dst[i] = src[i] + rep[i];
                     }
                 }
                 shift_by_row_max(bias ? o + r0 * cols : p + r0 * cols, o + r0 * cols, r1 - r0, cols);
