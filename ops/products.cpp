@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <sstream>
 #include <unordered_map>
@@ -66,36 +68,66 @@ void eigen_product(const GemmCall<T>& g) {
 
 #if defined(THEANINE_HAVE_OPENBLAS)
 // OpenBLAS is opened the first time a product needs it, from the file the build found
-// (THEANINE_OPENBLAS_PATH, Debian's single-threaded build where installed; CMakeLists.txt says
-// why), with its symbols kept local: a process that never takes the kernel does not load it,
-// and another OpenBLAS the program loads itself is not disturbed.
+// (THEANINE_OPENBLAS_PATH, Debian's pthreads build where installed; CMakeLists.txt says why),
+// with its symbols kept local: a process that never takes the kernel does not load it.
+// theanine calls it from several threads at once, each on its own part of a product, so only
+// a build that allows concurrent callers is taken: a pthreads build, told to run every call
+// on its caller's thread. A sequential build shares its work buffers between callers without
+// a lock (two parts computed at once overwrite each other's panels: wrong products, seen in
+// 3 % of the 2-thread calls of a 30 x 40 x 200 product), and an OpenMP build would start its
+// own threads inside theanine's; neither is taken.
 struct OpenBlas {
     decltype(&cblas_sgemm) sgemm = nullptr;
     decltype(&cblas_dgemm) dgemm = nullptr;
     std::string error;  // why it could not be used
 };
 
-const OpenBlas& openblas() {
-    static const OpenBlas lib = [] {
-        OpenBlas o;
-        void* h = dlopen(THEANINE_OPENBLAS_PATH, RTLD_NOW | RTLD_LOCAL);
-        if (h == nullptr) {
-            const char* why = dlerror();
-            o.error = fmt::format("could not open {}: {}", THEANINE_OPENBLAS_PATH, why ? why : "unknown error");
-            return o;
-        }
-        auto set_threads = reinterpret_cast<decltype(&openblas_set_num_threads)>(dlsym(h, "openblas_set_num_threads"));
-        o.sgemm = reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(h, "cblas_sgemm"));
-        o.dgemm = reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(h, "cblas_dgemm"));
-        if (set_threads == nullptr || o.sgemm == nullptr || o.dgemm == nullptr) {
-            o = OpenBlas{};
-            o.error = fmt::format("{} lacks cblas_sgemm, cblas_dgemm or openblas_set_num_threads", THEANINE_OPENBLAS_PATH);
-            return o;
-        }
-        // theanine runs one product per thread on its own part: OpenBLAS must not start more.
-        set_threads(1);
+OpenBlas open_openblas(const char* path) {
+    OpenBlas o;
+    auto refuse = [&](std::string why) {
+        o = OpenBlas{};
+        o.error = fmt::format("{}: {}", path, why);
         return o;
-    }();
+    };
+    // The program's own OpenBLAS (the same file, already loaded) keeps its thread count:
+    // setting it to one here would slow the program's own products.
+    if (void* loaded = dlopen(path, RTLD_NOW | RTLD_NOLOAD)) {
+        dlclose(loaded);
+        return refuse("already loaded by the program, which sets its thread count itself");
+    }
+    // A pthreads build starts its thread pool while it is loaded, sized by this variable
+    // (otherwise one thread per core, which then spins for about 0.1 s and slows the
+    // products timed meanwhile): one, so that it starts none. The caller's value is put
+    // back at once.
+    const char* env = std::getenv("OPENBLAS_NUM_THREADS");
+    const std::optional<std::string> saved = env ? std::optional<std::string>(env) : std::nullopt;
+    ::setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    const char* why = h == nullptr ? dlerror() : nullptr;
+    if (saved) ::setenv("OPENBLAS_NUM_THREADS", saved->c_str(), 1);
+    else ::unsetenv("OPENBLAS_NUM_THREADS");
+    if (h == nullptr) return refuse(fmt::format("could not be opened: {}", why ? why : "unknown error"));
+    auto set_threads = reinterpret_cast<decltype(&openblas_set_num_threads)>(dlsym(h, "openblas_set_num_threads"));
+    auto parallel = reinterpret_cast<int (*)()>(dlsym(h, "openblas_get_parallel"));
+    o.sgemm = reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(h, "cblas_sgemm"));
+    o.dgemm = reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(h, "cblas_dgemm"));
+    if (set_threads == nullptr || parallel == nullptr || o.sgemm == nullptr || o.dgemm == nullptr) {
+        dlclose(h);
+        return refuse("lacks cblas_sgemm, cblas_dgemm, openblas_set_num_threads or openblas_get_parallel");
+    }
+    if (const int p = parallel(); p != 1) {
+        dlclose(h);
+        return refuse(p == 0 ? "a sequential build, which cannot be called from several threads at once "
+                               "(install the pthreads build: libopenblas0-pthread)"
+                             : "an OpenMP build, which runs its own threads inside theanine's (install the "
+                               "pthreads build: libopenblas0-pthread)");
+    }
+    set_threads(1);
+    return o;
+}
+
+const OpenBlas& openblas() {
+    static const OpenBlas lib = open_openblas(THEANINE_OPENBLAS_PATH);
     return lib;
 }
 
@@ -741,6 +773,14 @@ ProductKernel kernel_from_name(std::string_view name) {
         if (kernel_name(k) == name) return k;
     }
     throw UsageError(fmt::format("product kernel '{}' is unknown (known: eigen, openblas, blocked)", name));
+}
+
+std::string detail::openblas_refusal(const std::string& path) {
+#if defined(THEANINE_HAVE_OPENBLAS)
+    return open_openblas(path.c_str()).error;
+#else
+    return fmt::format("{}: this build has no OpenBLAS kernel", path);
+#endif
 }
 
 std::vector<ProductKernel> available_kernels() {

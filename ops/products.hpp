@@ -9,8 +9,9 @@
 /// on row-major storage. Several kernels can do that call:
 ///
 ///   eigen     Eigen's general product (always present)
-///   openblas  OpenBLAS's sgemm/dgemm, single-threaded (theanine splits the columns itself);
-///             present when the build found OpenBLAS, opened (dlopen) at its first use
+///   openblas  OpenBLAS's sgemm/dgemm, each call on its caller's thread (theanine splits the
+///             work itself); present when the build found a pthreads build of OpenBLAS,
+///             opened (dlopen) at its first use
 ///   blocked   theanine's register-blocked kernels for products with one short side (the
 ///             minibatch's rows, a rank-40 update) or few output columns (a 10-class layer's
 ///             x W and x^T dL); present in builds for AVX-512 machines
@@ -110,6 +111,11 @@ void run_product(const GemmCall<T>& call);
 /// throws UsageError for a kernel this build lacks. Called before a parallel region, so
 /// that nothing inside it throws for that reason.
 void ensure_configured();
+/// Why the OpenBLAS library at `path` cannot be the openblas kernel ("" if it can): it must
+/// open, have cblas_sgemm/dgemm, be a pthreads build (safe for concurrent callers; it is then
+/// set to run every call on its caller's thread) and not be loaded by the program already.
+/// A library that passes stays loaded.
+std::string openblas_refusal(const std::string& path);
 }  // namespace detail
 
 }  // namespace theanine

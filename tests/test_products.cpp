@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -141,6 +142,71 @@ TEST_CASE("a product through the graph (Dot22, Gemm, transposed views) is the sa
     }
 }
 
+// Every kernel is called from several threads at once (each thread its part of a product):
+// one that shares state between callers gives wrong parts now and then. Two threads compute
+// the two column parts of one product 300 times each, as the graph's split products do; then
+// the graph's split shapes (by columns, by rows, by k) through a Function on two threads.
+TEST_CASE("every product kernel can be called from several threads at once") {
+    TempCache cache;
+    struct Threads {
+        Threads() { set_num_threads(2); }
+        ~Threads() { set_num_threads(0); }
+    } two;
+    const std::int64_t m = 30, n = 40, k = 200;
+    auto ad = uniform(m * k, 4), bd = uniform(n * k, 5);
+    std::vector<double> want(m * n);
+    for (std::int64_t i = 0; i < m; ++i) {
+        for (std::int64_t j = 0; j < n; ++j) {
+            double s = 0;
+            for (std::int64_t p = 0; p < k; ++p) s += ad[i * k + p] * bd[j * k + p];
+            want[i * n + j] = s;
+        }
+    }
+    Variable x = matrix("x"), w = matrix("w"), dl = matrix("dl"), a = matrix("a"), b = matrix("b"), c = matrix("c");
+    Tensor xv = random_tensor({600, 784}, 6), wv = random_tensor({784, 10}, 7), dlv = random_tensor({600, 10}, 8),
+           av = random_tensor({30, 200}, 9), bv = random_tensor({40, 200}, 10), cv = random_tensor({30, 40}, 11);
+    CompileOptions keep_threads;
+    keep_threads.adapt_workers = false;
+    Function f = function({x, w, dl, a, b, c},
+                          {dot(x, w), dot(x.T(), dl), dot(a, b.T()), c - 0.1 * dot(a, b.T())}, {}, {}, keep_threads);
+    const std::vector<Arg> args{xv, wv, dlv, av, bv, cv};
+    std::vector<std::vector<double>> eigen_out;
+    for (ProductKernel kernel : available_kernels()) {
+        set_product_kernel(kernel);
+        CAPTURE(kernel_name(kernel));
+        std::vector<double> out(m * n);
+        std::int64_t bad[2] = {0, 0};
+        auto part = [&](int t) {
+            const std::int64_t c0 = t == 0 ? 0 : 32, c1 = t == 0 ? 32 : n;
+            for (int call = 0; call < 300; ++call) {
+                gemm_slice<double>(out.data(), m, n, c0, c1, 1.0, ad.data(), m, k, false, bd.data(), n, k, true, 0.0);
+                for (std::int64_t i = 0; i < m; ++i) {
+                    for (std::int64_t j = c0; j < c1; ++j) bad[t] += !(std::abs(out[i * n + j] - want[i * n + j]) <= 1e-12);
+                }
+            }
+        };
+        std::thread other(part, 1);
+        part(0);
+        other.join();
+        CHECK(bad[0] == 0);
+        CHECK(bad[1] == 0);
+        // Through the graph: every call gives the first call's bits, and Eigen's within rounding.
+        std::vector<std::vector<double>> first;
+        for (auto& t : f(args)) first.push_back(t.to_doubles());
+        std::int64_t changed = 0;
+        for (int call = 0; call < 100; ++call) {
+            auto got = f(args);
+            for (std::size_t o = 0; o < got.size(); ++o) changed += got[o].to_doubles() != first[o];
+        }
+        CHECK(changed == 0);
+        if (eigen_out.empty()) {
+            eigen_out = first;
+        } else {
+            for (std::size_t o = 0; o < first.size(); ++o) CHECK(close(first[o], eigen_out[o], 1e-12));
+        }
+    }
+}
+
 TEST_CASE("a new shape is timed on every candidate once, the fastest is kept and written to the cache file") {
     TempCache cache;
     std::vector<float> a(20 * 300, 0.5f), b(300 * 64, 0.25f), c(20 * 64);
@@ -270,8 +336,44 @@ TEST_CASE("kernel names and flags are checked") {
     auto av = available_kernels();
     for (ProductKernel k : {ProductKernel::openblas, ProductKernel::blocked}) {
         if (std::find(av.begin(), av.end(), k) == av.end()) {
-            const std::string want = fmt::format("set_product_kernel: {} is not available in this build", kernel_name(k));
-            CHECK_THROWS_WITH_AS(set_product_kernel(k), want.c_str(), UsageError);
+            // "... not available in this build", or "... here (why)" for an OpenBLAS refused.
+            const std::string want = fmt::format("set_product_kernel: {} is not available ", kernel_name(k));
+            std::string said;
+            try {
+                set_product_kernel(k);
+            } catch (const UsageError& e) {
+                said = e.what();
+            }
+            CHECK(said.rfind(want, 0) == 0);
         }
     }
+}
+
+TEST_CASE("an OpenBLAS that cannot be called from several threads at once is refused, saying why") {
+    const std::string m = detail::openblas_refusal("libm.so.6");
+    if (m.ends_with("this build has no OpenBLAS kernel")) {
+        MESSAGE("built without OpenBLAS");
+        return;
+    }
+    // A library the program has loaded keeps its own settings.
+    CHECK(m == "libm.so.6: already loaded by the program, which sets its thread count itself");
+    CHECK(detail::openblas_refusal("libanl.so.1") ==
+          "libanl.so.1: lacks cblas_sgemm, cblas_dgemm, openblas_set_num_threads or openblas_get_parallel");
+    const std::string none = detail::openblas_refusal("/nonexistent/libopenblas.so.0");
+    CHECK(none.rfind("/nonexistent/libopenblas.so.0: could not be opened: ", 0) == 0);
+    // Debian's sequential build, where installed, is refused; the thread count the caller set
+    // for its own OpenBLAS is put back after the library is opened (and unset stays unset).
+    const std::string serial = "/usr/lib/x86_64-linux-gnu/openblas-serial/libopenblas.so.0";
+    if (!fs::exists(serial)) {
+        MESSAGE("no sequential OpenBLAS here: " << serial);
+        return;
+    }
+    ::setenv("OPENBLAS_NUM_THREADS", "3", 1);
+    CHECK(detail::openblas_refusal(serial) ==
+          serial + ": a sequential build, which cannot be called from several threads at once (install the pthreads "
+                   "build: libopenblas0-pthread)");
+    CHECK(std::string(std::getenv("OPENBLAS_NUM_THREADS")) == "3");
+    ::unsetenv("OPENBLAS_NUM_THREADS");
+    CHECK(!detail::openblas_refusal(serial).empty());
+    CHECK(std::getenv("OPENBLAS_NUM_THREADS") == nullptr);
 }
