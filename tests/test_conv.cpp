@@ -24,6 +24,14 @@ std::vector<double> values(const Tensor& t) {
     return std::vector<double>(c.data<double>(), c.data<double>() + c.size());
 }
 
+// The inner product <a, b> of two tensors of the same size, summed in order in double.
+double inner(const Tensor& a, const Tensor& b) {
+    const std::vector<double> va = values(a), vb = values(b);
+    double s = 0;
+    for (std::size_t i = 0; i < va.size(); ++i) s += va[i] * vb[i];
+    return s;
+}
+
 // ---- conv2d from its definition: out[n,f,y,x] = sum in_pad[n,c,y*s+i*d, x*s+j*d] w[f,c,i',j'].
 struct ConvCase {
     BorderMode border;
@@ -238,19 +246,13 @@ TEST_CASE("conv2d: the gradient ops match the transposed products they stand for
         const ConvParams p{c.border, c.stride, c.dilation, c.flip};
         Tensor conv = reference_conv(x, w, c);
         Tensor top = rt(conv.shape(), 11);
-        double lhs = 0;
-        for (std::size_t i = 0; i < values(conv).size(); ++i) lhs += values(conv)[i] * values(top)[i];
+        const double lhs = inner(conv, top);
         Tensor gw = eval1({xs, ws, ts}, conv2d_grad_weights(xs, ts, make_vector({ws.shape(2), ws.shape(3)}), p),
                           {x, w, top});
         Tensor gx = eval1({xs, ws, ts}, conv2d_grad_inputs(ws, ts, make_vector({xs.shape(2), xs.shape(3)}), p),
                           {x, w, top});
-        auto dotp = [](const std::vector<double>& a, const std::vector<double>& b) {
-            double s = 0;
-            for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-            return s;
-        };
-        CHECK(dotp(values(gw), values(w)) == doctest::Approx(lhs).epsilon(1e-12));
-        CHECK(dotp(values(gx), values(x)) == doctest::Approx(lhs).epsilon(1e-12));
+        CHECK(inner(gw, w) == doctest::Approx(lhs).epsilon(1e-12));
+        CHECK(inner(gx, x) == doctest::Approx(lhs).epsilon(1e-12));
     }
 }
 
@@ -272,17 +274,13 @@ TEST_CASE("conv2d and its gradient ops on rows of several vectors: every case, f
             CHECK(close(values(got), values(want), tol));
             // <top, conv(x, w)> = <gradWeights(x, top), w> = <gradInputs(w, top), x>.
             Tensor top = rt(want.shape(), 16).astype(dt);
-            double lhs = 0;
-            for (std::size_t i = 0; i < values(want).size(); ++i) lhs += values(want)[i] * values(top)[i];
+            const double lhs = inner(want, top);
             Tensor gw = eval1({xs, ws, ts}, conv2d_grad_weights(xs, ts, make_vector({ws.shape(2), ws.shape(3)}), p),
                               {xd, wd, top});
             Tensor gx = eval1({xs, ws, ts}, conv2d_grad_inputs(ws, ts, make_vector({xs.shape(2), xs.shape(3)}), p),
                               {xd, wd, top});
-            double rw = 0, rx = 0;
-            for (std::size_t i = 0; i < values(gw).size(); ++i) rw += values(gw)[i] * values(wd)[i];
-            for (std::size_t i = 0; i < values(gx).size(); ++i) rx += values(gx)[i] * values(xd)[i];
-            CHECK(rw == doctest::Approx(lhs).epsilon(tol * 10));
-            CHECK(rx == doctest::Approx(lhs).epsilon(tol * 10));
+            CHECK(inner(gw, wd) == doctest::Approx(lhs).epsilon(tol * 10));
+            CHECK(inner(gx, xd) == doctest::Approx(lhs).epsilon(tol * 10));
         }
     }
 }
